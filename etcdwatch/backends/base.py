@@ -1,0 +1,96 @@
+"""The small interface between the recipes and an etcd client.
+
+Everything etcdwatch does to etcd goes through these few operations, in the
+library's own terms: a tree of leaf keys read at an index, changes that are
+either a *put* or a *delete*, and create / refresh / delete conditioned on
+who owns a key.  A backend module (``v2`` for python-etcd, later ``v3`` for
+etcd3gw) is the only place that knows its API's vocabulary and exceptions,
+and it translates those exceptions into :mod:`etcdwatch.exceptions` here.
+"""
+
+import abc
+import collections
+
+#: A key was created or given a new value.
+PUT = 'put'
+#: A key, or with ``is_dir`` a whole directory, went away (deleted, expired,
+#: compare-and-deleted).
+DELETE = 'delete'
+
+Event = collections.namedtuple(
+    'Event', ['kind', 'key', 'value', 'index', 'is_dir', 'current_index'])
+Event.__doc__ = """One change under a watched key or prefix.
+
+``kind`` is PUT or DELETE; ``value`` is None for deletes and directories;
+``index`` is the change's own index (watch again from ``index + 1``);
+``is_dir`` marks a directory node (a DELETE of a directory removes every key
+below it); ``current_index`` is etcd's newest index when it answered, or
+None, so that ``current_index - index`` measures how far behind we are.
+"""
+
+Snapshot = collections.namedtuple('Snapshot', ['index', 'items'])
+Snapshot.__doc__ = """Every leaf key under a path at one index.
+
+``items`` maps full key to value (directories are not data and never
+appear); the tree is exactly as of ``index``, so a watch from ``index + 1``
+misses nothing.
+"""
+
+KeyState = collections.namedtuple(
+    'KeyState', ['value', 'created_index', 'modified_index'])
+
+
+class Backend(abc.ABC):
+    """What the recipes need from etcd.
+
+    Every method raises :class:`~etcdwatch.exceptions.EtcdUnavailable` when
+    etcd cannot be reached in time and
+    :class:`~etcdwatch.exceptions.BackendError` for any other failure.
+    """
+
+    def __init__(self, client):
+        self.client = client
+
+    @abc.abstractmethod
+    def read_tree(self, path):
+        """Return a :class:`Snapshot` of every leaf key under ``path``.
+
+        A path that does not exist is an empty tree, not an error.
+        """
+
+    @abc.abstractmethod
+    def watch_tree(self, path, from_index, timeout):
+        """Return the first :class:`Event` under ``path`` at or after
+        ``from_index``, waiting up to ``timeout`` seconds.
+
+        Returns None when nothing happened in time.  Raises
+        :class:`~etcdwatch.exceptions.HistoryGone` when etcd no longer holds
+        the events from ``from_index`` on.
+        """
+
+    @abc.abstractmethod
+    def read_key(self, key):
+        """Return ``(KeyState or None, current_index)`` for one key."""
+
+    @abc.abstractmethod
+    def watch_key(self, key, from_index, timeout):
+        """Like :meth:`watch_tree`, for one key."""
+
+    @abc.abstractmethod
+    def create(self, key, value, ttl):
+        """Create ``key`` only if it is absent, expiring after ``ttl`` s.
+
+        Returns the index it was created at, or None if it existed.
+        """
+
+    @abc.abstractmethod
+    def refresh(self, key, value, ttl):
+        """Renew ``key``'s TTL if it still holds ``value``.
+
+        Renewing must not look like a change to anyone watching the key.
+        Returns True if renewed, False if the key is absent or not ours.
+        """
+
+    @abc.abstractmethod
+    def delete_if(self, key, value):
+        """Delete ``key`` if it still holds ``value``; True if deleted."""

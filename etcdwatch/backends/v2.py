@@ -1,0 +1,164 @@
+"""The etcd v2 backend, over python-etcd.
+
+This is the one module that knows etcd v2's event vocabulary and
+python-etcd's exceptions.  It deliberately avoids python-etcd's
+``eternal_watch`` (which loops forever on a cleared index) and never relies
+on anything but the socket timeout to end a watch.
+"""
+
+import http.client
+import math
+import socket
+
+import etcd
+import urllib3.exceptions
+
+from etcdwatch.backends import base
+from etcdwatch import exceptions
+
+# etcd v2 actions that remove a node.  Everything else that a watch can
+# report (set, create, update, compareAndSwap) leaves it with a value.
+_REMOVALS = frozenset(['delete', 'expire', 'compareAndDelete'])
+
+_NETWORK_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException,
+                   socket.error)
+
+
+def _payload_index(exc):
+    payload = getattr(exc, 'payload', None)
+    if isinstance(payload, dict):
+        index = payload.get('index')
+        if isinstance(index, int):
+            return index
+    return None
+
+
+def _ttl(seconds):
+    # etcd v2 takes whole seconds; round up so a lease is never shorter
+    # than asked for.
+    return max(1, int(math.ceil(seconds)))
+
+
+class _Translate(object):
+    """Turns python-etcd and transport errors into etcdwatch's."""
+
+    def __init__(self, what):
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None:
+            return False
+        if isinstance(exc, etcd.EtcdEventIndexCleared):
+            raise exceptions.HistoryGone(
+                str(exc), _payload_index(exc)) from exc
+        if isinstance(exc, (etcd.EtcdConnectionFailed,) + _NETWORK_ERRORS):
+            raise exceptions.EtcdUnavailable(
+                '%s: etcd unreachable: %s' % (self.what, exc)) from exc
+        if isinstance(exc, etcd.EtcdException):
+            raise exceptions.BackendError(
+                '%s: %s' % (self.what, exc)) from exc
+        return False
+
+
+class V2Backend(base.Backend):
+    """Backend for python-etcd's ``etcd.Client`` (and FakeEtcdClient)."""
+
+    name = 'v2'
+
+    def read_tree(self, path):
+        try:
+            with _Translate('read %s' % path):
+                result = self.client.read(path, recursive=True)
+        except exceptions.BackendError as e:
+            if isinstance(e.__cause__, etcd.EtcdKeyNotFound):
+                index = _payload_index(e.__cause__)
+                if index is None:
+                    raise
+                return base.Snapshot(index, {})
+            raise
+        items = {node.key: node.value
+                 for node in result.leaves if not node.dir}
+        return base.Snapshot(result.etcd_index, items)
+
+    def watch_tree(self, path, from_index, timeout):
+        return self._watch(path, from_index, timeout, recursive=True)
+
+    def watch_key(self, key, from_index, timeout):
+        return self._watch(key, from_index, timeout, recursive=False)
+
+    def _watch(self, key, from_index, timeout, recursive):
+        try:
+            with _Translate('watch %s' % key):
+                result = self.client.watch(key, index=from_index,
+                                           timeout=timeout,
+                                           recursive=recursive)
+        except exceptions.EtcdUnavailable as e:
+            if isinstance(e.__cause__, (etcd.EtcdWatchTimedOut,
+                                        urllib3.exceptions.TimeoutError)):
+                return None
+            raise
+        if result is None:
+            return None
+        return self._event(result)
+
+    @staticmethod
+    def _event(result):
+        removal = result.action in _REMOVALS
+        return base.Event(
+            kind=base.DELETE if removal else base.PUT,
+            key=result.key,
+            value=None if (removal or result.dir) else result.value,
+            index=result.modifiedIndex,
+            is_dir=bool(result.dir),
+            current_index=getattr(result, 'etcd_index', None))
+
+    def read_key(self, key):
+        try:
+            with _Translate('read %s' % key):
+                result = self.client.read(key)
+        except exceptions.BackendError as e:
+            if isinstance(e.__cause__, etcd.EtcdKeyNotFound):
+                return None, _payload_index(e.__cause__)
+            raise
+        state = base.KeyState(result.value, result.createdIndex,
+                              result.modifiedIndex)
+        return state, result.etcd_index
+
+    def create(self, key, value, ttl):
+        try:
+            with _Translate('create %s' % key):
+                result = self.client.write(key, value, prevExist=False,
+                                           ttl=_ttl(ttl))
+        except exceptions.BackendError as e:
+            if isinstance(e.__cause__, etcd.EtcdAlreadyExist):
+                return None
+            raise
+        return result.createdIndex
+
+    def refresh(self, key, value, ttl):
+        # refresh=True renews the TTL without a watch event, so followers
+        # waiting on the key sleep on; prevValue makes it ours-only.
+        try:
+            with _Translate('refresh %s' % key):
+                self.client.write(key, None, ttl=_ttl(ttl), refresh=True,
+                                  prevExist=True, prevValue=value)
+        except exceptions.BackendError as e:
+            if isinstance(e.__cause__, (etcd.EtcdCompareFailed,
+                                        etcd.EtcdKeyNotFound)):
+                return False
+            raise
+        return True
+
+    def delete_if(self, key, value):
+        try:
+            with _Translate('delete %s' % key):
+                self.client.delete(key, prevValue=value)
+        except exceptions.BackendError as e:
+            if isinstance(e.__cause__, (etcd.EtcdCompareFailed,
+                                        etcd.EtcdKeyNotFound)):
+                return False
+            raise
+        return True

@@ -1,0 +1,479 @@
+"""Follow every key under an etcd prefix: load it all, then watch.
+
+:class:`EtcdWatcher` keeps ``etcd_data`` equal to etcd's tree under
+``watch_path`` and tells a subclass about each change;
+:class:`EtcdChangeWatcher` turns that into exactly one notification per real
+change, whether it was seen in a watch event or found by a full re-read.
+
+Life of a watcher::
+
+    constructor ─ initial load (skipped until elected, or retried later
+    │             if etcd is down) ─ do_all_work()
+    watch_forever():
+      loop: do_tick() → [wait_until_elected()] → do_watch()
+        do_watch(): retry undelivered callbacks, or one watch, or one read
+          event        → etcd_data updated → do_work(action, key, value)
+          history gone → full re-read      → do_all_work()
+          far behind   → full re-read      → do_all_work()
+      until stop()
+
+Callbacks run on the thread that runs :meth:`EtcdWatcher.watch_forever`
+(and, for the initial load, the one that constructs the watcher), one at a
+time, with ``etcd_data_lock`` held.
+
+Actions a callback receives:
+
+``'add'``
+    a key appeared (it was not in ``etcd_data`` before);
+``'change'``
+    a key that was there was written again (for :class:`EtcdWatcher`, even
+    with the same value; :class:`EtcdChangeWatcher` skips those);
+``'delete'``
+    a key went away, however etcd removed it: delete, expiry of its TTL,
+    compare-and-delete, or a recursive delete of a directory above it (one
+    'delete' per key that was under it).  ``value`` is None.
+
+Directories are not data: they never enter ``etcd_data`` and never reach a
+callback.
+"""
+
+import abc
+import collections
+import logging
+import time
+
+from etcdwatch import backends
+from etcdwatch.backends import base
+from etcdwatch import election
+from etcdwatch import exceptions
+from etcdwatch import handlers
+from etcdwatch import keys
+
+LOG = logging.getLogger(__name__)
+
+ADD = 'add'
+CHANGE = 'change'
+DELETE = 'delete'
+
+# Markers in the delivery queue for the whole-tree callbacks.
+_ALL_WORK = object()
+_RESYNC_END = object()
+
+
+class EtcdWatcher(object, metaclass=abc.ABCMeta):
+    """Watch every key under ``watch_path``; subclass to act on changes.
+
+    :param etcd_client: a python-etcd ``etcd.Client`` (or FakeEtcdClient).
+    :param name: a name for logs, and the election's name when elected.
+    :param watch_path: the etcd directory to follow.  It need not exist
+        yet: a missing path is an empty tree.
+    :param election_path: where to elect, with ``wait_until_elected``.
+    :param wait_until_elected: only the elected worker among those with the
+        same name and election_path watches and runs callbacks.  It loads
+        the whole tree when it wins, and stops delivering when it loses.
+    :param recovery_time: the election's recovery_time.
+    :param data: anything; kept as ``self.data`` for the subclass.
+    :param heartbeat: the longest one watch call waits for a change, so
+        ``do_tick()`` runs at least that often and :meth:`stop` takes
+        effect within it.
+    :param handler: the concurrency handler ('threading', 'eventlet', an
+        instance, or None for the default chosen from eventlet patching).
+
+    Promise: once writes stop, ``etcd_data`` equals what etcd holds under
+    ``watch_path``, and every change has been delivered to a callback that
+    returned without raising.  A callback that raises is logged and retried
+    with capped exponential backoff; later events wait behind it (in order)
+    and are never dropped.  etcd errors are logged and retried after
+    ``DANGER_PAUSE`` seconds.
+    """
+
+    #: Seconds to wait after an etcd error before trying again.
+    DANGER_PAUSE = 2
+    #: First and longest wait before retrying a callback that raised.
+    CALLBACK_RETRY_MIN = 0.1
+    CALLBACK_RETRY_MAX = 10.0
+    #: Re-read the whole tree instead of walking the missed events one
+    #: watch call at a time when etcd is more than this many events ahead
+    #: (or more than 1/CATCHUP_TREE_FRACTION of the tree's size, whichever
+    #: is more): one read costs one round trip, a walk one per event.
+    CATCHUP_MIN_LAG = 100
+    CATCHUP_TREE_FRACTION = 16
+
+    def __init__(self, etcd_client, name, watch_path, election_path=None,
+                 wait_until_elected=False, recovery_time=5,
+                 data=None, heartbeat=60, handler=None):
+        self.watch_path = keys.check_path('watch_path', watch_path)
+        keys.check_duration('heartbeat', heartbeat)
+        keys.check_duration('recovery_time', recovery_time)
+        if wait_until_elected:
+            if election_path is None:
+                raise ValueError('election_path is required with '
+                                 'wait_until_elected')
+            keys.check_path('election_path', election_path)
+            keys.check_name('name', name)
+        self._backend = backends.for_client(etcd_client)
+        self._handler = handlers.get_handler(handler)
+
+        self.etcd_client = etcd_client
+        self.name = name
+        self.data = data
+        self.heartbeat = heartbeat
+        #: The next etcd index to watch from; None means "re-read all".
+        self.tick = None
+        if wait_until_elected:
+            self.etcd_elector = election.EtcdElection(
+                etcd_client, name, election_path,
+                work_time=heartbeat + self.DANGER_PAUSE + recovery_time,
+                recovery_time=recovery_time, handler=self._handler)
+        else:
+            self.etcd_elector = None
+
+        #: Held while etcd_data changes and while callbacks run.  Reentrant,
+        #: so a callback may take it again.
+        self.etcd_data_lock = self._handler.rlock()
+        #: Every leaf key under watch_path -> its value (None until loaded).
+        self.etcd_data = None
+
+        self._stop = self._handler.event()
+        self._synced = self._handler.event()
+        self._pending = collections.deque()
+        self._callback_failures = 0
+        self._expected_keys = None
+        self._initial_load_done = False
+        self._term = None
+        self._stats = {'events': 0, 'resyncs': 0, 'errors': 0,
+                       'callback_errors': 0, 'last_event_time': None}
+
+        if self.etcd_elector is None:
+            # The seed's contract: the tree is loaded (and do_all_work run)
+            # by the constructor.  If etcd is down, watch_forever retries.
+            try:
+                self.refresh_all_data()
+            except exceptions.BackendError:
+                LOG.warning('%s: initial load of %s failed; will retry',
+                            self.name, self.watch_path, exc_info=True)
+
+    # -- hooks for subclasses ---------------------------------------------
+
+    def do_work(self, action, key, value):
+        """Act on one change ('add', 'change' or 'delete') of ``key``.
+
+        ``etcd_data`` already reflects the change and does not move during
+        the call.  The default calls :meth:`do_all_work`.
+        """
+        self.do_all_work()
+
+    @abc.abstractmethod
+    def do_all_work(self):
+        """Act on the whole of ``etcd_data``.
+
+        Called after every full (re-)read: at start, when etcd's history no
+        longer reaches back far enough, and when catching up by one read is
+        cheaper than walking the missed events.
+        """
+
+    def do_tick(self):
+        """Background work; runs at least once per ``heartbeat``."""
+
+    def init_resync_start(self):
+        """Called once, before the first full load.
+
+        Return the short keys the application still holds from before a
+        restart (or None for no clean-up); :meth:`init_resync_end` then
+        removes those etcd no longer has.
+        """
+        return None
+
+    def init_resync_end(self, short_keys):
+        """Called once, after the first full load was delivered.
+
+        ``short_keys`` iterates the short keys etcd holds.  The default
+        calls ``self.removed(k)`` for each key that
+        :meth:`init_resync_start` returned and etcd no longer has.
+        """
+        if self._expected_keys is None:
+            return
+        for short_key in sorted(set(self._expected_keys) - set(short_keys)):
+            self.removed(short_key)
+
+    def removed(self, short_key):
+        """A key went away (see :class:`EtcdChangeWatcher`)."""
+
+    def make_short_key(self, key):
+        """The part of ``key`` below ``watch_path + '/'``, or None."""
+        prefix = self.watch_path + '/'
+        if key.startswith(prefix) and len(key) > len(prefix):
+            return key[len(prefix):]
+        return None
+
+    # -- running ----------------------------------------------------------
+
+    def watch_forever(self):
+        """Watch until :meth:`stop`; never raises for etcd or callbacks.
+
+        Errors are logged with their traceback; etcd errors pause the loop
+        for ``DANGER_PAUSE`` seconds so a dead etcd cannot spin the CPU.
+        Returns within one ``heartbeat`` (plus one callback) of
+        :meth:`stop`.  An elected watcher releases the election on return.
+        """
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.do_tick()
+                    if self.etcd_elector is not None:
+                        if not self._wait_until_elected():
+                            break
+                    self.do_watch()
+                except Exception:
+                    self._stats['errors'] += 1
+                    LOG.exception('%s: watching %s failed; retrying in %ss',
+                                  self.name, self.watch_path,
+                                  self.DANGER_PAUSE)
+                    self._stop.wait(self.DANGER_PAUSE)
+        finally:
+            if self.etcd_elector is not None:
+                self.etcd_elector.clean()
+
+    def stop(self):
+        """Ask :meth:`watch_forever` to return (within one heartbeat)."""
+        self._stop.set()
+
+    @property
+    def synced(self):
+        """True once the initial load has been delivered to callbacks."""
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout=None):
+        """Wait until :attr:`synced`; returns it."""
+        return self._synced.wait(timeout)
+
+    def stats(self):
+        """Counters: events, resyncs, errors, callback_errors, index,
+        last_event_time (time.time() of the last event applied), synced,
+        pending (callbacks waiting for a retry)."""
+        result = dict(self._stats)
+        result['index'] = None if self.tick is None else self.tick - 1
+        result['synced'] = self.synced
+        result['pending'] = len(self._pending)
+        return result
+
+    def do_watch(self):
+        """One step: retry undelivered callbacks, or one watch, or one read.
+
+        Raises :class:`~etcdwatch.exceptions.BackendError` for etcd errors.
+        """
+        if self._pending:
+            self._retry_pending()
+            return
+        if self.tick is None:
+            self.refresh_all_data()
+            return
+        try:
+            event = self._backend.watch_tree(self.watch_path, self.tick,
+                                             self.heartbeat)
+        except exceptions.HistoryGone:
+            LOG.info('%s: etcd history no longer reaches index %s; '
+                     're-reading %s', self.name, self.tick, self.watch_path)
+            self.refresh_all_data()
+            return
+        if event is None:
+            return
+        if self._far_behind(event):
+            LOG.debug('%s: %s events behind; re-reading instead',
+                      self.name, event.current_index - event.index)
+            self.refresh_all_data()
+            return
+        self._apply(event)
+
+    def refresh_all_data(self):
+        """Re-read the whole tree, then call :meth:`do_all_work`.
+
+        The first load also calls :meth:`init_resync_start` before and
+        :meth:`init_resync_end` after.  Raises
+        :class:`~etcdwatch.exceptions.BackendError` if etcd fails; a
+        callback that raises is logged and retried by :meth:`do_watch`.
+        """
+        first = not self._initial_load_done
+        if first and self._expected_keys is None:
+            # Asked before the read, as networking-vpp does: the app reports
+            # what it holds from before, while etcd is still unread.
+            self._expected_keys = self.init_resync_start()
+        snapshot = self._backend.read_tree(self.watch_path)
+        with self.etcd_data_lock:
+            self.etcd_data = dict(snapshot.items)
+            self.tick = snapshot.index + 1
+            # A full read supersedes anything not yet delivered: the
+            # whole-tree callback covers it.
+            self._pending.clear()
+            self._pending.append(_ALL_WORK)
+            if first:
+                self._pending.append(_RESYNC_END)
+            self._initial_load_done = True
+            self._stats['resyncs'] += 1
+        LOG.debug('%s: loaded %d keys under %s at index %s', self.name,
+                  len(snapshot.items), self.watch_path, snapshot.index)
+        self._deliver()
+
+    # -- internals --------------------------------------------------------
+
+    def _wait_until_elected(self):
+        """Campaign (interruptibly); on a new term, start from a re-read."""
+        # Renew only when the lease might run out before the next pass
+        # (one watch of up to a heartbeat, plus callbacks), not per event.
+        if not self.etcd_elector._campaign(
+                self._stop,
+                min_remaining=self.heartbeat + self.DANGER_PAUSE):
+            return False
+        term = self.etcd_elector.fencing_token
+        if term != self._term:
+            LOG.info('%s: elected (term %s); loading %s', self.name, term,
+                     self.watch_path)
+            self._term = term
+            self.tick = None
+        return True
+
+    def _far_behind(self, event):
+        if event.current_index is None:
+            return False
+        lag = event.current_index - event.index
+        tree = len(self.etcd_data or ())
+        return lag > max(self.CATCHUP_MIN_LAG,
+                         tree // self.CATCHUP_TREE_FRACTION)
+
+    def _apply(self, event):
+        """Fold one event into etcd_data and queue its notifications."""
+        with self.etcd_data_lock:
+            data = self.etcd_data
+            if event.kind == base.DELETE:
+                if event.is_dir:
+                    below = event.key.rstrip('/') + '/'
+                    gone = sorted(k for k in data if k.startswith(below))
+                else:
+                    gone = [event.key] if event.key in data else []
+                for key in gone:
+                    del data[key]
+                    self._pending.append((DELETE, key, None))
+            elif not event.is_dir:
+                action = CHANGE if event.key in data else ADD
+                data[event.key] = event.value
+                self._pending.append((action, event.key, event.value))
+            self.tick = event.index + 1
+            self._stats['events'] += 1
+            self._stats['last_event_time'] = time.time()
+        self._deliver()
+
+    def _retry_pending(self):
+        # Capped exponential backoff since the first failure, so a callback
+        # that always fails costs a log line per wait, not a spinning core.
+        delay = min(self.CALLBACK_RETRY_MAX,
+                    self.CALLBACK_RETRY_MIN *
+                    (2 ** max(0, self._callback_failures - 1)))
+        if self._callback_failures and self._stop.wait(delay):
+            return
+        self._deliver()
+
+    def _deliver(self):
+        """Run queued callbacks in order; stop at the first that raises."""
+        with self.etcd_data_lock:
+            while self._pending:
+                item = self._pending[0]
+                try:
+                    if item is _ALL_WORK:
+                        self.do_all_work()
+                    elif item is _RESYNC_END:
+                        self.init_resync_end(self._short_keys())
+                    else:
+                        self.do_work(*item)
+                except Exception:
+                    self._callback_failures += 1
+                    self._stats['callback_errors'] += 1
+                    LOG.exception('%s: callback for %s failed (attempt %d); '
+                                  'will retry', self.name,
+                                  self._describe(item),
+                                  self._callback_failures)
+                    return False
+                self._pending.popleft()
+                self._callback_failures = 0
+        if not self._synced.is_set():
+            self._synced.set()
+        return True
+
+    def _short_keys(self):
+        for key in list(self.etcd_data):
+            short_key = self.make_short_key(key)
+            if short_key is not None:
+                yield short_key
+
+    @staticmethod
+    def _describe(item):
+        if item is _ALL_WORK:
+            return 'do_all_work()'
+        if item is _RESYNC_END:
+            return 'init_resync_end()'
+        return '%s %s' % (item[0], item[1])
+
+
+class EtcdChangeWatcher(EtcdWatcher):
+    """Exactly one notification per real change of a key.
+
+    ``key_change(action, key, value)`` is called with 'add', 'change' or
+    'delete' whenever etcd's value for ``key`` differs from the one last
+    delivered successfully (recorded in ``implemented_state``), whether the
+    difference came from a watch event or a full re-read.  A rewrite with
+    the same value is not a change; a key never reported is never reported
+    deleted.  After a full re-read, changes arrive in key order.
+
+    The default :meth:`key_change` calls :meth:`added` with the short key
+    and value for 'add' and 'change', and :meth:`removed` for 'delete';
+    keys outside ``watch_path + '/'`` are ignored.  Override either level.
+    """
+
+    def __init__(self, etcd_client, name, watch_path, election_path=None,
+                 wait_until_elected=False, recovery_time=5,
+                 data=None, heartbeat=60, handler=None):
+        #: key -> the value last delivered to key_change without error.
+        self.implemented_state = {}
+        super(EtcdChangeWatcher, self).__init__(
+            etcd_client, name, watch_path, election_path,
+            wait_until_elected, recovery_time, data, heartbeat,
+            handler=handler)
+
+    def do_all_work(self):
+        """Deliver the difference between etcd_data and what was
+        delivered; costs one comparison per key."""
+        gone = set(self.implemented_state).difference(self.etcd_data)
+        for key in sorted(gone):
+            self._reconcile(key)
+        for key in sorted(self.etcd_data):
+            self._reconcile(key)
+
+    def do_work(self, action, key, value):
+        self._reconcile(key)
+
+    def _reconcile(self, key):
+        known = key in self.implemented_state
+        if key in self.etcd_data:
+            value = self.etcd_data[key]
+            if known and self.implemented_state[key] == value:
+                return
+            self.key_change(CHANGE if known else ADD, key, value)
+            self.implemented_state[key] = value
+        elif known:
+            self.key_change(DELETE, key, None)
+            del self.implemented_state[key]
+
+    def key_change(self, action, key, value):
+        """Called once per real change; see the class docstring."""
+        short_key = self.make_short_key(key)
+        if short_key is None:
+            return
+        if action == DELETE:
+            self.removed(short_key)
+        else:
+            self.added(short_key, value)
+
+    def added(self, short_key, value):
+        """A key appeared or took a new value."""
+
+    def removed(self, short_key):
+        """A key went away."""
