@@ -7,12 +7,13 @@ TTL-only refresh, so it never wakes the followers.
 """
 
 import atexit
-import logging
 import os
 import socket
 import time
 import uuid
 import weakref
+
+from oslo_log import log as logging
 
 from etcdwatch import backends
 from etcdwatch import exceptions

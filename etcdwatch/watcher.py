@@ -39,8 +39,9 @@ callback.
 
 import abc
 import collections
-import logging
 import time
+
+from oslo_log import log as logging
 
 from etcdwatch import backends
 from etcdwatch.backends import base

@@ -1,0 +1,76 @@
+"""Small tools shared by the test modules."""
+
+import threading
+import time
+
+import etcd
+
+
+def wait_until(predicate, timeout=10.0, interval=0.005, message=None):
+    """Poll ``predicate`` until it returns something true; fail on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(message or 'condition not met within %ss: %r'
+                                 % (timeout, predicate))
+        time.sleep(interval)
+
+
+class FlakyClient(object):
+    """Wraps a client; raises chosen errors from chosen methods on demand.
+
+    ``flaky.fail('watch', etcd.EtcdConnectionFailed('down'), times=2)`` makes
+    the next two watch calls raise.  ``flaky.down = True`` makes every call
+    raise EtcdConnectionFailed until set back.  ``flaky.calls`` counts calls
+    per method name.
+    """
+
+    def __init__(self, client):
+        self._client = client
+        self._failures = {}
+        self._lock = threading.Lock()
+        self.down = False
+        self.calls = {}
+
+    def fail(self, method, exc, times=1):
+        with self._lock:
+            self._failures.setdefault(method, []).extend([exc] * times)
+
+    def __getattr__(self, name):
+        target = getattr(self._client, name)
+        if name not in ('read', 'write', 'watch', 'delete'):
+            return target
+
+        def call(*args, **kwargs):
+            with self._lock:
+                self.calls[name] = self.calls.get(name, 0) + 1
+                queued = self._failures.get(name)
+                exc = queued.pop(0) if queued else None
+            if self.down:
+                raise etcd.EtcdConnectionFailed('etcd is down (test)')
+            if exc is not None:
+                raise exc
+            return target(*args, **kwargs)
+        return call
+
+
+class Runner(object):
+    """Runs ``watcher.watch_forever`` in a thread; stops it on exit."""
+
+    def __init__(self, watcher, join_timeout=15.0):
+        self.watcher = watcher
+        self.join_timeout = join_timeout
+        self.thread = threading.Thread(target=watcher.watch_forever,
+                                       daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self.watcher
+
+    def __exit__(self, *exc):
+        self.watcher.stop()
+        self.thread.join(self.join_timeout)
+        assert not self.thread.is_alive(), 'watch_forever did not return'

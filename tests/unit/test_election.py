@@ -1,0 +1,230 @@
+"""EtcdElection on the in-memory fake."""
+
+import gc
+import threading
+import time
+
+import etcd
+import pytest
+
+from etcdwatch import election as election_mod
+from etcdwatch import EtcdElection
+from etcdwatch import EtcdElectionLost
+from etcdwatch import EtcdWatcher
+from etcdwatch.testing.fake import FakeEtcdClient
+from tests.helpers import FlakyClient
+from tests.helpers import Runner
+from tests.helpers import wait_until
+
+E = '/election'
+
+
+@pytest.fixture
+def client():
+    return FakeEtcdClient()
+
+
+def elector(client, **kwargs):
+    kwargs.setdefault('work_time', 5)
+    kwargs.setdefault('recovery_time', 1)
+    return EtcdElection(client, 'svc', E, **kwargs)
+
+
+def holder(client):
+    try:
+        return client.read(E + '/master_svc').value
+    except etcd.EtcdKeyNotFound:
+        return None
+
+
+def test_seed_api(client):
+    e = elector(client)
+    assert e.master_key == E + '/master_svc'
+    assert isinstance(e.thread_id, str) and e.thread_id
+    assert elector(client).thread_id != e.thread_id
+    assert not e.is_elected
+
+
+def test_first_wins_and_renews(client):
+    a, b = elector(client), elector(client)
+    a.wait_until_elected()
+    assert holder(client) == a.thread_id and a.is_elected
+    token = a.fencing_token
+    a.wait_until_elected()
+    assert a.fencing_token == token
+    assert not b.is_elected
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (b.wait_until_elected(), done.set()),
+                         daemon=True)
+    t.start()
+    assert not done.wait(0.5)
+    a.clean()
+    assert done.wait(5)
+    assert holder(client) == b.thread_id
+    assert b.fencing_token > token
+
+
+def test_renewal_is_a_ttl_refresh_that_wakes_nobody(client):
+    a = elector(client)
+    a.wait_until_elected()
+    start = client.read(E + '/master_svc')
+    woken = []
+
+    def follower_watch():
+        try:
+            woken.append(client.watch(E + '/master_svc',
+                                      index=start.modifiedIndex + 1,
+                                      timeout=1))
+        except etcd.EtcdWatchTimedOut:
+            pass
+    t = threading.Thread(target=follower_watch, daemon=True)
+    t.start()
+    for _ in range(5):
+        a.wait_until_elected()
+        a.extend_election(5)
+    t.join(5)
+    assert woken == []
+    assert client.read(E + '/master_svc').value == a.thread_id
+
+
+def test_follower_takes_over_when_the_key_expires():
+    from etcdwatch.testing.fake import FakeClock
+    clock = FakeClock()
+    client = FakeEtcdClient(clock=clock)
+    a, b = elector(client), elector(client, recovery_time=30)
+    a.wait_until_elected()
+    done = threading.Event()
+    threading.Thread(target=lambda: (b.wait_until_elected(), done.set()),
+                     daemon=True).start()
+    wait_until(lambda: client.calls.get('watch', 0) >= 1)
+    assert not done.is_set()
+    clock.advance(6)
+    # Woken by the expiry, not by recovery_time (30 s).
+    assert done.wait(5)
+    assert holder(client) == b.thread_id
+
+
+def test_extend_election_raises_when_lost(client):
+    a, b = elector(client), elector(client)
+    a.wait_until_elected()
+    client.delete(E + '/master_svc')
+    b.wait_until_elected()
+    with pytest.raises(EtcdElectionLost):
+        a.extend_election(5)
+    assert not a.is_elected
+    b.extend_election(5)
+
+
+def test_clean_is_idempotent_and_only_deletes_our_key(client):
+    a, b = elector(client), elector(client)
+    a.wait_until_elected()
+    b.clean()
+    assert holder(client) == a.thread_id
+    a.clean()
+    a.clean()
+    assert holder(client) is None
+
+
+def test_k_electors_are_not_held_forever(client):
+    e = elector(client)
+    ref = election_mod._live_electors
+    assert e in ref
+    count = len(ref)
+    del e
+    gc.collect()
+    assert len(ref) == count - 1
+
+
+def test_k_atexit_cleanup_releases(client):
+    e = elector(client)
+    e.wait_until_elected()
+    election_mod.cleanup_electors()
+    assert holder(client) is None
+
+
+def test_i_multi_worker_false_never_proceeds_without_etcd(client):
+    flaky = FlakyClient(client)
+    e = elector(flaky, recovery_time=0.05)
+    flaky.down = True
+    done = threading.Event()
+    threading.Thread(target=lambda: (e.wait_until_elected(), done.set()),
+                     daemon=True).start()
+    assert not done.wait(0.5)
+    assert not e.is_elected
+    flaky.down = False
+    assert done.wait(5)
+    assert holder(client) == e.thread_id
+
+
+def test_i_multi_worker_true_works_without_etcd(client):
+    flaky = FlakyClient(client)
+    e = elector(flaky, recovery_time=0.05, multi_worker_ok=True)
+    flaky.down = True
+    e.wait_until_elected()
+    assert holder(client) is None
+    e.extend_election(5)
+
+
+def test_i_leader_keeps_its_term_through_a_short_outage(client):
+    flaky = FlakyClient(client)
+    e = elector(flaky)
+    e.wait_until_elected()
+    flaky.down = True
+    e.extend_election(5)       # still within the lease: kept
+    e._lease_deadline = time.monotonic() - 1   # the lease ran out locally
+    with pytest.raises(EtcdElectionLost):
+        e.extend_election(5)
+
+
+@pytest.mark.parametrize('argument,kwargs', [
+    ('name', {'name': 'a?b'}),
+    ('name', {'name': ''}),
+    ('name', {'name': 'a/b'}),
+    ('election_path', {'election_path': '/e#x'}),
+    ('election_path', {'election_path': 'e'}),
+    ('work_time', {'work_time': 0}),
+    ('work_time', {'work_time': None}),
+    ('recovery_time', {'recovery_time': -5}),
+])
+def test_j_bad_input(client, argument, kwargs):
+    args = {'name': 'svc', 'election_path': E, 'work_time': 5}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=argument):
+        EtcdElection(client, **args)
+    assert not client.calls
+
+
+class Elected(EtcdWatcher):
+    def __init__(self, *args, **kwargs):
+        self.loads = 0
+        super(Elected, self).__init__(*args, **kwargs)
+
+    def do_work(self, action, key, value):
+        pass
+
+    def do_all_work(self):
+        self.loads += 1
+
+
+def test_only_the_elected_watcher_loads_and_watches(client):
+    client.write('/data/a', '1')
+    ws = [Elected(client, 'w', '/data', election_path=E,
+                  wait_until_elected=True, heartbeat=0.2, recovery_time=0.2)
+          for _ in range(3)]
+    assert all(w.etcd_data is None for w in ws)
+    runners = [Runner(w) for w in ws]
+    for r in runners:
+        r.__enter__()
+    try:
+        wait_until(lambda: sum(w.synced for w in ws) == 1)
+        leader = next(w for w in ws if w.synced)
+        assert leader.etcd_elector.is_elected
+        assert leader.etcd_data == {'/data/a': '1'}
+        runners[ws.index(leader)].__exit__(None, None, None)
+        wait_until(lambda: sum(w.synced for w in ws) == 2)
+        second = next(w for w in ws if w.synced and w is not leader)
+        assert second.etcd_data == {'/data/a': '1'}
+    finally:
+        for w, r in zip(ws, runners):
+            if r.thread.is_alive():
+                r.__exit__(None, None, None)
