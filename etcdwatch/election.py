@@ -6,7 +6,6 @@ others wait on it and race again as soon as it goes.  Renewal uses etcd's
 TTL-only refresh, so it never wakes the followers.
 """
 
-import atexit
 import os
 import socket
 import time
@@ -24,16 +23,31 @@ LOG = logging.getLogger(__name__)
 
 EtcdElectionLost = exceptions.EtcdElectionLost
 
-# Every live elector, so that a clean process exit hands leadership over at
-# once instead of after the TTL.  Weak, so that electors can be collected.
+# Every live elector, so cleanup_electors() can reach them.  Weak, so that
+# electors can be collected; each one's finalizer (below) releases its key
+# when it is collected or when the interpreter exits, whichever is first.
 _live_electors = weakref.WeakSet()
 
 
-@atexit.register
 def cleanup_electors():
-    """Release every election this process still holds (run at exit)."""
+    """Release every election this process still holds.
+
+    Runs by itself at interpreter exit (and when an elector that leads is
+    garbage collected); callable explicitly too.
+    """
     for elector in list(_live_electors):
         elector.clean()
+
+
+def _release_if_held(backend, key, value, held):
+    # A finalizer: must not refer to the elector itself.
+    if not held[0]:
+        return
+    held[0] = False
+    try:
+        backend.delete_if(key, value)
+    except exceptions.BackendError:
+        LOG.debug('could not release %s at exit', key, exc_info=True)
 
 
 def _make_id():
@@ -95,6 +109,11 @@ class EtcdElection(object):
         # margin for etcd expiring keys early on its own clock.
         self._lease_deadline = None
         self._lease_margin = min(1.0, work_time / 4.0)
+        # Whether the key may be ours: shared with the finalizer, which
+        # releases it at exit or collection without a reference to self.
+        self._held = [False]
+        weakref.finalize(self, _release_if_held, self._backend,
+                         self.master_key, self.thread_id, self._held)
         #: The etcd index at which this worker last won the election (a
         #: fencing token: it grows with every new term), or None.
         self.fencing_token = None
@@ -155,6 +174,7 @@ class EtcdElection(object):
         """
         self._lease_deadline = None
         self.fencing_token = None
+        self._held[0] = False
         try:
             if self._backend.delete_if(self.master_key, self.thread_id):
                 LOG.info('%s: %s resigned', self.name, self.thread_id)
@@ -204,6 +224,7 @@ class EtcdElection(object):
         if index is not None:
             self._lease_deadline = sent + self.work_time - self._lease_margin
             self.fencing_token = index
+            self._held[0] = True
             LOG.info('%s: %s elected at index %s', self.name,
                      self.thread_id, index)
             return True
@@ -215,6 +236,7 @@ class EtcdElection(object):
         sent = time.monotonic()
         if self._backend.refresh(self.master_key, self.thread_id, ttl):
             self._lease_deadline = sent + ttl - self._lease_margin
+            self._held[0] = True
             if self.fencing_token is None:
                 state, _index = self._backend.read_key(self.master_key)
                 if state is not None and state.value == self.thread_id:
@@ -222,6 +244,7 @@ class EtcdElection(object):
             return True
         self._lease_deadline = None
         self.fencing_token = None
+        self._held[0] = False
         return False
 
     def _wait_for_vacancy(self):

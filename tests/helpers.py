@@ -74,3 +74,30 @@ class Runner(object):
         self.watcher.stop()
         self.thread.join(self.join_timeout)
         assert not self.thread.is_alive(), 'watch_forever did not return'
+
+
+def etcd_state(client, path):
+    """Every leaf key under ``path`` -> value, read from etcd itself."""
+    try:
+        result = client.read(path, recursive=True)
+    except etcd.EtcdKeyNotFound:
+        return {}
+    return {n.key: n.value for n in result.leaves if not n.dir}
+
+
+def fold_changes(changes):
+    """What a sequence of (action, key, value) notifications adds up to.
+
+    Fails on an 'add' of a known key, a 'change' or 'delete' of an unknown
+    one: a change watcher must never send those.
+    """
+    state = {}
+    for action, key, value in changes:
+        if action == 'delete':
+            assert key in state, 'delete of unreported key %s' % key
+            del state[key]
+        else:
+            assert (action == 'add') == (key not in state), (
+                '%s of %s' % (action, key))
+            state[key] = value
+    return state

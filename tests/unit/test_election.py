@@ -135,6 +135,23 @@ def test_k_electors_are_not_held_forever(client):
     assert len(ref) == count - 1
 
 
+def test_k_a_leader_that_is_collected_releases_its_key(client):
+    e = elector(client)
+    e.wait_until_elected()
+    assert holder(client) == e.thread_id
+    del e
+    gc.collect()
+    assert holder(client) is None
+
+
+def test_k_a_follower_that_is_collected_deletes_nothing(client):
+    a, b = elector(client), elector(client)
+    a.wait_until_elected()
+    del b
+    gc.collect()
+    assert holder(client) == a.thread_id
+
+
 def test_k_atexit_cleanup_releases(client):
     e = elector(client)
     e.wait_until_elected()

@@ -15,7 +15,9 @@ from etcdwatch import EtcdChangeWatcher
 from etcdwatch import EtcdWatcher
 from etcdwatch.testing.fake import FakeClock
 from etcdwatch.testing.fake import FakeEtcdClient
+from tests.helpers import etcd_state
 from tests.helpers import FlakyClient
+from tests.helpers import fold_changes
 from tests.helpers import Runner
 from tests.helpers import wait_until
 
@@ -56,28 +58,11 @@ class Recorder(EtcdChangeWatcher):
 
     def reported(self):
         """What the notifications add up to: key -> value."""
-        state = {}
-        for action, key, value in self.changes:
-            if action == 'delete':
-                assert key in state, 'delete of unreported key %s' % key
-                del state[key]
-            else:
-                assert (action == 'add') == (key not in state), (
-                    '%s of %s' % (action, key))
-                state[key] = value
-        return state
-
-
-def etcd_state(client, path=P):
-    try:
-        result = client.read(path, recursive=True)
-    except etcd.EtcdKeyNotFound:
-        return {}
-    return {n.key: n.value for n in result.leaves if not n.dir}
+        return fold_changes(self.changes)
 
 
 def converged(watcher, client):
-    truth = etcd_state(client)
+    truth = etcd_state(client, P)
     return (watcher.etcd_data == truth and
             watcher.implemented_state == truth and
             watcher.reported() == truth)

@@ -1,0 +1,82 @@
+"""A worker process for the multi-process functional tests.
+
+    python -m tests.functional.worker elect HOST:PORT NAME WORK_TIME RECOVERY
+    python -m tests.functional.worker watch HOST:PORT PREFIX HEARTBEAT
+
+``--eventlet`` monkey-patches the process first (the OpenStack agent way).
+Every line printed is one JSON object, flushed at once:
+
+* elect: {"event": "elected", "id": ..., "t": time.time()} on each new term;
+  the worker then checks in every work_time / 4 seconds.
+* watch: {"event": "synced"} then {"action", "key", "value"} per change.
+
+SIGTERM exits cleanly (atexit handlers run, so an elected worker releases
+its key).
+"""
+
+import sys
+
+if '--eventlet' in sys.argv:
+    import eventlet
+    eventlet.monkey_patch()
+
+import json  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+
+import etcd  # noqa: E402
+
+import etcdwatch  # noqa: E402
+from etcdwatch import handlers  # noqa: E402
+
+
+def say(**fields):
+    fields.setdefault('t', time.time())
+    sys.stdout.write(json.dumps(fields) + '\n')
+    sys.stdout.flush()
+
+
+def client_for(address):
+    host, port = address.rsplit(':', 1)
+    return etcd.Client(host=host, port=int(port), read_timeout=10)
+
+
+def elect(address, name, work_time, recovery_time):
+    elector = etcdwatch.EtcdElection(client_for(address), name, '/elections',
+                                     work_time=float(work_time),
+                                     recovery_time=float(recovery_time))
+    term = None
+    say(event='campaigning', id=elector.thread_id)
+    while True:
+        elector.wait_until_elected()
+        if elector.fencing_token != term:
+            term = elector.fencing_token
+            say(event='elected', id=elector.thread_id, term=term)
+        time.sleep(float(work_time) / 4)
+
+
+class Reporter(etcdwatch.EtcdChangeWatcher):
+    def key_change(self, action, key, value):
+        say(action=action, key=key, value=value)
+
+
+def watch(address, prefix, heartbeat):
+    watcher = Reporter(client_for(address), 'reporter', prefix,
+                       heartbeat=float(heartbeat))
+    say(event='synced', handler=handlers.default_handler().name)
+    watcher.watch_forever()
+
+
+def main(argv):
+    args = [a for a in argv if not a.startswith('--')]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if args[0] == 'elect':
+        elect(*args[1:])
+    elif args[0] == 'watch':
+        watch(*args[1:])
+    else:
+        raise SystemExit('unknown mode %r' % args[0])
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
