@@ -190,7 +190,8 @@ class EtcdElection(object):
         With ``min_remaining``, a term with at least that many seconds of
         lease left is taken as is, without a request to etcd.
         """
-        if min_remaining is not None and self._lease_remaining() > min_remaining:
+        if (min_remaining is not None and
+                self._lease_remaining() > min_remaining):
             return True
         while stop is None or not stop.is_set():
             try:

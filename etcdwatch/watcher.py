@@ -249,9 +249,12 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         return self._synced.wait(timeout)
 
     def stats(self):
-        """Counters: events, resyncs, errors, callback_errors, index,
-        last_event_time (time.time() of the last event applied), synced,
-        pending (callbacks waiting for a retry)."""
+        """Counters, as a new dict.
+
+        events, resyncs, errors, callback_errors, index (the last index
+        applied), last_event_time (time.time() of the last event applied),
+        synced, pending (callbacks waiting for a retry).
+        """
         result = dict(self._stats)
         result['index'] = None if self.tick is None else self.tick - 1
         result['synced'] = self.synced
@@ -440,8 +443,10 @@ class EtcdChangeWatcher(EtcdWatcher):
             handler=handler)
 
     def do_all_work(self):
-        """Deliver the difference between etcd_data and what was
-        delivered; costs one comparison per key."""
+        """Deliver what differs between etcd_data and implemented_state.
+
+        Costs one comparison per key.
+        """
         gone = set(self.implemented_state).difference(self.etcd_data)
         for key in sorted(gone):
             self._reconcile(key)

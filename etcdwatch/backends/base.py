@@ -60,10 +60,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def watch_tree(self, path, from_index, timeout):
-        """Return the first :class:`Event` under ``path`` at or after
-        ``from_index``, waiting up to ``timeout`` seconds.
+        """Return the first :class:`Event` under ``path`` from an index on.
 
-        Returns None when nothing happened in time.  Raises
+        Waits up to ``timeout`` seconds for an event at ``from_index`` or
+        later.  Returns None when nothing happened in time.  Raises
         :class:`~etcdwatch.exceptions.HistoryGone` when etcd no longer holds
         the events from ``from_index`` on.
         """
