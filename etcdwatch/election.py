@@ -1,11 +1,13 @@
 """Leader election on one etcd key with a TTL.
 
 Workers race to create ``<election_path>/master_<name>``, holding their own
-id, with a TTL of ``work_time``.  The winner works and renews the key; the
-others wait on it and race again as soon as it goes.  Renewal uses etcd's
-TTL-only refresh, so it never wakes the followers.
+id, with a TTL of ``work_time``.  The winner leads: a background keepalive
+renews the key with etcd's TTL-only refresh (which wakes nobody) for as long
+as the worker shows life.  The others wait on the key and race again as soon
+as it goes.
 """
 
+import contextlib
 import os
 import socket
 import time
@@ -57,41 +59,75 @@ def _make_id():
                          uuid.uuid4().hex[:12])
 
 
+class Term(object):
+    """One term of leadership.
+
+    ``fencing_token`` is the etcd index at which it was won; it grows with
+    every new term, so work tagged with it can be told from a stale
+    leader's.  ``lost`` is an event set when the term ends, for any reason.
+    """
+
+    def __init__(self, fencing_token, lost_event):
+        self.fencing_token = fencing_token
+        self.lost = lost_event
+
+    def check(self):
+        """Raise :class:`EtcdElectionLost` if the term has ended."""
+        if self.lost.is_set():
+            raise EtcdElectionLost('term %s has ended' % self.fencing_token)
+
+    def __repr__(self):
+        return '<Term %s%s>' % (self.fencing_token,
+                                ' lost' if self.lost.is_set() else '')
+
+
 class EtcdElection(object):
     """One participant in the election of a leader of kind ``name``.
 
     :param etcd_client: a python-etcd ``etcd.Client`` (or a FakeEtcdClient).
     :param name: what is being led; one leader per name and election_path.
     :param election_path: the etcd directory that holds the election keys.
-    :param work_time: seconds the leader may work between two calls to
-        :meth:`wait_until_elected` (or :meth:`extend_election`); it is the
-        key's TTL, so a leader that stops checking in loses the key within
-        ``work_time`` and another worker takes over.
+    :param work_time: the key's TTL, and the longest a leader may go without
+        showing life (calling :meth:`wait_until_elected`,
+        :meth:`check_in` or :meth:`extend_election`).  While it shows life,
+        a background keepalive renews the key every ``work_time / 3``; a
+        leader that hangs stops being renewed and loses the key within
+        ``2 * work_time``.
     :param recovery_time: the longest a follower sleeps between two looks
-        at the key, in case a watch notification is lost.  A leader that
-        dies is replaced within ``work_time`` plus the time etcd takes to
-        expire the key (under a second); ``recovery_time`` bounds the delay
-        only when the notification goes missing.
+        at the key, in case a watch notification is lost.  A follower is
+        normally woken the moment the key goes.
     :param multi_worker_ok: what to prefer when etcd cannot be reached.
         False (the default): *at most one* leader.  A worker only believes it
         leads after etcd confirmed it, and stops believing it once the lease
-        it last confirmed has run out locally.
+        it last confirmed has run out locally, which is before the key can
+        expire on the server.
         True: *at least one* worker working.  When etcd cannot be reached, a
         worker goes on working (and a new one may start) even though
         another may be doing the same.
     :param handler: the concurrency handler ('threading', 'eventlet', an
         instance, or None for the default chosen from eventlet patching).
+    :param on_elected: called with the new :class:`Term` when this worker
+        wins a term, on the thread that won it.
+    :param on_lost: called with the ended :class:`Term` when a term ends for
+        any reason (lost, expired, resigned), on the thread that noticed:
+        often the keepalive's.  Keep both callbacks short.
 
     All arguments are checked before anything is sent to etcd; bad ones
     raise ``ValueError`` naming the argument.
     """
 
     def __init__(self, etcd_client, name, election_path, work_time,
-                 recovery_time=5, multi_worker_ok=False, handler=None):
+                 recovery_time=5, multi_worker_ok=False, handler=None,
+                 on_elected=None, on_lost=None):
         keys.check_name('name', name)
         self.election_path = keys.check_path('election_path', election_path)
         keys.check_duration('work_time', work_time)
         keys.check_duration('recovery_time', recovery_time)
+        for argument, value in (('on_elected', on_elected),
+                                ('on_lost', on_lost)):
+            if value is not None and not callable(value):
+                raise ValueError('%s must be callable, not %r'
+                                 % (argument, value))
         self._backend = backends.for_client(etcd_client)
         self._handler = handlers.get_handler(handler)
 
@@ -103,20 +139,29 @@ class EtcdElection(object):
         self.recovery_time = recovery_time
         self.multi_worker_ok = bool(multi_worker_ok)
         self.master_key = self.election_path + '/master_' + name
+        self.on_elected = on_elected
+        self.on_lost = on_lost
 
+        self._lock = self._handler.rlock()
+        #: The current :class:`Term`, or None.
+        self.term = None
         # Monotonic time after which we no longer believe we lead: when the
         # last confirmed create/refresh was *sent*, plus the TTL, minus a
         # margin for etcd expiring keys early on its own clock.
         self._lease_deadline = None
         self._lease_margin = min(1.0, work_time / 4.0)
+        # Monotonic time until which the worker has shown life; the
+        # keepalive renews the key only before it.
+        self._alive_until = 0.0
+        self._keepalive = None
+        # True once etcd said the key is someone else's (not merely that
+        # it could not be reached); cleared by a new term.
+        self._refused = False
         # Whether the key may be ours: shared with the finalizer, which
         # releases it at exit or collection without a reference to self.
         self._held = [False]
         weakref.finalize(self, _release_if_held, self._backend,
                          self.master_key, self.thread_id, self._held)
-        #: The etcd index at which this worker last won the election (a
-        #: fencing token: it grows with every new term), or None.
-        self.fencing_token = None
         _live_electors.add(self)
 
     # -- what callers ask -------------------------------------------------
@@ -125,34 +170,62 @@ class EtcdElection(object):
     def is_elected(self):
         """True while etcd confirmed, within the lease, that we lead.
 
-        Never True past the local lease deadline, which falls before the
-        key can expire on the server.
+        Never True past the local lease deadline: the monotonic time the
+        last successful create or refresh was sent, plus the TTL, minus a
+        margin (a quarter of the TTL, at most 1 s).  That falls before the
+        key can expire on the server, so another worker can only be elected
+        after this turns False.
         """
         deadline = self._lease_deadline
         return deadline is not None and time.monotonic() < deadline
 
-    def wait_until_elected(self):
-        """Return once this worker leads; renew the term if it already does.
+    @property
+    def fencing_token(self):
+        """The etcd index at which the current term was won, or None."""
+        term = self.term
+        return None if term is None else term.fencing_token
 
-        Call it again before each piece of work that takes at most
-        ``work_time``.  With ``multi_worker_ok=False`` it returns only after
+    def wait_until_elected(self):
+        """Return once this worker leads; counts as showing life.
+
+        A leader calls it again before each piece of work that takes at
+        most ``work_time``; while the keepalive holds the lease that costs
+        no request.  With ``multi_worker_ok=False`` it returns only after
         etcd confirmed the key holds our id; while etcd is unreachable it
         keeps trying every ``recovery_time``.  With ``multi_worker_ok=True``
         it also returns when etcd cannot be reached (logging a warning).
         """
         self._campaign(stop=None)
 
-    def extend_election(self, duration):
-        """Renew our term for ``duration`` seconds.
+    def check_in(self):
+        """Show life without blocking; raise if no longer elected.
 
-        Raises :class:`EtcdElectionLost` if the key no longer holds our id.
-        If etcd cannot be reached, the term is kept while the lease we last
+        Raises :class:`EtcdElectionLost` if the term has ended (with
+        ``multi_worker_ok``, only if etcd said the key is not ours).
+        """
+        self._alive_until = time.monotonic() + self.work_time
+        if self.is_elected:
+            return
+        if self.multi_worker_ok and not self._refused:
+            return
+        raise EtcdElectionLost('%s does not hold %s'
+                               % (self.thread_id, self.master_key))
+
+    def extend_election(self, duration):
+        """Renew our term now for ``duration`` seconds.
+
+        Counts as showing life for ``duration`` seconds.  Raises
+        :class:`EtcdElectionLost` if the key no longer holds our id.  If
+        etcd cannot be reached, the term is kept while the lease we last
         confirmed still runs (or always, with ``multi_worker_ok``), and lost
         after that.
         """
         keys.check_duration('duration', duration)
+        now = time.monotonic()
+        self._alive_until = max(self._alive_until, now + duration)
         try:
             if self._renew(duration):
+                self._ensure_keepalive()
                 return
         except exceptions.EtcdUnavailable:
             if self.is_elected or self.multi_worker_ok:
@@ -160,42 +233,74 @@ class EtcdElection(object):
                             'election; still within the lease',
                             self.name, exc_info=True)
                 return
-            self._lease_deadline = None
+            self._end_term('etcd unreachable past the lease')
         LOG.info('%s: election lost by %s', self.name, self.thread_id)
         raise EtcdElectionLost('%s no longer holds %s'
                                % (self.thread_id, self.master_key))
 
-    def clean(self):
-        """Give up the election key if we hold it.
+    def leader(self):
+        """The id of the current leader, or None; never campaigns."""
+        state, _index = self._backend.read_key(self.master_key)
+        return None if state is None else state.value
 
-        Called at process exit for every live elector, so the next leader
-        need not wait for the TTL.  Idempotent and never raises for etcd
-        errors.
+    def resign(self):
+        """Give up leadership now: delete the key if it is ours.
+
+        A follower waiting on the key takes over at once.  Idempotent;
+        never raises for etcd errors (the key then expires by its TTL).
         """
-        self._lease_deadline = None
-        self.fencing_token = None
+        self._end_term('resigned')
         self._held[0] = False
         try:
             if self._backend.delete_if(self.master_key, self.thread_id):
                 LOG.info('%s: %s resigned', self.name, self.thread_id)
         except exceptions.BackendError:
-            LOG.debug('%s: could not release %s', self.name,
-                      self.master_key, exc_info=True)
+            LOG.warning('%s: could not delete %s; it will expire',
+                        self.name, self.master_key, exc_info=True)
+
+    def clean(self):
+        """Release the election key if we hold it (see :meth:`resign`).
+
+        A leader's key is also released at process exit and when its
+        elector is garbage collected, so a clean exit hands over at once.
+        """
+        self.resign()
+
+    @contextlib.contextmanager
+    def leadership(self):
+        """Campaign, then run the ``with`` body as leader; resign after.
+
+        Yields the :class:`Term`; the body should call :meth:`check_in`
+        (or ``term.check()``) between pieces of work and stop when
+        ``term.lost`` is set.
+        """
+        self.wait_until_elected()
+        term = self.term
+        try:
+            yield term
+        finally:
+            self.resign()
+
+    def run(self, func, *args, **kwargs):
+        """Call ``func(*args, **kwargs)`` as leader; resign when it returns.
+
+        Blocks until elected first.  Returns what ``func`` returns.
+        """
+        with self.leadership():
+            return func(*args, **kwargs)
 
     # -- the campaign -----------------------------------------------------
 
-    def _campaign(self, stop, min_remaining=None):
-        """Loop until elected (True) or ``stop`` is set (False).
-
-        With ``min_remaining``, a term with at least that many seconds of
-        lease left is taken as is, without a request to etcd.
-        """
-        if (min_remaining is not None and
-                self._lease_remaining() > min_remaining):
+    def _campaign(self, stop):
+        """Loop until elected (True) or ``stop`` is set (False)."""
+        self._alive_until = time.monotonic() + self.work_time
+        if self.is_elected and self._keepalive_running():
             return True
         while stop is None or not stop.is_set():
             try:
                 if self._try_lead():
+                    self._alive_until = time.monotonic() + self.work_time
+                    self._ensure_keepalive()
                     return True
                 self._wait_for_vacancy()
             except exceptions.BackendError:
@@ -204,49 +309,77 @@ class EtcdElection(object):
                                 '(multi_worker_ok)', self.name,
                                 exc_info=True)
                     return True
-                self._lease_deadline = None
+                if not self.is_elected:
+                    self._end_term('etcd unreachable past the lease')
                 LOG.warning('%s: election failed on an etcd error; retrying '
                             'in %ss', self.name, self.recovery_time,
                             exc_info=True)
                 self._sleep(stop, self.recovery_time)
         return False
 
-    def _lease_remaining(self):
-        deadline = self._lease_deadline
-        return 0 if deadline is None else deadline - time.monotonic()
-
     def _try_lead(self):
         """Renew our key or create it; True if we now lead."""
-        if self.fencing_token is not None and self._renew(self.work_time):
+        if self.term is not None and self._renew(self.work_time):
             return True
         sent = time.monotonic()
         index = self._backend.create(self.master_key, self.thread_id,
                                      self.work_time)
         if index is not None:
-            self._lease_deadline = sent + self.work_time - self._lease_margin
-            self.fencing_token = index
-            self._held[0] = True
-            LOG.info('%s: %s elected at index %s', self.name,
-                     self.thread_id, index)
+            self._begin_term(index, sent + self.work_time)
             return True
         # The key exists: it may still be ours from a term we had
-        # forgotten (fencing_token is None after clean()).
+        # forgotten (after a restart of the keepalive, say).
         return self._renew(self.work_time)
 
     def _renew(self, ttl):
+        """Refresh the key's TTL if it is ours; False if it is not."""
         sent = time.monotonic()
         if self._backend.refresh(self.master_key, self.thread_id, ttl):
-            self._lease_deadline = sent + ttl - self._lease_margin
-            self._held[0] = True
-            if self.fencing_token is None:
-                state, _index = self._backend.read_key(self.master_key)
-                if state is not None and state.value == self.thread_id:
-                    self.fencing_token = state.created_index
-            return True
-        self._lease_deadline = None
-        self.fencing_token = None
-        self._held[0] = False
+            with self._lock:
+                self._lease_deadline = sent + ttl - self._lease_margin
+                self._held[0] = True
+                if self.term is not None:
+                    return True
+            # Ours, but from a term we did not record: take it up.
+            state, _index = self._backend.read_key(self.master_key)
+            if state is not None and state.value == self.thread_id:
+                self._begin_term(state.created_index, sent + ttl)
+                return True
+            return False
+        self._refused = True
+        self._end_term('the key is no longer ours')
         return False
+
+    def _begin_term(self, token, expires):
+        with self._lock:
+            self._lease_deadline = expires - self._lease_margin
+            self._held[0] = True
+            self._refused = False
+            if self.term is not None and self.term.fencing_token == token:
+                return
+            self.term = Term(token, self._handler.event())
+        LOG.info('%s: %s elected at index %s', self.name, self.thread_id,
+                 token)
+        self._callback(self.on_elected, self.term)
+
+    def _end_term(self, why):
+        with self._lock:
+            term, self.term = self.term, None
+            self._lease_deadline = None
+            if term is None:
+                return
+            term.lost.set()
+        LOG.warning('%s: %s no longer leads (term %s): %s', self.name,
+                    self.thread_id, term.fencing_token, why)
+        self._callback(self.on_lost, term)
+
+    def _callback(self, func, term):
+        if func is None:
+            return
+        try:
+            func(term)
+        except Exception:
+            LOG.exception('%s: election callback %r failed', self.name, func)
 
     def _wait_for_vacancy(self):
         """Sleep until the key changes, or at most recovery_time."""
@@ -264,3 +397,49 @@ class EtcdElection(object):
             self._handler.sleep(seconds)
         else:
             stop.wait(seconds)
+
+    # -- the keepalive ----------------------------------------------------
+
+    def _keepalive_running(self):
+        task = self._keepalive
+        return task is not None and task.is_alive()
+
+    def _ensure_keepalive(self):
+        with self._lock:
+            if self._keepalive_running() or self.term is None:
+                return
+            self._keepalive = self._handler.spawn(
+                _keepalive_loop, weakref.ref(self), self.term)
+
+
+def _keepalive_loop(elector_ref, term):
+    """Renew the key of ``term`` while its worker shows life.
+
+    Holds the elector only weakly between renewals, so a leader that is
+    dropped is collected (and its finalizer releases the key).
+    """
+    while not term.lost.is_set():
+        elector = elector_ref()
+        if elector is None:
+            return
+        interval = elector.work_time / 3.0
+        now = time.monotonic()
+        if now >= elector._alive_until:
+            # The worker has not shown life for work_time: stop renewing
+            # and let the key expire, as the seed's election did.
+            if not elector.is_elected:
+                elector._end_term('the worker stopped checking in')
+                return
+        else:
+            try:
+                elector._renew(elector.work_time)
+            except exceptions.BackendError:
+                if not elector.is_elected and not elector.multi_worker_ok:
+                    elector._end_term('etcd unreachable past the lease')
+                    return
+                LOG.warning('%s: keepalive could not reach etcd; retrying',
+                            elector.name, exc_info=True)
+                interval /= 3.0
+        wait = term.lost.wait
+        del elector
+        wait(interval)

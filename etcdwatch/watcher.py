@@ -321,20 +321,29 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
     # -- internals --------------------------------------------------------
 
     def _wait_until_elected(self):
-        """Campaign (interruptibly); on a new term, start from a re-read."""
-        # Renew only when the lease might run out before the next pass
-        # (one watch of up to a heartbeat, plus callbacks), not per event.
-        if not self.etcd_elector._campaign(
-                self._stop,
-                min_remaining=self.heartbeat + self.DANGER_PAUSE):
+        """Campaign (interruptibly); on a new term, start from a re-read.
+
+        Also the check-in that keeps the election's keepalive renewing: one
+        pass of the loop (a watch of at most a heartbeat, plus callbacks)
+        fits in the elector's work_time.
+        """
+        if not self.etcd_elector._campaign(self._stop):
             return False
         term = self.etcd_elector.fencing_token
         if term != self._term:
             LOG.info('%s: elected (term %s); loading %s', self.name, term,
                      self.watch_path)
-            self._term = term
-            self.tick = None
+            with self.etcd_data_lock:
+                self._term = term
+                self.tick = None
+                # What a lost term left undelivered is covered by the
+                # re-read's do_all_work().
+                self._pending.clear()
         return True
+
+    def _leading(self):
+        elector = self.etcd_elector
+        return elector is None or elector.is_elected
 
     def _far_behind(self, event):
         if event.current_index is None:
@@ -369,7 +378,7 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
     def _retry_pending(self):
         # Capped exponential backoff since the first failure, so a callback
         # that always fails costs a log line per wait, not a spinning core.
-        delay = min(self.CALLBACK_RETRY_MAX,
+        delay = min(self.CALLBACK_RETRY_MAX, self.heartbeat,
                     self.CALLBACK_RETRY_MIN *
                     (2 ** max(0, self._callback_failures - 1)))
         if self._callback_failures and self._stop.wait(delay):
@@ -380,6 +389,10 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         """Run queued callbacks in order; stop at the first that raises."""
         with self.etcd_data_lock:
             while self._pending:
+                if not self._leading():
+                    # A watcher that lost its election delivers nothing
+                    # more; it re-reads everything when elected again.
+                    return False
                 item = self._pending[0]
                 try:
                     if item is _ALL_WORK:

@@ -3,6 +3,7 @@
 import gc
 import threading
 import time
+import weakref
 
 import etcd
 import pytest
@@ -127,12 +128,12 @@ def test_clean_is_idempotent_and_only_deletes_our_key(client):
 
 def test_k_electors_are_not_held_forever(client):
     e = elector(client)
-    ref = election_mod._live_electors
-    assert e in ref
-    count = len(ref)
+    e.wait_until_elected()
+    assert e in election_mod._live_electors
+    ref = weakref.ref(e)
     del e
     gc.collect()
-    assert len(ref) == count - 1
+    assert ref() is None
 
 
 def test_k_a_leader_that_is_collected_releases_its_key(client):
@@ -245,3 +246,138 @@ def test_only_the_elected_watcher_loads_and_watches(client):
         for w, r in zip(ws, runners):
             if r.thread.is_alive():
                 r.__exit__(None, None, None)
+
+
+# -- keepalive, loss, fencing, observe, resign (the election issue) ------
+
+def test_keepalive_holds_the_key_while_the_worker_checks_in(client):
+    flaky_follower = FlakyClient(client)
+    a = elector(client, work_time=1)
+    b = elector(flaky_follower, work_time=1, recovery_time=30)
+    a.wait_until_elected()
+    token = a.fencing_token
+    done = threading.Event()
+    threading.Thread(target=lambda: (b.wait_until_elected(), done.set()),
+                     daemon=True).start()
+    wait_until(lambda: flaky_follower.calls.get('watch', 0) == 1)
+    refreshes_before = client.calls.get('write', 0)
+    deadline = time.monotonic() + 3.5       # several TTLs
+    while time.monotonic() < deadline:
+        a.check_in()
+        time.sleep(0.1)
+    assert a.is_elected and a.fencing_token == token
+    assert not done.is_set()
+    # Renewed several times, and the follower was never woken.
+    assert client.calls.get('write', 0) - refreshes_before >= 5
+    assert flaky_follower.calls.get('watch', 0) == 1
+    a.resign()
+    assert done.wait(5)
+
+
+def test_a_hung_leader_loses_within_two_work_times(client):
+    lost = []
+    a = elector(client, work_time=1, on_lost=lost.append)
+    b = elector(client, work_time=1, recovery_time=0.5)
+    a.wait_until_elected()
+    start = time.monotonic()
+    # a never checks in again; b takes over once the key expires.
+    b.wait_until_elected()
+    took = time.monotonic() - start
+    assert took < 2 * 1 + 0.5 + 1.0, took
+    assert not a.is_elected
+    wait_until(lambda: lost)
+    assert lost[0].lost.is_set()
+    with pytest.raises(EtcdElectionLost):
+        a.check_in()
+
+
+def test_callbacks_and_terms(client):
+    events = []
+    a = elector(client, on_elected=lambda t: events.append(('won', t)),
+                on_lost=lambda t: events.append(('lost', t)))
+    a.wait_until_elected()
+    first = a.term
+    assert events == [('won', first)]
+    a.resign()
+    assert events[-1] == ('lost', first) and first.lost.is_set()
+    with pytest.raises(EtcdElectionLost):
+        first.check()
+    a.wait_until_elected()
+    assert a.term.fencing_token > first.fencing_token
+    assert [e[0] for e in events] == ['won', 'lost', 'won']
+
+
+def test_loss_is_noticed_by_the_keepalive(client):
+    lost = threading.Event()
+    a = elector(client, work_time=1, on_lost=lambda t: lost.set())
+    a.wait_until_elected()
+    # Someone else takes the key (say, an operator).
+    client.write(E + '/master_svc', 'intruder')
+    assert lost.wait(5)
+    assert not a.is_elected
+    with pytest.raises(EtcdElectionLost):
+        a.check_in()
+
+
+def test_a_callback_that_raises_is_logged_not_fatal(client, caplog):
+    def boom(term):
+        raise RuntimeError('callback bug')
+    a = elector(client, on_elected=boom)
+    a.wait_until_elected()
+    assert a.is_elected
+    assert 'callback bug' in caplog.text
+
+
+def test_leader_observes_without_campaigning(client):
+    a, b = elector(client), elector(client)
+    assert b.leader() is None
+    a.wait_until_elected()
+    assert b.leader() == a.thread_id
+    assert not b.is_elected
+
+
+def test_resign_hands_over_at_once(client):
+    a, b = elector(client), elector(client, recovery_time=30)
+    a.wait_until_elected()
+    done = threading.Event()
+    threading.Thread(target=lambda: (b.wait_until_elected(), done.set()),
+                     daemon=True).start()
+    client.wait_for_watches(1)
+    a.resign()
+    assert done.wait(5)
+    a.resign()      # idempotent
+    assert b.leader() == b.thread_id
+
+
+def test_run_and_leadership(client):
+    a = elector(client)
+    assert a.run(lambda x: (a.is_elected, x), 7) == (True, 7)
+    assert holder(client) is None
+    with a.leadership() as term:
+        assert holder(client) == a.thread_id
+        term.check()
+    assert term.lost.is_set() and holder(client) is None
+
+
+def test_bad_callbacks_are_refused(client):
+    with pytest.raises(ValueError, match='on_lost'):
+        elector(client, on_lost='not callable')
+
+
+def test_an_elected_watcher_that_loses_stops_then_reloads(client):
+    client.write('/data/a', '1')
+    w = Elected(client, 'w', '/data', election_path=E,
+                wait_until_elected=True, heartbeat=0.2, recovery_time=0.2)
+    with Runner(w):
+        wait_until(lambda: w.synced)
+        assert w.loads == 1
+        token = w.etcd_elector.fencing_token
+        # Another worker takes the key while ours is between refreshes.
+        client.delete(E + '/master_w')
+        client.write(E + '/master_w', 'other', ttl=1)
+        wait_until(lambda: not w.etcd_elector.is_elected)
+        client.write('/data/b', '2')
+        wait_until(lambda: w.etcd_elector.is_elected, timeout=10)
+        wait_until(lambda: w.loads == 2)
+        assert w.etcd_elector.fencing_token > token
+        assert w.etcd_data == {'/data/a': '1', '/data/b': '2'}
