@@ -1,6 +1,7 @@
 """A worker process for the multi-process functional tests.
 
     python -m tests.functional.worker elect HOST:PORT NAME WORK_TIME RECOVERY
+    python -m tests.functional.worker lead HOSTS NAME WORK_TIME RECOVERY UNIT
     python -m tests.functional.worker watch HOST:PORT PREFIX HEARTBEAT
 
 ``--eventlet`` monkey-patches the process first (the OpenStack agent way).
@@ -8,6 +9,10 @@ Every line printed is one JSON object, flushed at once:
 
 * elect: {"event": "elected", "id": ..., "t": time.time()} on each new term;
   the worker then checks in every work_time / 4 seconds.
+* lead: like elect, but works in units of UNIT seconds and prints
+  {"event": "work", "t": ...} for each unit it starts while ``is_elected``
+  (t is taken *before* checking), and {"event": "lost"} when it notices the
+  loss.  HOSTS may list several members (h:p,h:p) for a reconnecting client.
 * watch: {"event": "synced"} then {"action", "key", "value"} per change.
 
 SIGTERM exits cleanly (atexit handlers run, so an elected worker releases
@@ -37,8 +42,13 @@ def say(**fields):
 
 
 def client_for(address):
-    host, port = address.rsplit(':', 1)
-    return etcd.Client(host=host, port=int(port), read_timeout=10)
+    hosts = [(h, int(p)) for h, p in
+             (part.rsplit(':', 1) for part in address.split(','))]
+    if len(hosts) == 1:
+        return etcd.Client(host=hosts[0][0], port=hosts[0][1],
+                           read_timeout=10)
+    return etcd.Client(host=tuple(hosts), allow_reconnect=True,
+                       read_timeout=10)
 
 
 def elect(address, name, work_time, recovery_time):
@@ -53,6 +63,30 @@ def elect(address, name, work_time, recovery_time):
             term = elector.fencing_token
             say(event='elected', id=elector.thread_id, term=term)
         time.sleep(float(work_time) / 4)
+
+
+def lead(address, name, work_time, recovery_time, unit):
+    client = client_for(address)
+    elector = etcdwatch.EtcdElection(client, name, '/elections',
+                                     work_time=float(work_time),
+                                     recovery_time=float(recovery_time))
+    say(event='campaigning', id=elector.thread_id)
+    while True:
+        elector.wait_until_elected()
+        say(event='elected', id=elector.thread_id,
+            term=elector.fencing_token, base_uri=client.base_uri)
+        while True:
+            t = time.time()
+            if not elector.is_elected:
+                say(event='lost', why='is_elected')
+                break
+            say(event='work', t=t, term=elector.fencing_token)
+            time.sleep(float(unit))
+            try:
+                elector.check_in()
+            except etcdwatch.EtcdElectionLost:
+                say(event='lost', why='check_in')
+                break
 
 
 class Reporter(etcdwatch.EtcdChangeWatcher):
@@ -72,6 +106,8 @@ def main(argv):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args[0] == 'elect':
         elect(*args[1:])
+    elif args[0] == 'lead':
+        lead(*args[1:])
     elif args[0] == 'watch':
         watch(*args[1:])
     else:
