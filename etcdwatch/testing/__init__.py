@@ -1,0 +1,29 @@
+"""What tests of etcdwatch, and of applications built on it, import.
+
+``FakeEtcdClient`` is an in-memory etcd v2 for fast unit tests (held to a
+real etcd by etcdwatch's conformance suite); ``EtcdServer`` and
+``EtcdCluster`` start real etcd processes with the v2 API enabled, with
+faults (kill, stop, pause, resume, restart) on each member.
+
+The server helpers import ``fixtures`` only for the fixture classes, so
+importing this package needs nothing beyond etcdwatch's own requirements.
+"""
+
+from etcdwatch.testing.fake import FakeClock
+from etcdwatch.testing.fake import FakeEtcdClient
+
+__all__ = ['FakeClock', 'FakeEtcdClient', 'EtcdServer', 'EtcdCluster',
+           'EtcdServerFixture', 'EtcdClusterFixture', 'find_etcd_binary',
+           'EtcdBinaryNotFound']
+
+_SERVER_NAMES = frozenset(__all__[2:])
+
+
+def __getattr__(name):
+    # The server helpers are loaded on first use: they pull in the
+    # test-only 'fixtures' package, which an application's unit tests of
+    # the fake should not need.
+    if name in _SERVER_NAMES:
+        from etcdwatch.testing import server
+        return getattr(server, name)
+    raise AttributeError(name)
