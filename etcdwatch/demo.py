@@ -80,9 +80,12 @@ def run(client, out=sys.stdout, heartbeat=1.0, prefix=PREFIX):
             say('no worker was elected within 30 s')
             return 1
         say('%s leads (%s)' % (first.label, first.etcd_elector.thread_id))
-        for key, value in (('color', 'blue'), ('size', 'large'),
-                           ('color', 'green'), ('color', 'green')):
-            say('writer  sets   %-8s = %s' % (key, value))
+        for key, value, note in (('color', 'blue', ''),
+                                 ('size', 'large', ''),
+                                 ('color', 'green', ''),
+                                 ('color', 'green',
+                                  '  (same value: no notification)')):
+            say('writer  sets   %-8s = %s%s' % (key, value, note))
             client.write('%s/%s' % (data, key), value)
             time.sleep(0.2)
         say('writer  deletes size')

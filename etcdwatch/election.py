@@ -369,8 +369,9 @@ class EtcdElection(object):
             if term is None:
                 return
             term.lost.set()
-        LOG.warning('%s: %s no longer leads (term %s): %s', self.name,
-                    self.thread_id, term.fencing_token, why)
+        level = logging.INFO if why == 'resigned' else logging.WARNING
+        LOG.log(level, '%s: %s no longer leads (term %s): %s', self.name,
+                self.thread_id, term.fencing_token, why)
         self._callback(self.on_lost, term)
 
     def _callback(self, func, term):

@@ -236,8 +236,15 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
                 self.etcd_elector.clean()
 
     def stop(self):
-        """Ask :meth:`watch_forever` to return (within one heartbeat)."""
+        """Ask :meth:`watch_forever` to return (within one heartbeat).
+
+        An elected watcher resigns at once, so another worker takes over
+        without waiting for this one's watch to time out; it delivers
+        nothing after that.
+        """
         self._stop.set()
+        if self.etcd_elector is not None:
+            self.etcd_elector.resign()
 
     @property
     def synced(self):

@@ -3,7 +3,7 @@
 Everything etcdwatch does to etcd goes through these few operations, in the
 library's own terms: a tree of leaf keys read at an index, changes that are
 either a *put* or a *delete*, and create / refresh / delete conditioned on
-who owns a key.  A backend module (``v2`` for python-etcd, later ``v3`` for
+who owns a key.  A backend module (``v2`` for python-etcd, ``v3`` for
 etcd3gw) is the only place that knows its API's vocabulary and exceptions,
 and it translates those exceptions into :mod:`etcdwatch.exceptions` here.
 """
@@ -22,10 +22,14 @@ Event = collections.namedtuple(
 Event.__doc__ = """One change under a watched key or prefix.
 
 ``kind`` is PUT or DELETE; ``value`` is None for deletes and directories;
-``index`` is the change's own index (watch again from ``index + 1``);
+``index`` is the change's own index (watch again from ``index + 1``;
+on v3 several events can share an index, and asking from ``index + 1``
+right after one of them continues with the others);
 ``is_dir`` marks a directory node (a DELETE of a directory removes every key
-below it); ``current_index`` is etcd's newest index when it answered, or
-None, so that ``current_index - index`` measures how far behind we are.
+below it); ``current_index`` is etcd's index when the watch began, or None:
+for an event found in etcd's history that is the newest index, so
+``current_index - index`` measures how far behind we are (for a watch that
+waited, it is below ``index``).
 """
 
 Snapshot = collections.namedtuple('Snapshot', ['index', 'items'])
@@ -65,7 +69,9 @@ class Backend(abc.ABC):
         Waits up to ``timeout`` seconds for an event at ``from_index`` or
         later.  Returns None when nothing happened in time.  Raises
         :class:`~etcdwatch.exceptions.HistoryGone` when etcd no longer holds
-        the events from ``from_index`` on.
+        the events from ``from_index`` on.  Events that share an index come
+        one per call: asking from ``index + 1`` right after one of them
+        continues with the next, after a :meth:`read_tree` it does not.
         """
 
     @abc.abstractmethod
@@ -94,3 +100,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def delete_if(self, key, value):
         """Delete ``key`` if it still holds ``value``; True if deleted."""
+
+    def close(self):
+        """Release what the backend keeps open between calls.
+
+        For a backend that keeps watch streams open (v3), this closes them;
+        a watch blocked in another thread returns None at once.  Safe from
+        any thread, any number of times; never raises.  The backend stays
+        usable: a later call opens what it needs again.  The default does
+        nothing.
+        """

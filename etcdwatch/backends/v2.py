@@ -12,6 +12,7 @@ import socket
 
 import etcd
 import urllib3.exceptions
+import urllib3.util
 
 from etcdwatch.backends import base
 from etcdwatch import exceptions
@@ -63,10 +64,36 @@ class _Translate(object):
         return False
 
 
+# Bound every request to one socket timeout.  urllib3 retries a GET or PUT
+# whose headers do not arrive three times, so against a stalled (SIGSTOPped,
+# overloaded) etcd a watch with a 60 s timeout would hang for 240 s.
+# python-etcd does its own failover to other members (allow_reconnect), so
+# urllib3's retries buy nothing; redirects are still followed.
+_NO_RETRIES = urllib3.util.Retry(total=0, redirect=5,
+                                 raise_on_redirect=False)
+
+
+def _bound_requests(client):
+    http = getattr(client, 'http', None)
+    pool_kw = getattr(http, 'connection_pool_kw', None)
+    if isinstance(pool_kw, dict) and pool_kw.get('retries') is None:
+        pool_kw['retries'] = _NO_RETRIES
+        http.clear()    # pools made before keep their own retries
+
+
 class V2Backend(base.Backend):
-    """Backend for python-etcd's ``etcd.Client`` (and FakeEtcdClient)."""
+    """Backend for python-etcd's ``etcd.Client`` (and FakeEtcdClient).
+
+    It turns off urllib3's own retries on the client it is given (unless
+    the application set some), so that each request, a watch included,
+    gives up after one socket timeout.
+    """
 
     name = 'v2'
+
+    def __init__(self, client):
+        super(V2Backend, self).__init__(client)
+        _bound_requests(client)
 
     def read_tree(self, path):
         try:

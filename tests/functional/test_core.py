@@ -157,3 +157,23 @@ def test_clean_exit_of_the_leader_hands_over_within_a_second(etcd_server):
         assert new_leader is not leader
         handover = second['t'] - exited_at
         assert handover < 1.0, handover
+
+
+def test_a_paused_etcd_costs_one_timeout_not_four(fresh_etcd_server):
+    """urllib3 would retry a stalled watch three times; we must not."""
+    from etcdwatch import EtcdUnavailable
+    client = fresh_etcd_server.client()
+    heartbeat = 2
+    w = Recorder(client, 'rec', '/paused', heartbeat=heartbeat)
+    fresh_etcd_server.pause()
+    try:
+        start = time.monotonic()
+        with pytest.raises(EtcdUnavailable):
+            w.do_watch()
+        took = time.monotonic() - start
+    finally:
+        fresh_etcd_server.resume()
+    assert took < heartbeat + 5, took
+    client.write('/paused/k', 'v')
+    wait_until(lambda: (w.do_watch(), w.changes)[1] == [
+        ('add', '/paused/k', 'v')], timeout=30)

@@ -1,0 +1,81 @@
+"""Fixtures for running the same functional tests on etcd's v2 and v3 APIs.
+
+``etcd_v3_server``
+    One etcd for the session with the v2 API *disabled*, so a v3 test
+    proves that nothing it does needs v2.
+``fresh_etcd_v3_server``
+    The same, of this test's own (for faults, and for counting what etcd
+    holds open).
+``etcd3_client``
+    A new etcd3gw client on ``etcd_v3_server``; everything below
+    ``etcd_prefix`` is deleted after the test.
+``backend_client``
+    Parametrized over 'v2' and 'v3': a driver (``drivers.V2Driver`` or
+    ``drivers.V3Driver``) whose ``client`` goes to the recipes and whose
+    methods change etcd through the same API, so one test body runs on
+    both backends.
+
+etcd3gw is a test requirement: nothing here skips without it.
+"""
+
+import pytest
+
+from etcdwatch.testing.server import EtcdServer
+from tests.functional import drivers
+
+
+def _start(server):
+    try:
+        server.start()
+    except BaseException:
+        server.cleanup()
+        raise
+    return server
+
+
+@pytest.fixture(scope='session')
+def etcd_v3_server():
+    """The shared etcd with v2 disabled (session scope)."""
+    server = _start(EtcdServer(name='shared-v3', enable_v2=False))
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def fresh_etcd_v3_server():
+    """An etcd with v2 disabled, of this test's own."""
+    server = _start(EtcdServer(name='fresh-v3', enable_v2=False))
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def _revive(server):
+    if server.is_paused:
+        server.resume()
+    if not server.is_running:
+        server.start()
+
+
+@pytest.fixture
+def etcd3_client(etcd_v3_server, etcd_prefix):
+    """An etcd3gw client on ``etcd_v3_server``; cleans ``etcd_prefix``."""
+    _revive(etcd_v3_server)
+    yield drivers.v3_client(etcd_v3_server)
+    _revive(etcd_v3_server)
+    drivers.v3_client(etcd_v3_server).delete_prefix(etcd_prefix + '/')
+
+
+@pytest.fixture(params=['v2', 'v3'])
+def backend_client(request, etcd_prefix):
+    """A :class:`Driver` for the v2 or the v3 API on a shared etcd."""
+    if request.param == 'v2':
+        server = request.getfixturevalue('etcd_server')
+        client = request.getfixturevalue('etcd_client')
+        return drivers.V2Driver(server, client)
+    server = request.getfixturevalue('etcd_v3_server')
+    client = request.getfixturevalue('etcd3_client')
+    return drivers.V3Driver(server, client)
