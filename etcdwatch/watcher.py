@@ -79,6 +79,12 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         effect within it.
     :param handler: the concurrency handler ('threading', 'eventlet', an
         instance, or None for the default chosen from eventlet patching).
+    :param codec: turns etcd's strings into the values callbacks see (an
+        object with ``decode(value)``, such as
+        :class:`etcdwatch.codecs.JsonCodec`); None passes strings through.
+        A value it cannot decode is logged, reported to
+        :meth:`value_unparsable`, and treated as absent, so the key is
+        neither dropped silently nor delivered with a garbage value.
 
     Promise: once writes stop, ``etcd_data`` equals what etcd holds under
     ``watch_path``, and every change has been delivered to a callback that
@@ -102,7 +108,12 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
 
     def __init__(self, etcd_client, name, watch_path, election_path=None,
                  wait_until_elected=False, recovery_time=5,
-                 data=None, heartbeat=60, handler=None):
+                 data=None, heartbeat=60, handler=None, codec=None):
+        if codec is not None and not callable(getattr(codec, 'decode',
+                                                      None)):
+            raise ValueError('codec must have a decode(value) method, not %r'
+                             % (codec,))
+        self.codec = codec
         self.watch_path = keys.check_path('watch_path', watch_path)
         keys.check_duration('heartbeat', heartbeat)
         keys.check_duration('recovery_time', recovery_time)
@@ -143,7 +154,8 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         self._initial_load_done = False
         self._term = None
         self._stats = {'events': 0, 'resyncs': 0, 'errors': 0,
-                       'callback_errors': 0, 'last_event_time': None}
+                       'callback_errors': 0, 'unparsable': 0,
+                       'last_event_time': None}
 
         if self.etcd_elector is None:
             # The seed's contract: the tree is loaded (and do_all_work run)
@@ -199,6 +211,24 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
 
     def removed(self, short_key):
         """A key went away (see :class:`EtcdChangeWatcher`)."""
+
+    def decode_value(self, key, value):
+        """Return what callbacks see for etcd's string ``value`` of ``key``.
+
+        The default applies ``codec``; raise to refuse the value.
+        """
+        if self.codec is None:
+            return value
+        return self.codec.decode(value)
+
+    def value_unparsable(self, key, value, error):
+        """``key`` holds ``value``, which :meth:`decode_value` refused.
+
+        Called with ``etcd_data_lock`` held.  The key counts as absent
+        until a decodable value arrives (a change watcher that had reported
+        it reports it deleted).  The default does nothing more: the failure
+        is already logged and counted in ``stats()['unparsable']``.
+        """
 
     def make_short_key(self, key):
         """The part of ``key`` below ``watch_path + '/'``, or None."""
@@ -258,7 +288,8 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
     def stats(self):
         """Counters, as a new dict.
 
-        events, resyncs, errors, callback_errors, index (the last index
+        events, resyncs, errors, callback_errors, unparsable (values the
+        codec refused), index (the last index
         applied), last_event_time (time.time() of the last event applied),
         synced, pending (callbacks waiting for a retry).
         """
@@ -311,7 +342,7 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
             self._expected_keys = self.init_resync_start()
         snapshot = self._backend.read_tree(self.watch_path)
         with self.etcd_data_lock:
-            self.etcd_data = dict(snapshot.items)
+            self.etcd_data = self._decode_all(snapshot.items)
             self.tick = snapshot.index + 1
             # A full read supersedes anything not yet delivered: the
             # whole-tree callback covers it.
@@ -374,13 +405,46 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
                     del data[key]
                     self._pending.append((DELETE, key, None))
             elif not event.is_dir:
-                action = CHANGE if event.key in data else ADD
-                data[event.key] = event.value
-                self._pending.append((action, event.key, event.value))
+                ok, value = self._decode(event.key, event.value)
+                if ok:
+                    action = CHANGE if event.key in data else ADD
+                    data[event.key] = value
+                    self._pending.append((action, event.key, value))
+                elif event.key in data:
+                    del data[event.key]
+                    self._pending.append((DELETE, event.key, None))
             self.tick = event.index + 1
             self._stats['events'] += 1
             self._stats['last_event_time'] = time.time()
         self._deliver()
+
+    def _decode_all(self, items):
+        if self.codec is None and (type(self).decode_value is
+                                   EtcdWatcher.decode_value):
+            return dict(items)      # the common case: no per-key call
+        data = {}
+        for key, raw in items.items():
+            ok, value = self._decode(key, raw)
+            if ok:
+                data[key] = value
+        return data
+
+    def _decode(self, key, raw):
+        """Return (True, value), or (False, None) for a refused value.
+
+        A refused value is logged and reported to value_unparsable().
+        """
+        try:
+            return True, self.decode_value(key, raw)
+        except Exception as e:
+            self._stats['unparsable'] += 1
+            LOG.warning('%s: cannot decode the value of %s (treated as '
+                        'absent): %s', self.name, key, e, exc_info=True)
+            try:
+                self.value_unparsable(key, raw, e)
+            except Exception:
+                LOG.exception('%s: value_unparsable() failed', self.name)
+            return False, None
 
     def _retry_pending(self):
         # Capped exponential backoff since the first failure, so a callback
@@ -454,13 +518,13 @@ class EtcdChangeWatcher(EtcdWatcher):
 
     def __init__(self, etcd_client, name, watch_path, election_path=None,
                  wait_until_elected=False, recovery_time=5,
-                 data=None, heartbeat=60, handler=None):
+                 data=None, heartbeat=60, handler=None, codec=None):
         #: key -> the value last delivered to key_change without error.
         self.implemented_state = {}
         super(EtcdChangeWatcher, self).__init__(
             etcd_client, name, watch_path, election_path,
             wait_until_elected, recovery_time, data, heartbeat,
-            handler=handler)
+            handler=handler, codec=codec)
 
     def do_all_work(self):
         """Deliver what differs between etcd_data and implemented_state.

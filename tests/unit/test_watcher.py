@@ -447,3 +447,42 @@ def test_j_bad_input_is_refused_before_any_request(client, argument, kwargs):
     with pytest.raises(ValueError, match=argument):
         Recorder(client, **args)
     assert client.calls == before
+
+
+class Jsonish(object):
+    """A codec: JSON objects only."""
+
+    @staticmethod
+    def decode(value):
+        import json
+        result = json.loads(value)
+        if not isinstance(result, dict):
+            raise ValueError('not an object')
+        return result
+
+
+def test_codec_values_and_unparsable_values(client):
+    client.write(P + '/good', '{"a": 1}')
+    client.write(P + '/bad', 'not json')
+    refused = []
+
+    class Decoding(Recorder):
+        def value_unparsable(self, key, value, error):
+            refused.append((key, value, type(error).__name__))
+
+    w = make(client, Decoding, codec=Jsonish())
+    assert w.etcd_data == {P + '/good': {'a': 1}}
+    assert refused == [(P + '/bad', 'not json', 'JSONDecodeError')]
+    with Runner(w):
+        client.write(P + '/bad', '{"fixed": true}')
+        client.write(P + '/good', '[1]')           # now refused
+        wait_until(lambda: len(w.changes) == 3)
+    assert w.changes[1:] == [('add', P + '/bad', {'fixed': True}),
+                             ('delete', P + '/good', None)]
+    assert w.stats()['unparsable'] == 2
+    assert refused[-1] == (P + '/good', '[1]', 'ValueError')
+
+
+def test_codec_must_decode(client):
+    with pytest.raises(ValueError, match='codec'):
+        make(client, codec=object())
