@@ -78,24 +78,28 @@ class _Translate(object):
     def __exit__(self, exc_type, exc, tb):
         if exc is None or isinstance(exc, exceptions.EtcdWatchError):
             return False
-        unavailable = (requests.exceptions.ConnectionError,
-                       requests.exceptions.Timeout,
-                       urllib3.exceptions.HTTPError, OSError,
-                       etcd3gw.exceptions.ConnectionFailedError,
-                       etcd3gw.exceptions.ConnectionTimeoutError)
-        if isinstance(exc, unavailable):
-            raise exceptions.EtcdUnavailable(
-                '%s: etcd unreachable: %s' % (self.what, exc)) from exc
-        if isinstance(exc, (requests.exceptions.RequestException,
-                            etcd3gw.exceptions.Etcd3Exception)):
-            raise exceptions.BackendError(
-                '%s: %s' % (self.what, exc)) from exc
-        if isinstance(exc, (ValueError, KeyError, TypeError)):
+        if isinstance(exc, requests.exceptions.RequestException):
+            # Before OSError: every requests exception is one.
+            unavailable = isinstance(exc, (
+                requests.exceptions.ConnectionError,
+                requests.exceptions.Timeout))
+        elif isinstance(exc, etcd3gw.exceptions.Etcd3Exception):
+            unavailable = isinstance(exc, (
+                etcd3gw.exceptions.ConnectionFailedError,
+                etcd3gw.exceptions.ConnectionTimeoutError))
+        elif isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
+            unavailable = True      # a stream's socket, read directly
+        elif isinstance(exc, (ValueError, KeyError, TypeError)):
             # Not JSON, or JSON without the fields etcd always sends.
             raise exceptions.BackendError(
                 '%s: unexpected answer from etcd: %r' % (self.what, exc)
             ) from exc
-        return False
+        else:
+            return False
+        if unavailable:
+            raise exceptions.EtcdUnavailable(
+                '%s: etcd unreachable: %s' % (self.what, exc)) from exc
+        raise exceptions.BackendError('%s: %s' % (self.what, exc)) from exc
 
 
 def _raise_for(what, status, body, current_index=None):
@@ -177,6 +181,8 @@ class _Stream(object):
                     return None
             if self._sock is not None:
                 self._sock.settimeout(remaining)
+            # else each read is bounded by the read timeout the stream was
+            # opened with (the timeout of the call that opened it).
             self._buffer += next(self._chunks)
 
     def abort(self):
@@ -523,7 +529,7 @@ class V3Backend(base.Backend):
     def _take(self, path, cursor, message):
         """Fold one stream message into the cursor."""
         what = 'watch %s' % path
-        result = message.get('result')
+        result = message.get('result') if isinstance(message, dict) else None
         if not isinstance(result, dict):
             cursor.close_stream()
             _raise_for(what, None, message)
