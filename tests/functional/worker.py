@@ -95,9 +95,11 @@ class Reporter(etcdwatch.EtcdChangeWatcher):
 
 
 def watch(address, prefix, heartbeat):
-    watcher = Reporter(client_for(address), 'reporter', prefix,
+    client = client_for(address)
+    watcher = Reporter(client, 'reporter', prefix,
                        heartbeat=float(heartbeat))
-    say(event='synced', handler=handlers.default_handler().name)
+    say(event='synced', handler=handlers.default_handler().name,
+        base_uri=client.base_uri)
     watcher.watch_forever()
 
 
