@@ -16,6 +16,14 @@ python-etcd clients pointing at it::
 testtools-style tests.  Nothing here skips a test: without an etcd binary
 :class:`EtcdBinaryNotFound` is raised (see :func:`find_etcd_binary`).
 
+``EtcdServer(tls=True)`` serves clients over TLS and requires a client
+certificate, from a CA, server and client certificate made for it at start
+(:func:`make_tls_files`, which needs the ``cryptography`` package)::
+
+    with EtcdServer(tls=True) as server:
+        client = server.client()      # https, the CA and the client cert
+        files = server.tls_files      # TLSFiles: the PEM files' paths
+
 Processes are always reaped: by ``cleanup()``, by a finalizer when the
 object is garbage collected or the interpreter exits, and (Linux, server
 started from the main thread) by the kernel when the test process dies
@@ -24,13 +32,17 @@ without running any Python cleanup (SIGKILL, ``os._exit``).
 These objects are not thread-safe; drive each one from a single thread.
 """
 
+import collections
+import datetime
 import http.client
 import importlib.util
+import ipaddress
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -49,6 +61,8 @@ __all__ = [
     'EtcdServerFixture',
     'EtcdClusterFixture',
     'find_etcd_binary',
+    'make_tls_files',
+    'TLSFiles',
 ]
 
 ENV_BINARY = 'ETCD_BINARY'
@@ -245,9 +259,16 @@ class _Resources(object):
         self.ports = ()
 
 
-def _http_get(host, port, path, timeout=_PROBE_TIMEOUT):
-    """(status, parsed JSON or None); raises OSError/HTTPException."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+def _http_get(host, port, path, timeout=_PROBE_TIMEOUT, ssl_context=None):
+    """(status, parsed JSON or None); raises OSError/HTTPException.
+
+    HTTPS when ``ssl_context`` is given.
+    """
+    if ssl_context is None:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    else:
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout,
+                                           context=ssl_context)
     try:
         conn.request('GET', path)
         resp = conn.getresponse()
@@ -259,6 +280,139 @@ def _http_get(host, port, path, timeout=_PROBE_TIMEOUT):
     except ValueError:
         data = None
     return resp.status, data
+
+
+class TLSFiles(collections.namedtuple('TLSFiles', [
+        'ca_cert', 'ca_key', 'server_cert', 'server_key', 'client_cert',
+        'client_key'])):
+    """Paths of the PEM files made by :func:`make_tls_files`.
+
+    The server and client certificates are signed by ``ca_cert``; keys are
+    unencrypted (python-etcd cannot pass a key password).
+    """
+
+
+# Long enough for any test run, short enough that a leaked key is useless.
+_TLS_VALID_DAYS = 7
+
+
+def make_tls_files(directory, hosts=('127.0.0.1', 'localhost'),
+                   client_name='etcdwatch-client'):
+    """Write a new CA, a server and a client certificate into ``directory``.
+
+    The server certificate names every one of ``hosts`` (IP addresses
+    and DNS names) as a subject alternative name, so clients verify it
+    against any of them; the client certificate's common name is
+    ``client_name``.  Every call makes a new CA, so the files of two calls
+    never trust each other: that is how a test gets a *wrong* CA.
+    Returns a :class:`TLSFiles` of absolute paths.  Needs the
+    ``cryptography`` package (a test requirement, not a runtime one).
+    """
+    try:
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives import serialization
+        from cryptography import x509
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+        from cryptography.x509.oid import NameOID
+    except ImportError as e:
+        raise RuntimeError('make_tls_files() needs the cryptography '
+                           'package: pip install cryptography') from e
+
+    directory = os.path.abspath(os.fspath(directory))
+    os.makedirs(directory, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    # An hour back: a client whose clock is a little behind still accepts.
+    not_before = now - datetime.timedelta(hours=1)
+    not_after = now + datetime.timedelta(days=_TLS_VALID_DAYS)
+
+    def name(common_name):
+        return x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, 'etcdwatch tests'),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    def issue(subject, key, issuer, issuer_key, extensions):
+        builder = (x509.CertificateBuilder()
+                   .subject_name(subject).issuer_name(issuer)
+                   .public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(not_before).not_valid_after(not_after)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(
+                       key.public_key()), critical=False)
+                   .add_extension(
+                       x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                           issuer_key.public_key()), critical=False))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def leaf_usage():
+        return x509.KeyUsage(
+            digital_signature=True, key_encipherment=False,
+            content_commitment=False, data_encipherment=False,
+            key_agreement=False, key_cert_sign=False, crl_sign=False,
+            encipher_only=False, decipher_only=False)
+
+    def write(filename, data, private=False):
+        path = os.path.join(directory, filename)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                     0o600 if private else 0o644)
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        return path
+
+    def pem_key(key):
+        return key.private_bytes(serialization.Encoding.PEM,
+                                 serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    def pem_cert(cert):
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    # P-256 keys: generated in a millisecond, unlike RSA, and spoken by
+    # both Go (etcd) and OpenSSL (Python).
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = name('etcdwatch test CA %s' % uuid.uuid4().hex[:8])
+    ca = issue(ca_name, ca_key, ca_name, ca_key, [
+        (x509.BasicConstraints(ca=True, path_length=0), True),
+        (x509.KeyUsage(
+            digital_signature=True, key_encipherment=False,
+            content_commitment=False, data_encipherment=False,
+            key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), True)])
+
+    alt_names = []
+    for host in hosts:
+        try:
+            alt_names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            alt_names.append(x509.DNSName(host))
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = issue(name(hosts[0] if hosts else 'etcd'), server_key, ca_name,
+                   ca_key, [
+                       (x509.BasicConstraints(ca=False, path_length=None),
+                        True),
+                       (leaf_usage(), True),
+                       (x509.ExtendedKeyUsage(
+                           [ExtendedKeyUsageOID.SERVER_AUTH]), False),
+                       (x509.SubjectAlternativeName(alt_names), False)])
+
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = issue(name(client_name), client_key, ca_name, ca_key, [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (leaf_usage(), True),
+        # etcd checks that a client certificate may authenticate clients.
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)])
+
+    return TLSFiles(
+        ca_cert=write('ca.pem', pem_cert(ca)),
+        ca_key=write('ca-key.pem', pem_key(ca_key), private=True),
+        server_cert=write('server.pem', pem_cert(server)),
+        server_key=write('server-key.pem', pem_key(server_key),
+                         private=True),
+        client_cert=write('client.pem', pem_cert(client)),
+        client_key=write('client-key.pem', pem_key(client_key),
+                         private=True))
 
 
 class EtcdServer(object):
@@ -277,13 +431,29 @@ class EtcdServer(object):
     ``startup_timeout`` bounds every start/restart.  A server that is not
     started is not running; creating one costs nothing but the binary
     lookup (which raises :class:`EtcdBinaryNotFound`).
+
+    ``tls``: None serves clients plain HTTP.  True serves them HTTPS with
+    files that :func:`make_tls_files` writes into the working directory
+    on the first start (new ones after :meth:`cleanup`); a
+    :class:`TLSFiles` uses those files instead.  With ``client_cert_auth``
+    (the default) etcd refuses every client without a certificate signed
+    by the CA.  Peers always speak plain HTTP.  :meth:`client` and the
+    readiness probes present the CA and the client certificate.
     """
 
     def __init__(self, binary=None, data_dir=None, name='etcd0',
                  enable_v2=True, extra_args=(), host='127.0.0.1',
-                 startup_timeout=30, stop_timeout=10):
+                 startup_timeout=30, stop_timeout=10, tls=None,
+                 client_cert_auth=True):
+        if not (tls is None or tls is True or isinstance(tls, TLSFiles)):
+            raise ValueError('tls must be None, True or a TLSFiles, not %r'
+                             % (tls,))
         self.binary = binary or find_etcd_binary()
         self.name = name
+        self.tls = tls
+        self.client_cert_auth = client_cert_auth
+        self._tls_files = tls if isinstance(tls, TLSFiles) else None
+        self._ssl_context = None
         self.enable_v2 = enable_v2
         self.extra_args = tuple(extra_args)
         self.startup_timeout = startup_timeout
@@ -316,9 +486,14 @@ class EtcdServer(object):
         return self._res.ports[1] if self._res.ports else None
 
     @property
+    def protocol(self):
+        """'https' for a TLS server, else 'http'."""
+        return 'https' if self.tls else 'http'
+
+    @property
     def client_url(self):
-        """``http://HOST:PORT``, as etcd advertises it to clients."""
-        return 'http://%s:%s' % (self._host, self.port)
+        """``PROTOCOL://HOST:PORT``, as etcd advertises it to clients."""
+        return '%s://%s:%s' % (self.protocol, self._host, self.port)
 
     @property
     def peer_url(self):
@@ -339,6 +514,15 @@ class EtcdServer(object):
         """etcd's version ("3.5.1"), as read from /version at start."""
         return self._version
 
+    @property
+    def tls_files(self):
+        """The :class:`TLSFiles` clients need; None without TLS.
+
+        With ``tls=True`` they exist from the first start until
+        :meth:`cleanup`.
+        """
+        return self._tls_files
+
     # -- state ----------------------------------------------------------------
 
     @property
@@ -357,13 +541,23 @@ class EtcdServer(object):
         return self._paused and self.is_running
 
     def client(self, **kwargs):
-        """A new ``etcd.Client`` for this server; kwargs go to it."""
+        """A new ``etcd.Client`` for this server; kwargs go to it.
+
+        For a TLS server the defaults are ``protocol='https'``, the CA
+        and the client certificate; pass ``cert=None`` (or another
+        ``ca_cert``) to try a client without them.
+        """
         import etcd
         if self.port is None:
             raise RuntimeError('%s has no port yet: start() it first'
                                % self.name)
         kwargs.setdefault('host', self._host)
         kwargs.setdefault('port', self.port)
+        files = self._tls_files
+        if self.tls and files is not None:
+            kwargs.setdefault('protocol', 'https')
+            kwargs.setdefault('ca_cert', files.ca_cert)
+            kwargs.setdefault('cert', (files.client_cert, files.client_key))
         return etcd.Client(**kwargs)
 
     # -- lifecycle -----------------------------------------------------------
@@ -483,6 +677,11 @@ class EtcdServer(object):
         """
         self._paused = False
         self._res.release()
+        if self.tls is True:
+            # They lived in the working directory: the next start makes
+            # new ones.
+            self._tls_files = None
+            self._ssl_context = None
 
     close = cleanup
 
@@ -518,6 +717,13 @@ class EtcdServer(object):
         ]
         if self.enable_v2:
             cmd.append('--enable-v2=true')
+        files = self._tls_files
+        if self.tls and files is not None:
+            cmd.extend(['--cert-file', files.server_cert,
+                        '--key-file', files.server_key])
+            if self.client_cert_auth:
+                cmd.extend(['--client-cert-auth',
+                            '--trusted-ca-file', files.ca_cert])
         cmd.extend(self.extra_args)
         return cmd
 
@@ -531,6 +737,11 @@ class EtcdServer(object):
                 res.base_dir = tempfile.mkdtemp(
                     prefix='etcdwatch-%s-' % self.name)
                 res.owns_dir = True
+        if self.tls is True and self._tls_files is None:
+            self._tls_files = make_tls_files(
+                os.path.join(res.base_dir, 'tls'),
+                hosts=(self._host, 'localhost'))
+            self._ssl_context = None
         if not res.ports:
             res.ports = tuple(_allocate_ports(self._host, 2))
             # Data from another server object remembers other peer URLs,
@@ -566,13 +777,25 @@ class EtcdServer(object):
             shutil.rmtree(os.path.join(self.data_dir, 'data'),
                           ignore_errors=True)
 
+    def _get(self, path):
+        """_http_get() on our client port, over TLS when we serve it."""
+        context = None
+        files = self._tls_files
+        if self.tls and files is not None:
+            if self._ssl_context is None:
+                context = ssl.create_default_context(cafile=files.ca_cert)
+                context.load_cert_chain(files.client_cert, files.client_key)
+                self._ssl_context = context
+            context = self._ssl_context
+        return _http_get(self._host, self.port, path, ssl_context=context)
+
     def _probe_ready(self):
         try:
-            status, data = _http_get(self._host, self.port, '/version')
+            status, data = self._get('/version')
             if status != 200 or not isinstance(data, dict):
                 return False
             self._version = data.get('etcdserver')
-            status, data = _http_get(self._host, self.port, '/health')
+            status, data = self._get('/health')
             if (status != 200 or not isinstance(data, dict) or
                     data.get('health') != 'true'):
                 return False
@@ -585,7 +808,7 @@ class EtcdServer(object):
                     raise EtcdStartupError(
                         'another etcd answers on %s: address already in use'
                         % self.client_url, address_in_use=True)
-                status, _ = _http_get(self._host, self.port, '/v2/keys/')
+                status, _ = self._get('/v2/keys/')
                 return bool(mine) and status == 200
             return True
         except (OSError, http.client.HTTPException):
@@ -596,10 +819,10 @@ class EtcdServer(object):
 
         None when it cannot tell yet.
         """
-        status, me = _http_get(self._host, self.port, '/v2/stats/self')
+        status, me = self._get('/v2/stats/self')
         if status != 200 or not isinstance(me, dict):
             return None
-        status, members = _http_get(self._host, self.port, '/v2/members')
+        status, members = self._get('/v2/members')
         if status != 200 or not isinstance(members, dict):
             return None
         for info in members.get('members', ()):
@@ -760,7 +983,7 @@ class EtcdCluster(object):
             if not m.is_running or m.is_paused:
                 continue
             try:
-                status, data = _http_get(m.host, m.port, '/v2/stats/self')
+                status, data = m._get('/v2/stats/self')
             except (OSError, http.client.HTTPException):
                 continue
             if status != 200 or not data:
@@ -775,8 +998,7 @@ class EtcdCluster(object):
             for m in self._members:
                 if m.is_running and not m.is_paused:
                     try:
-                        status, data = _http_get(m.host, m.port,
-                                                 '/v2/members')
+                        status, data = m._get('/v2/members')
                     except (OSError, http.client.HTTPException):
                         continue
                     names = {x.name: x for x in self._members}

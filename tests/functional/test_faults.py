@@ -7,7 +7,6 @@ collected in docs/reliability.rst.
 """
 
 import logging
-import signal
 import threading
 import time
 import uuid
@@ -338,8 +337,10 @@ def _write_many(client, keys, threads=8):
 
 
 def test_keys_other_tools_write(etcd_server, etcd_client, etcd_prefix):
-    """Keys python-etcd cannot address (spaces, unicode, ?, #, %) can
-    still be written by other tools; the watcher reports them exactly."""
+    """Keys python-etcd cannot address are reported exactly.
+
+    Other tools can write keys with spaces, unicode, ?, # or %.
+    """
     import urllib.parse
     import urllib.request
     p = etcd_prefix
