@@ -86,8 +86,10 @@ def _lines(workers, event):
 
 
 def test_sigstop_of_the_leader_past_its_ttl(etcd_server):
-    """The paused leader notices the loss before working again, and the
-    periods in which each process believed it led never overlap."""
+    """The paused leader notices the loss before working again.
+
+    And the periods in which each process believed it led never overlap.
+    """
     name, work_time = unique_name(), 2
     with Workers() as workers:
         for _ in range(3):
