@@ -1,12 +1,20 @@
-"""The main job, runnable: three workers elect a leader, the leader's change
-watcher reports what a writer does, the leader stops and another takes over.
+"""The main job, runnable: ``etcdwatch demo`` (``python -m etcdwatch demo``).
 
-Runs on the in-memory FakeEtcdClient unless given a real etcd.
+Three workers, elected change watchers on one prefix, race for one
+election.  The leader prints each change a writer makes (a rewrite with the
+same value is no change); it is stopped and another takes over at once;
+that one hangs in a callback, stops showing life, loses its key when the
+TTL runs out, and the third takes over.  Every line shows the time since
+the start; the failovers show how long they took.
+
+Runs on the in-memory FakeEtcdClient unless given a real etcd client.
 """
 
 import sys
 import threading
 import time
+import uuid
+from typing import Any, Callable, List, Optional, TextIO
 
 from etcdwatch import watcher
 
@@ -14,12 +22,14 @@ PREFIX = '/etcdwatch-demo'
 
 
 class _Printer(object):
-    def __init__(self, out):
+    """Writes ``<seconds since start>  <text>`` lines, one at a time."""
+
+    def __init__(self, out: TextIO) -> None:
         self._out = out
         self._start = time.monotonic()
         self._lock = threading.Lock()
 
-    def __call__(self, text):
+    def __call__(self, text: str) -> None:
         with self._lock:
             self._out.write('%6.2fs  %s\n'
                             % (time.monotonic() - self._start, text))
@@ -27,91 +37,165 @@ class _Printer(object):
 
 
 class DemoWorker(watcher.EtcdChangeWatcher):
-    """A worker that, while it leads, prints every change it is told of."""
+    """A worker that, while it leads, prints every change it is told of.
 
-    def __init__(self, client, label, say, heartbeat, prefix):
+    With short timings (a heartbeat of ``heartbeat`` seconds and an etcd
+    pause as short), so that a hung leader is replaced within seconds.
+    """
+
+    def __init__(self, client: Any, label: str, say: Callable[[str], None],
+                 heartbeat: float, prefix: str) -> None:
         self.label = label
         self.say = say
+        #: Set to make the next callback hang until ``release`` is set.
+        self.hang_next = False
+        self.release = threading.Event()
+        self.DANGER_PAUSE = heartbeat
         super(DemoWorker, self).__init__(
             client, 'demo', prefix + '/data',
             election_path=prefix + '/election', wait_until_elected=True,
             recovery_time=heartbeat, heartbeat=heartbeat)
 
-    def added(self, short_key, value):
-        self.say('%s sees   %-8s = %s' % (self.label, short_key, value))
+    def added(self, short_key: str, value: Optional[str]) -> None:
+        self.say(_line(self.label, 'sees', '%s = %s' % (short_key, value)))
+        self._maybe_hang()
 
-    def removed(self, short_key):
-        self.say('%s sees   %-8s deleted' % (self.label, short_key))
+    def removed(self, short_key: str) -> None:
+        self.say(_line(self.label, 'sees', '%s deleted' % short_key))
+        self._maybe_hang()
 
+    def _maybe_hang(self) -> None:
+        if self.hang_next:
+            self.hang_next = False
+            self.say(_line(self.label, 'hangs', '(shows no life: its key '
+                           'is no longer renewed)'))
+            self.release.wait()
 
-def _wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.01)
-    return None
-
-
-def run(client, out=sys.stdout, heartbeat=1.0, prefix=PREFIX):
-    """Run the demo on ``client``; returns 0 on success, 1 on a failure."""
-    say = _Printer(out)
-    data = prefix + '/data'
-    for key in ('color', 'size', 'shape'):
+    def caught_up(self, index: int) -> bool:
+        """True once every change up to ``index`` has been delivered."""
+        if not self.etcd_data_lock.acquire(timeout=0.1):
+            return False
         try:
-            client.delete('%s/%s' % (data, key))
-        except Exception:
-            pass
-    workers = [DemoWorker(client, 'worker-%d' % n, say, heartbeat, prefix)
+            stats = self.stats()
+            return (stats['index'] is not None and stats['index'] >= index
+                    and not stats['pending'])
+        finally:
+            self.etcd_data_lock.release()
+
+
+def _line(who: str, verb: str, what: str) -> str:
+    return '%-9s %-7s %s' % (who, verb, what)
+
+
+def _wait_for(predicate: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = predicate()
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.005)
+
+
+def run(client: Any, out: TextIO = sys.stdout, heartbeat: float = 0.5,
+        prefix: str = PREFIX, pace: float = 0.15) -> int:
+    """Run the demo on ``client``; returns 0 on success, 1 on a failure.
+
+    It works under a new directory below ``prefix``, deleted at the end.
+    ``pace`` is a pause between steps, for the human reading along.
+    """
+    say = _Printer(out)
+    base = '%s/%s' % (prefix.rstrip('/'), uuid.uuid4().hex[:8])
+    data = base + '/data'
+    workers = [DemoWorker(client, 'worker-%d' % n, say, heartbeat, base)
                for n in (1, 2, 3)]
-    threads = [threading.Thread(target=w.watch_forever, daemon=True)
-               for w in workers]
+    threads = [threading.Thread(target=w.watch_forever, daemon=True,
+                                name='demo-' + w.label) for w in workers]
+    say('worker-1, worker-2 and worker-3 campaign for %s; the one elected '
+        'prints the changes under %s' % (workers[0].etcd_elector.master_key,
+                                         data))
+    for w in workers:
+        w.etcd_elector.on_lost = (
+            lambda term, w=w: say(_line(w.label, 'lost', '(term %s ended)'
+                                        % term.fencing_token)))
     for thread in threads:
         thread.start()
 
-    def leader():
-        return next((w for w in workers if w.synced and
-                     w.etcd_elector.is_elected), None)
+    def leader(exclude: List[DemoWorker]) -> Optional[DemoWorker]:
+        return next((w for w in workers if w not in exclude and w.synced
+                     and w.etcd_elector.is_elected), None)
+
+    def write(key: str, value: str, note: str = '') -> int:
+        say(_line('writer', 'sets', '%s = %s%s' % (key, value, note)))
+        return client.write('%s/%s' % (data, key), value).modifiedIndex
+
+    def delete(key: str) -> int:
+        say(_line('writer', 'deletes', key))
+        return client.delete('%s/%s' % (data, key)).modifiedIndex
+
+    def seen(by: DemoWorker, index: int) -> bool:
+        ok = _wait_for(lambda: by.caught_up(index), 10)
+        if not ok:
+            say('%s did not see the change at index %d' % (by.label, index))
+        time.sleep(pace)
+        return bool(ok)
+
+    def takeover(old: DemoWorker, since: float, why: str
+                 ) -> Optional[DemoWorker]:
+        new = _wait_for(lambda: leader([old]), 30)
+        if new is None:
+            say('no worker took over within 30 s')
+            return None
+        say(_line(new.label, 'leads', '(term %s) %.2f s after %s'
+                  % (new.etcd_elector.fencing_token,
+                     time.monotonic() - since, why)))
+        return new
 
     try:
-        first = _wait_for(leader, 30)
+        first = _wait_for(lambda: leader([]), 30)
         if first is None:
             say('no worker was elected within 30 s')
             return 1
-        say('%s leads (%s)' % (first.label, first.etcd_elector.thread_id))
-        for key, value, note in (('color', 'blue', ''),
-                                 ('size', 'large', ''),
-                                 ('color', 'green', ''),
-                                 ('color', 'green',
-                                  '  (same value: no notification)')):
-            say('writer  sets   %-8s = %s%s' % (key, value, note))
-            client.write('%s/%s' % (data, key), value)
-            time.sleep(0.2)
-        say('writer  deletes size')
-        client.delete(data + '/size')
-        time.sleep(0.2)
+        say(_line(first.label, 'leads', '(term %s, id %s)'
+                  % (first.etcd_elector.fencing_token,
+                     first.etcd_elector.thread_id)))
+        time.sleep(pace)
+        for step in (lambda: write('color', 'blue'),
+                     lambda: write('size', 'large'),
+                     lambda: write('color', 'green'),
+                     lambda: write('color', 'green',
+                                   '  (same value: no change to report)'),
+                     lambda: delete('size')):
+            if not seen(first, step()):
+                return 1
 
-        say('%s stops' % first.label)
+        say(_line(first.label, 'stops', '(resigns: its key is deleted at '
+                  'once)'))
         stopped = time.monotonic()
         first.stop()
-        second = _wait_for(lambda: (leader() if leader() is not first
-                                    else None), 30)
-        if second is None:
-            say('no worker took over within 30 s')
+        second = takeover(first, stopped, 'the stop')
+        if second is None or not seen(second, write('shape', 'round')):
             return 1
-        say('%s leads after a failover of %.2f s'
-            % (second.label, time.monotonic() - stopped))
-        say('writer  sets   shape    = round')
-        client.write(data + '/shape', 'round')
-        if not _wait_for(lambda: second.implemented_state.get(
-                data + '/shape') == 'round', 10):
-            say('the new leader did not see the write')
+
+        second.hang_next = True
+        hung = time.monotonic()
+        write('shape', 'square')
+        third = takeover(second, hung, 'the hang')
+        if third is None:
             return 1
-        say('done: one leader at a time, every change seen once')
+        second.release.set()
+        if not seen(third, write('size', 'small')):
+            return 1
+        say('done: one leader at a time, each change seen once by the '
+            'leader of the moment')
         return 0
     finally:
         for w in workers:
+            w.etcd_elector.on_lost = None
+            w.release.set()
             w.stop()
         for thread in threads:
             thread.join(heartbeat * 3 + 5)
+        try:
+            client.delete(base, recursive=True)
+        except Exception:
+            pass

@@ -1,0 +1,373 @@
+"""The etcdwatch command without a real etcd: arguments, help, output
+formats, unreachable etcd, the demo and ``elect``'s supervisor on the fake.
+"""
+
+import configparser
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from etcdwatch import cli
+from etcdwatch import demo
+from etcdwatch import exceptions
+from etcdwatch.testing import FakeEtcdClient
+from tests.helpers import wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+SUBCOMMANDS = ['demo', 'watch', 'elect', 'leader']
+
+
+def run_main(capsys, *argv):
+    """main(argv) -> (status, stdout, stderr); SystemExit counts too."""
+    try:
+        status = cli.main(list(argv))
+    except SystemExit as e:
+        status = e.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def closed_port():
+    sock = socket.socket()
+    sock.bind(('127.0.0.1', 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+# -- help and usage errors ---------------------------------------------------
+
+def test_help_lists_every_subcommand(capsys):
+    status, out, _ = run_main(capsys, '--help')
+    assert status == 0
+    for name in SUBCOMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize('name', SUBCOMMANDS)
+def test_every_subcommand_has_help(capsys, name):
+    status, out, err = run_main(capsys, name, '--help')
+    assert status == 0, err
+    assert out.startswith('usage: etcdwatch %s' % name)
+    assert '--etcd' in out
+
+
+@pytest.mark.parametrize('argv', [
+    [],
+    ['frobnicate'],
+    ['watch'],
+    ['watch', 'relative/path'],
+    ['watch', '/a?b'],
+    ['watch', '/_hidden'],
+    ['watch', '/p', '--heartbeat', '0'],
+    ['watch', '/p', '--etcd', 'host:notaport'],
+    ['watch', '/p', '--etcd', 'ftp://host:1'],
+    ['watch', '/p', '--etcd', 'a:1,,b:2'],
+    ['leader'],
+    ['leader', 'a/b'],
+    ['leader', 'x', '--election-path', 'no-slash'],
+    ['leader', 'x', '--key', 'k.pem'],
+    ['elect', 'x'],
+    ['elect', 'x', '--'],
+    ['elect', 'x', '--ttl', '-1', '--', 'true'],
+    ['elect', 'x', '--grace', 'soon', '--', 'true'],
+    ['elect', 'x', '-e', 'true'],
+    ['demo', '--etcd', ''],
+    ['demo', 'extra'],
+])
+def test_usage_errors_print_one_line_and_exit_2(capsys, argv):
+    status, out, err = run_main(capsys, *argv)
+    assert status == 2
+    assert out == ''
+    assert len(err.splitlines()) == 1, err
+    assert 'error:' in err and '--help' in err
+
+
+def test_mixed_protocols_are_a_usage_error(capsys):
+    status, _, err = run_main(capsys, 'leader', 'x', '--etcd',
+                              'http://a:1,https://b:2')
+    assert status == 2
+    assert err.strip() == ('etcdwatch leader: --etcd mixes http:// and '
+                           'https://')
+
+
+def test_common_options_go_before_or_after_the_subcommand():
+    before = cli.parse_args(['--etcd', 'h:1', '--timeout', '2', 'leader',
+                             'x'])
+    after = cli.parse_args(['leader', 'x', '--etcd', 'h:1', '--timeout',
+                            '2'])
+    for args in (before, after):
+        assert args.etcd == [cli.Endpoint(None, 'h', 1)]
+        assert args.timeout == 2.0
+    default = cli.parse_args(['leader', 'x'])
+    assert default.etcd is None and default.timeout == 5.0
+    assert default.election_path == '/etcdwatch/elections'
+
+
+def test_elect_takes_the_command_after_the_double_dash():
+    args = cli.parse_args(['elect', 'job', '--grace', '1', '--', 'cmd',
+                           '--', '-h', '--grace'])
+    assert args.command == ['cmd', '--', '-h', '--grace']
+    assert args.grace == 1.0
+    # Without "--", a command without options of its own.
+    assert cli.parse_args(['elect', 'job', 'cmd', 'x']).command == [
+        'cmd', 'x']
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('127.0.0.1:2379', [(None, '127.0.0.1', 2379)]),
+    ('etcd.example', [(None, 'etcd.example', 2379)]),
+    ('http://a:1/, https://b:2', [('http', 'a', 1), ('https', 'b', 2)]),
+    ('[::1]:4001', [(None, '::1', 4001)]),
+    ('HTTP://[fe80::1]', [('http', 'fe80::1', 2379)]),
+])
+def test_parse_endpoints(text, expected):
+    assert cli.parse_endpoints(text) == [cli.Endpoint(*e) for e in expected]
+
+
+@pytest.mark.parametrize('text', ['', 'a:', 'a:0', 'a:65536', 'a:b:c',
+                                  'a/b', 'unix://x', '[::1', 'a b'])
+def test_parse_endpoints_refuses(text):
+    with pytest.raises(ValueError):
+        cli.parse_endpoints(text)
+
+
+def test_setup_cfg_entry_point_is_main():
+    config = configparser.ConfigParser()
+    config.read(os.path.join(ROOT, 'setup.cfg'))
+    scripts = config['entry_points']['console_scripts'].split('\n')
+    assert 'etcdwatch = etcdwatch.cli:main' in [s.strip() for s in scripts]
+
+
+def test_py_typed_marker_ships_with_the_package():
+    import etcdwatch
+    assert os.path.isfile(os.path.join(os.path.dirname(etcdwatch.__file__),
+                                       'py.typed'))
+
+
+# -- output ------------------------------------------------------------------
+
+def test_format_change_readable():
+    assert cli.format_change('add', '/p/a', 'blue', 12) == (
+        '    12  add     /p/a = blue')
+    assert cli.format_change('delete', '/p/a', None, 13) == (
+        '    13  delete  /p/a')
+    # A value that would break the one-line-per-change rule is quoted.
+    assert cli.format_change('change', '/p/a', 'x\ny', 14).endswith(
+        '/p/a = "x\\ny"')
+
+
+def test_format_change_json():
+    import json
+    line = cli.format_change('delete', '/p/a', None, 7, as_json=True)
+    assert json.loads(line) == {'action': 'delete', 'key': '/p/a',
+                                'value': None, 'index': 7}
+
+
+def test_reason_is_short():
+    cause = ConnectionRefusedError(111, 'Connection refused')
+    try:
+        try:
+            raise OSError("HTTPConnectionPool(host='h', port=1): Max "
+                          'retries exceeded ([Errno 111] Connection '
+                          "refused')") from cause
+        except OSError as e:
+            raise exceptions.EtcdUnavailable('read /x: etcd unreachable: '
+                                             '%s' % e) from e
+    except exceptions.EtcdUnavailable as e:
+        assert cli.reason(e) == 'connection refused'
+    assert cli.reason(exceptions.BackendError('x' * 500)).endswith('...')
+
+
+# -- etcd that cannot be reached ---------------------------------------------
+
+@pytest.mark.parametrize('argv', [
+    ['leader', 'x'],
+    ['watch', '/p'],
+    ['elect', 'x', '--', sys.executable, '-c', 'pass'],
+    ['demo'],
+])
+def test_unreachable_etcd_is_one_line_and_status_3(capsys, argv):
+    address = '127.0.0.1:%d' % closed_port()
+    status, out, err = run_main(capsys, argv[0], '--etcd', address,
+                                *argv[1:])
+    assert status == 3
+    assert out == ''
+    assert err.splitlines() == [
+        'etcdwatch %s: cannot reach etcd at http://%s: connection refused'
+        % (argv[0], address)]
+
+
+def test_unreachable_cluster_is_one_line_and_status_3(capsys):
+    address = '127.0.0.1:%d,127.0.0.1:%d' % (closed_port(), closed_port())
+    status, _, err = run_main(capsys, 'leader', 'x', '--etcd', address)
+    assert status == 3
+    assert len(err.splitlines()) == 1
+    assert err.startswith('etcdwatch leader: cannot reach etcd at http://')
+
+
+def test_env_names_the_default_etcd(capsys, monkeypatch):
+    address = '127.0.0.1:%d' % closed_port()
+    monkeypatch.setenv('ETCDWATCH_ETCD', address)
+    status, _, err = run_main(capsys, 'leader', 'x')
+    assert status == 3
+    assert address in err
+
+
+# -- the demo ----------------------------------------------------------------
+
+def test_demo_on_the_fake_shows_leaders_changes_and_failovers():
+    out = io.StringIO()
+    client = FakeEtcdClient()
+    assert demo.run(client, out=out, pace=0) == 0
+    # It leaves nothing behind.
+    assert client.dump('/etcdwatch-demo') == {}
+    lines = [line.split(None, 1)[1] for line in out.getvalue().splitlines()]
+    leads = [line for line in lines if ' leads ' in line]
+    assert len(leads) == 3
+    assert len({line.split()[0] for line in leads}) == 3
+    assert 'after the stop' in leads[1] and 'after the hang' in leads[2]
+    first = leads[0].split()[0]
+    sees = [line for line in lines if line.startswith(first + ' ')
+            and ' sees ' in line]
+    # The rewrite with the same value is not reported.
+    assert [s.split(None, 2)[2] for s in sees] == [
+        'color = blue', 'size = large', 'color = green', 'size deleted']
+    # The hung leader knew it had lost before the next one was elected.
+    hung = leads[1].split()[0]
+    lost = [i for i, line in enumerate(lines)
+            if line.startswith(hung + ' ') and ' lost ' in line]
+    assert lost and lost[0] < lines.index(leads[2])
+    assert lines[-1].startswith('done:')
+
+
+def test_python_m_etcdwatch_demo_runs_on_the_fake():
+    # The README's command, as a user runs it (no etcd anywhere).
+    proc = subprocess.run([sys.executable, '-m', 'etcdwatch', 'demo'],
+                          cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert 'embedded in-memory etcd' in proc.stdout
+    assert proc.stdout.count(' leads ') == 3
+    assert proc.stderr == ''
+
+
+# -- elect's supervisor on the fake ------------------------------------------
+
+CHILD = r'''
+import os, signal, sys, time
+path = sys.argv[1]
+def note(text):
+    with open(path, 'a') as f:
+        f.write(text + '\n')
+note('start %s %s' % (os.environ['ETCDWATCH_FENCING_TOKEN'],
+                      os.environ['ETCDWATCH_LEADER_ID']))
+if sys.argv[2] == 'exit':
+    sys.exit(int(sys.argv[3]))
+if sys.argv[2] == 'stubborn':
+    signal.signal(signal.SIGTERM, lambda *a: note('ignored'))
+else:
+    signal.signal(signal.SIGTERM, lambda *a: (note('term'), sys.exit(9)))
+while True:
+    time.sleep(0.05)
+'''
+
+
+def notes(path):
+    try:
+        with open(path) as f:
+            return f.read().split('\n')[:-1]
+    except FileNotFoundError:
+        return []
+
+
+def supervisor(client, tmp_path, mode, *extra, grace=5.0):
+    path = str(tmp_path / 'notes')
+    command = [sys.executable, '-c', CHILD, path, mode] + list(extra)
+    return cli.Supervisor(client, 'job', '/elections', command, ttl=1.0,
+                          recovery_time=1.0, grace=grace), path
+
+
+def in_thread(func):
+    thread = threading.Thread(target=func, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_elect_exits_with_the_commands_status_and_resigns(tmp_path):
+    client = FakeEtcdClient()
+    sup, path = supervisor(client, tmp_path, 'exit', '7')
+    assert sup.run() == 7
+    token, leader_id = notes(path)[0].split()[1:]
+    assert leader_id == sup.elector.thread_id
+    assert int(token) > 0
+    assert sup.elector.leader() is None
+
+
+def test_elect_stops_the_command_when_leadership_is_lost(tmp_path):
+    client = FakeEtcdClient()
+    sup, path = supervisor(client, tmp_path, 'term')
+
+    def drive():
+        wait_until(lambda: notes(path), timeout=30)
+        client.delete(sup.elector.master_key)
+        # Lost: SIGTERM; then elected again: a second run.
+        wait_until(lambda: len(notes(path)) >= 3, timeout=30)
+        os.kill(os.getpid(), signal.SIGTERM)
+    driver = in_thread(drive)
+    status = sup.run()
+    driver.join(10)
+    lines = notes(path)
+    assert [line.split()[0] for line in lines] == ['start', 'term', 'start',
+                                                   'term']
+    # Two terms, the second later than the first.
+    assert int(lines[2].split()[1]) > int(lines[0].split()[1])
+    # The signal was passed on; the command's status is ours.
+    assert status == 9
+    assert sup.elector.leader() is None
+
+
+def test_elect_kills_a_command_that_ignores_sigterm(tmp_path):
+    client = FakeEtcdClient()
+    sup, path = supervisor(client, tmp_path, 'stubborn', grace=0.5)
+
+    def drive():
+        wait_until(lambda: notes(path), timeout=30)
+        client.delete(sup.elector.master_key)
+        wait_until(lambda: len(notes(path)) >= 3, timeout=30)
+        os.kill(os.getpid(), signal.SIGTERM)
+    in_thread(drive)
+    assert sup.run() == 128 + signal.SIGKILL
+    assert [line.split()[0] for line in notes(path)] == [
+        'start', 'ignored', 'start', 'ignored']
+
+
+def test_elect_signalled_before_it_leads_exits_0(tmp_path):
+    client = FakeEtcdClient()
+    client.write('/elections/master_job', 'someone-else', ttl=60)
+    sup, path = supervisor(client, tmp_path, 'term')
+
+    def drive():
+        assert client.wait_for_watches(1, timeout=30)
+        os.kill(os.getpid(), signal.SIGTERM)
+    in_thread(drive)
+    assert sup.run() == 0
+    assert notes(path) == []
+    assert sup.elector.leader() == 'someone-else'
+
+
+def test_elect_command_not_found_is_127(tmp_path):
+    client = FakeEtcdClient()
+    sup = cli.Supervisor(client, 'job', '/elections',
+                         [str(tmp_path / 'no-such-command')], ttl=1.0,
+                         recovery_time=1.0, grace=1.0)
+    assert sup.run() == 127
+    assert sup.elector.leader() is None
