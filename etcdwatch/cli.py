@@ -318,6 +318,8 @@ def reason(exc: BaseException) -> str:
         return match.group(1).strip().rstrip('.').lower()
     if 'timed out' in text.lower() or 'timeout' in text.lower():
         return 'timed out'
+    if 'Connection broken' in text or 'RemoteDisconnected' in text:
+        return 'connection lost'
     lines = [line for line in str(exc).splitlines() if line.strip()]
     short = lines[0] if lines else type(exc).__name__
     return short if len(short) <= 160 else short[:157] + '...'
@@ -531,8 +533,9 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     with _Signals(events):
         printer = _WatchPrinter(client, args.prefix, args.heartbeat, emit)
         if printer.synced:
-            LOG.info('watching %s: %d keys at index %s', args.prefix,
-                     len(printer.etcd_data or ()), printer.stats()['index'])
+            count = len(printer.etcd_data or ())
+            LOG.info('watching %s: %d key%s at index %s', args.prefix, count,
+                     '' if count == 1 else 's', printer.stats()['index'])
         thread = threading.Thread(target=printer.watch_forever,
                                   name='etcdwatch-watch', daemon=True)
         thread.start()

@@ -268,14 +268,14 @@ path = sys.argv[1]
 def note(text):
     with open(path, 'a') as f:
         f.write(text + '\n')
+if sys.argv[2] == 'stubborn':
+    signal.signal(signal.SIGTERM, lambda *a: note('ignored'))
+elif sys.argv[2] == 'term':
+    signal.signal(signal.SIGTERM, lambda *a: (note('term'), sys.exit(9)))
 note('start %s %s' % (os.environ['ETCDWATCH_FENCING_TOKEN'],
                       os.environ['ETCDWATCH_LEADER_ID']))
 if sys.argv[2] == 'exit':
     sys.exit(int(sys.argv[3]))
-if sys.argv[2] == 'stubborn':
-    signal.signal(signal.SIGTERM, lambda *a: note('ignored'))
-else:
-    signal.signal(signal.SIGTERM, lambda *a: (note('term'), sys.exit(9)))
 while True:
     time.sleep(0.05)
 '''
