@@ -335,13 +335,15 @@ class FakeEtcdClient(object):
     handler or its name, default :func:`etcdwatch.handlers.
     default_handler`) supplies the lock and condition, so blocked watches
     work with threads and eventlet green threads alike; ``read_timeout`` is
-    python-etcd's default watch timeout.
+    python-etcd's default watch timeout; ``etcd_version`` picks the few
+    behaviours in which etcd releases differ (3.5 refuses to update a
+    directory with a 300 "Raft Internal Error"; 3.4 updates it).
 
     The store starts empty at index 0.  Every method is thread-safe.
     """
 
     def __init__(self, clock=None, history_size=1000, handler=None,
-                 read_timeout=60):
+                 read_timeout=60, etcd_version='3.5.1'):
         if int(history_size) < 1:
             raise ValueError('history_size must be at least 1')
         self._clock = clock if clock is not None else _MonotonicClock()
@@ -349,6 +351,12 @@ class FakeEtcdClient(object):
         self._lock = self._handler.lock()
         self._cond = self._handler.condition(self._lock)
         self._read_timeout = read_timeout
+        try:
+            release = tuple(int(p) for p in etcd_version.split('.')[:2])
+        except (AttributeError, ValueError):
+            raise ValueError('etcd_version must look like "3.5.1", not %r'
+                             % (etcd_version,))
+        self._dir_update_fails = release >= (3, 5)
         self.base_uri = 'http://fake-etcd:2379'
         # Expiration strings are wall-clock times; TTLs run on the clock.
         self._wall0 = time.time()
@@ -962,23 +970,26 @@ class FakeEtcdClient(object):
         node = self._internal_get(path)
         if node.is_dir and value:
             raise self._error(102, path)
-        if node.is_dir:
+        if node.is_dir and self._dir_update_fails:
             # etcd 3.5 fails any update of a directory here (node.Write
             # refuses a directory and Update wraps that in a plain error,
             # which the HTTP layer turns into a 300 with the untrimmed
             # store path), without touching the index.
             raise _V2Error(300, 'nodePath /1%s : Not a file ()' % path, 0)
-        if refresh:
+        if refresh or node.is_dir:
             value = node.value
         next_index = self._index + 1
         prev = self._repr(node, False, False)
-        node.value = value
-        node.modified = next_index
+        if not node.is_dir:
+            # etcd 3.4 updates a directory's TTL only: its value stays
+            # empty and its modifiedIndex where it was.
+            node.value = value
+            node.modified = next_index
         self._set_ttl(node, expire_at)
         expiration, ttl = self._ttl(node)
         event = _Event('update', path, _extern(
-            path, value=value, expiration=expiration, ttl=ttl,
-            modified=next_index, created=node.created), prev)
+            path, value=value, is_dir=node.is_dir, expiration=expiration,
+            ttl=ttl, modified=next_index, created=node.created), prev)
         self._index = next_index
         if refresh:
             event.refresh = True

@@ -232,9 +232,11 @@ class Side(object):
         self._watch_base = None
 
 
-def _fake_side(prefix, history_size=1000, **kwargs):
+def _fake_side(prefix, real_client, history_size=1000, **kwargs):
+    # The fake plays the same etcd release as the server it is held to.
     clock = FakeClock()
-    client = FakeEtcdClient(clock=clock, history_size=history_size)
+    client = FakeEtcdClient(clock=clock, history_size=history_size,
+                            etcd_version=real_client.version)
     return Side(client, prefix, clock=clock, **kwargs)
 
 
@@ -247,7 +249,7 @@ def _compare(fake, real, context=''):
 
 def check(case, client, prefix):
     """Run ``case`` on a fresh fake and on the real etcd; compare."""
-    fake = _fake_side(prefix)
+    fake = _fake_side(prefix, client)
     case(fake)
     real = Side(client, prefix)
     case(real)
@@ -662,7 +664,8 @@ def test_random_mix(seed, etcd_client, etcd_prefix):
     # The fake runs first with short watch timeouts; etcd then gets a
     # long timeout where the fake found an event (it must find it too)
     # and a short one where the fake blocked (it must block too).
-    fake = _fake_side(etcd_prefix, watch_timeouts=[0.05] * watches)
+    fake = _fake_side(etcd_prefix, etcd_client,
+                      watch_timeouts=[0.05] * watches)
     for n, op in enumerate(ops):
         _apply(fake, op, n)
     timeouts = [1.0 if n in fake.timed_out else WAIT
