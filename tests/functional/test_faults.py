@@ -161,8 +161,10 @@ def test_watcher_carries_on_through_another_cluster_member(etcd_cluster):
     writer.write(prefix + '/a', '1')
     with Workers() as workers:
         w = workers.start('watch', hosts, prefix, 1)
+        # 'synced' is printed once the constructor (and its first
+        # notifications) returned.
+        synced = w.wait_for(lambda lines: w.events('synced'))[0]
         w.wait_for(lambda lines: reported(w) == {prefix + '/a': '1'})
-        synced = w.events('synced')[0]
         member = next(m for m in etcd_cluster.members
                       if m.client_url == synced['base_uri'])
         member.kill()
