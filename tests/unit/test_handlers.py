@@ -73,3 +73,40 @@ def test_imported_but_unpatched_eventlet_keeps_threads():
         from etcdwatch import handlers
         print(handlers.default_handler().name)
     ''') == 'threading'
+
+
+def test_watcher_and_election_on_green_threads():
+    """A monkey-patched process: watcher, election and fake all green."""
+    assert _run('''
+        import eventlet
+        eventlet.monkey_patch()
+        import time
+        from etcdwatch import EtcdChangeWatcher, EtcdElection
+        from etcdwatch.testing import FakeEtcdClient
+
+        client = FakeEtcdClient()
+        seen = []
+
+        class W(EtcdChangeWatcher):
+            def added(self, k, v):
+                seen.append((k, v))
+
+        w = W(client, 'w', '/p', heartbeat=0.2)
+        assert w._handler.name == 'eventlet'
+        gt = eventlet.spawn(w.watch_forever)
+        a = EtcdElection(client, 'e', '/el', work_time=1)
+        b = EtcdElection(client, 'e', '/el', work_time=1)
+        a.wait_until_elected()
+        won = eventlet.spawn(b.wait_until_elected)
+        for i in range(5):
+            client.write('/p/k%d' % i, str(i))
+            eventlet.sleep(0.01)
+        deadline = time.monotonic() + 10
+        while len(seen) < 5 and time.monotonic() < deadline:
+            eventlet.sleep(0.01)
+        a.resign()
+        won.wait()
+        w.stop()
+        gt.wait()
+        print(len(seen), b.is_elected)
+    ''') == '5 True'
