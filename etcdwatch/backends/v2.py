@@ -41,16 +41,21 @@ def _ttl(seconds):
 
 
 class _Translate(object):
-    """Turns python-etcd and transport errors into etcdwatch's."""
+    """Turns python-etcd and transport errors into etcdwatch's.
 
-    def __init__(self, what):
+    Exceptions listed in ``expected`` are answers the caller handles
+    itself (a key not found, a compare that failed); they pass untouched.
+    """
+
+    def __init__(self, what, expected=()):
         self.what = what
+        self.expected = expected
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc is None:
+        if exc is None or isinstance(exc, self.expected):
             return False
         if isinstance(exc, etcd.EtcdEventIndexCleared):
             raise exceptions.HistoryGone(
@@ -62,6 +67,12 @@ class _Translate(object):
             raise exceptions.BackendError(
                 '%s: %s' % (self.what, exc)) from exc
         return False
+
+
+# Answers to a conditional write or delete that mean "not ours".
+_NOT_OURS = (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound)
+# How python-etcd reports a watch that saw nothing in time.
+_QUIET = (etcd.EtcdWatchTimedOut, urllib3.exceptions.ReadTimeoutError)
 
 
 # Bound every request to one socket timeout.  urllib3 retries a GET or PUT
@@ -97,15 +108,14 @@ class V2Backend(base.Backend):
 
     def read_tree(self, path):
         try:
-            with _Translate('read %s' % path):
+            with _Translate('read %s' % path, etcd.EtcdKeyNotFound):
                 result = self.client.read(path, recursive=True)
-        except exceptions.BackendError as e:
-            if isinstance(e.__cause__, etcd.EtcdKeyNotFound):
-                index = _payload_index(e.__cause__)
-                if index is None:
-                    raise
-                return base.Snapshot(index, {})
-            raise
+        except etcd.EtcdKeyNotFound as e:
+            index = _payload_index(e)
+            if index is None:
+                raise exceptions.BackendError(
+                    'read %s: not found, at no index' % path) from e
+            return base.Snapshot(index, {})
         items = {node.key: node.value
                  for node in result.leaves if not node.dir}
         return base.Snapshot(result.etcd_index, items)
@@ -118,15 +128,12 @@ class V2Backend(base.Backend):
 
     def _watch(self, key, from_index, timeout, recursive):
         try:
-            with _Translate('watch %s' % key):
+            with _Translate('watch %s' % key, _QUIET):
                 result = self.client.watch(key, index=from_index,
                                            timeout=timeout,
                                            recursive=recursive)
-        except exceptions.EtcdUnavailable as e:
-            if isinstance(e.__cause__, (etcd.EtcdWatchTimedOut,
-                                        urllib3.exceptions.TimeoutError)):
-                return None
-            raise
+        except _QUIET:
+            return None
         if result is None:
             return None
         return self._event(result)
@@ -144,48 +151,38 @@ class V2Backend(base.Backend):
 
     def read_key(self, key):
         try:
-            with _Translate('read %s' % key):
+            with _Translate('read %s' % key, etcd.EtcdKeyNotFound):
                 result = self.client.read(key)
-        except exceptions.BackendError as e:
-            if isinstance(e.__cause__, etcd.EtcdKeyNotFound):
-                return None, _payload_index(e.__cause__)
-            raise
+        except etcd.EtcdKeyNotFound as e:
+            return None, _payload_index(e)
         state = base.KeyState(result.value, result.createdIndex,
                               result.modifiedIndex)
         return state, result.etcd_index
 
     def create(self, key, value, ttl):
         try:
-            with _Translate('create %s' % key):
+            with _Translate('create %s' % key, etcd.EtcdAlreadyExist):
                 result = self.client.write(key, value, prevExist=False,
                                            ttl=_ttl(ttl))
-        except exceptions.BackendError as e:
-            if isinstance(e.__cause__, etcd.EtcdAlreadyExist):
-                return None
-            raise
+        except etcd.EtcdAlreadyExist:
+            return None
         return result.createdIndex
 
     def refresh(self, key, value, ttl):
         # refresh=True renews the TTL without a watch event, so followers
         # waiting on the key sleep on; prevValue makes it ours-only.
         try:
-            with _Translate('refresh %s' % key):
+            with _Translate('refresh %s' % key, _NOT_OURS):
                 self.client.write(key, None, ttl=_ttl(ttl), refresh=True,
                                   prevExist=True, prevValue=value)
-        except exceptions.BackendError as e:
-            if isinstance(e.__cause__, (etcd.EtcdCompareFailed,
-                                        etcd.EtcdKeyNotFound)):
-                return False
-            raise
+        except _NOT_OURS:
+            return False
         return True
 
     def delete_if(self, key, value):
         try:
-            with _Translate('delete %s' % key):
+            with _Translate('delete %s' % key, _NOT_OURS):
                 self.client.delete(key, prevValue=value)
-        except exceptions.BackendError as e:
-            if isinstance(e.__cause__, (etcd.EtcdCompareFailed,
-                                        etcd.EtcdKeyNotFound)):
-                return False
-            raise
+        except _NOT_OURS:
+            return False
         return True
