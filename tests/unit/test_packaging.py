@@ -31,8 +31,21 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert test_command in ci_lines
 
 
+def _requirement_lines():
+    return [line for line in _read('requirements.txt').splitlines()
+            if line.strip() and not line.startswith('#')]
+
+
 def test_runtime_requirements_are_the_cards():
+    # The card's five, plus oslo.config: etcdwatch.config's options need it
+    # and oslo.log depends on it anyway, so it installs nothing new.
     names = sorted(re.split(r'[<>=! ]', line)[0].lower()
-                   for line in _read('requirements.txt').splitlines()
-                   if line.strip() and not line.startswith('#'))
-    assert names == ['eventlet', 'oslo.log', 'python-etcd', 'six', 'urllib3']
+                   for line in _requirement_lines())
+    assert names == ['eventlet', 'oslo.config', 'oslo.log', 'python-etcd',
+                     'six', 'urllib3']
+
+
+def test_oslo_config_requirement_gives_its_reason():
+    [line] = [line for line in _requirement_lines()
+              if line.startswith('oslo.config')]
+    assert 'oslo.log' in line.partition('#')[2]
