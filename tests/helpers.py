@@ -5,6 +5,8 @@ import time
 
 import etcd
 
+from etcdwatch import EtcdChangeWatcher
+
 
 def wait_until(predicate, timeout=10.0, interval=0.005, message=None):
     """Poll ``predicate`` until it returns something true; fail on timeout."""
@@ -101,3 +103,18 @@ def fold_changes(changes):
                 '%s of %s' % (action, key))
             state[key] = value
     return state
+
+
+class ChangeRecorder(EtcdChangeWatcher):
+    """A change watcher that records every key_change call in ``changes``."""
+
+    def __init__(self, *args, **kwargs):
+        self.changes = []
+        super(ChangeRecorder, self).__init__(*args, **kwargs)
+
+    def key_change(self, action, key, value):
+        self.changes.append((action, key, value))
+
+    def reported(self):
+        """What the notifications add up to: key -> value."""
+        return fold_changes(self.changes)

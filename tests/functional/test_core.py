@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from etcdwatch import EtcdChangeWatcher
 from tests.functional.procs import Workers
+from tests.helpers import ChangeRecorder as Recorder
 from tests.helpers import etcd_state
 from tests.helpers import fold_changes
 from tests.helpers import wait_until
@@ -25,15 +25,6 @@ def address(server):
 def reported(lines):
     return fold_changes([(line['action'], line['key'], line['value'])
                          for line in lines if 'action' in line])
-
-
-class Recorder(EtcdChangeWatcher):
-    def __init__(self, *args, **kwargs):
-        self.changes = []
-        super(Recorder, self).__init__(*args, **kwargs)
-
-    def key_change(self, action, key, value):
-        self.changes.append((action, key, value))
 
 
 def test_watcher_in_process_follows_every_kind_of_change(

@@ -15,9 +15,9 @@ import etcd
 import psutil
 import pytest
 
-from etcdwatch import EtcdChangeWatcher
 from tests.functional.chaos import ChaosProxy
 from tests.functional.procs import Workers
+from tests.helpers import ChangeRecorder as Recorder
 from tests.helpers import etcd_state
 from tests.helpers import fold_changes
 from tests.helpers import wait_until
@@ -52,15 +52,6 @@ def terms_never_overlap(workers):
     for (_s1, end1), (start2, _e2) in zip(ordered, ordered[1:]):
         assert end1 < start2, ordered
     return len(ordered)
-
-
-class Recorder(EtcdChangeWatcher):
-    def __init__(self, *args, **kwargs):
-        self.changes = []
-        super(Recorder, self).__init__(*args, **kwargs)
-
-    def key_change(self, action, key, value):
-        self.changes.append((action, key, value))
 
 
 def run_in_thread(watcher):
