@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any, Callable, List, Optional, TextIO
 
+from etcdwatch import election
 from etcdwatch import watcher
 
 PREFIX = '/etcdwatch-demo'
@@ -39,9 +40,11 @@ class _Printer(object):
 class DemoWorker(watcher.EtcdChangeWatcher):
     """A worker that, while it leads, prints every change it is told of.
 
-    With short timings (a heartbeat of ``heartbeat`` seconds and an etcd
-    pause as short), so that a hung leader is replaced within seconds.
+    With short timings (a heartbeat of ``heartbeat`` seconds and a short
+    pause after errors), so that a hung leader is replaced within seconds.
     """
+
+    DANGER_PAUSE = 1
 
     def __init__(self, client: Any, label: str, say: Callable[[str], None],
                  heartbeat: float, prefix: str) -> None:
@@ -50,11 +53,17 @@ class DemoWorker(watcher.EtcdChangeWatcher):
         #: Set to make the next callback hang until ``release`` is set.
         self.hang_next = False
         self.release = threading.Event()
-        self.DANGER_PAUSE = heartbeat
         super(DemoWorker, self).__init__(
             client, 'demo', prefix + '/data',
             election_path=prefix + '/election', wait_until_elected=True,
             recovery_time=heartbeat, heartbeat=heartbeat)
+
+    @property
+    def elector(self) -> election.EtcdElection:
+        """The election of this (always elected) watcher."""
+        elector = self.etcd_elector
+        assert elector is not None
+        return elector
 
     def added(self, short_key: str, value: Optional[str]) -> None:
         self.say(_line(self.label, 'sees', '%s = %s' % (short_key, value)))
@@ -96,7 +105,7 @@ def _wait_for(predicate: Callable[[], Any], timeout: float) -> Any:
         time.sleep(0.005)
 
 
-def run(client: Any, out: TextIO = sys.stdout, heartbeat: float = 0.5,
+def run(client: Any, out: TextIO = sys.stdout, heartbeat: float = 0.25,
         prefix: str = PREFIX, pace: float = 0.15) -> int:
     """Run the demo on ``client``; returns 0 on success, 1 on a failure.
 
@@ -111,10 +120,10 @@ def run(client: Any, out: TextIO = sys.stdout, heartbeat: float = 0.5,
     threads = [threading.Thread(target=w.watch_forever, daemon=True,
                                 name='demo-' + w.label) for w in workers]
     say('worker-1, worker-2 and worker-3 campaign for %s; the one elected '
-        'prints the changes under %s' % (workers[0].etcd_elector.master_key,
+        'prints the changes under %s' % (workers[0].elector.master_key,
                                          data))
     for w in workers:
-        w.etcd_elector.on_lost = (
+        w.elector.on_lost = (
             lambda term, w=w: say(_line(w.label, 'lost', '(term %s ended)'
                                         % term.fencing_token)))
     for thread in threads:
@@ -122,7 +131,7 @@ def run(client: Any, out: TextIO = sys.stdout, heartbeat: float = 0.5,
 
     def leader(exclude: List[DemoWorker]) -> Optional[DemoWorker]:
         return next((w for w in workers if w not in exclude and w.synced
-                     and w.etcd_elector.is_elected), None)
+                     and w.elector.is_elected), None)
 
     def write(key: str, value: str, note: str = '') -> int:
         say(_line('writer', 'sets', '%s = %s%s' % (key, value, note)))
@@ -146,7 +155,7 @@ def run(client: Any, out: TextIO = sys.stdout, heartbeat: float = 0.5,
             say('no worker took over within 30 s')
             return None
         say(_line(new.label, 'leads', '(term %s) %.2f s after %s'
-                  % (new.etcd_elector.fencing_token,
+                  % (new.elector.fencing_token,
                      time.monotonic() - since, why)))
         return new
 
@@ -156,8 +165,8 @@ def run(client: Any, out: TextIO = sys.stdout, heartbeat: float = 0.5,
             say('no worker was elected within 30 s')
             return 1
         say(_line(first.label, 'leads', '(term %s, id %s)'
-                  % (first.etcd_elector.fencing_token,
-                     first.etcd_elector.thread_id)))
+                  % (first.elector.fencing_token,
+                     first.elector.thread_id)))
         time.sleep(pace)
         for step in (lambda: write('color', 'blue'),
                      lambda: write('size', 'large'),
@@ -190,7 +199,7 @@ def run(client: Any, out: TextIO = sys.stdout, heartbeat: float = 0.5,
         return 0
     finally:
         for w in workers:
-            w.etcd_elector.on_lost = None
+            w.elector.on_lost = None
             w.release.set()
             w.stop()
         for thread in threads:
