@@ -21,10 +21,10 @@ import requests
 from etcdwatch import backends
 from etcdwatch.backends import base
 from etcdwatch.backends import v3
-from etcdwatch import EtcdChangeWatcher
 from etcdwatch import EtcdElection
 from etcdwatch import exceptions
 from tests.functional import drivers
+from tests.helpers import ChangeRecorder as Recorder
 from tests.helpers import fold_changes
 from tests.helpers import Runner
 from tests.helpers import wait_until
@@ -37,15 +37,6 @@ POLL = 0.02
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-
-
-class Recorder(EtcdChangeWatcher):
-    def __init__(self, *args, **kwargs):
-        self.changes = []
-        super(Recorder, self).__init__(*args, **kwargs)
-
-    def key_change(self, action, key, value):
-        self.changes.append((action, key, value))
 
 
 def converged(watcher, driver, path):
