@@ -257,6 +257,7 @@ class EtcdElection(object):
         except exceptions.BackendError:
             LOG.warning('%s: could not delete %s; it will expire',
                         self.name, self.master_key, exc_info=True)
+        self._backend.close()
 
     def clean(self):
         """Release the election key if we hold it (see :meth:`resign`).

@@ -264,6 +264,8 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         finally:
             if self.etcd_elector is not None:
                 self.etcd_elector.clean()
+            # A stream opened in a race with stop() must not outlive us.
+            self._backend.close()
 
     def stop(self):
         """Ask :meth:`watch_forever` to return (within one heartbeat).
@@ -275,6 +277,9 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         self._stop.set()
         if self.etcd_elector is not None:
             self.etcd_elector.resign()
+        # Wakes a watch blocked in the backend (v3 streams), so the loop
+        # returns now rather than after its heartbeat.
+        self._backend.close()
 
     @property
     def synced(self):

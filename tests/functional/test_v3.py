@@ -500,9 +500,6 @@ class StopsAtLast(Recorder):
             self.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'needs EtcdWatcher.watch_forever to call self._backend.close() on its '
-    'way out (issue 9); remove this mark once it does'))
 def test_stop_right_after_an_event_closes_the_stream(fresh_etcd_v3_server):
     # Stopped by a callback: watch_forever returns with the stream that
     # brought the event still open, unless the recipe closes the backend.
