@@ -28,7 +28,7 @@ EtcdElectionLost = exceptions.EtcdElectionLost
 # Every live elector, so cleanup_electors() can reach them.  Weak, so that
 # electors can be collected; each one's finalizer (below) releases its key
 # when it is collected or when the interpreter exits, whichever is first.
-_live_electors = weakref.WeakSet()
+_live_electors: 'weakref.WeakSet[EtcdElection]' = weakref.WeakSet()
 
 
 def cleanup_electors():

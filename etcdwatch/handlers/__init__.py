@@ -12,7 +12,7 @@ from etcdwatch.handlers.base import Handler  # noqa: F401
 from etcdwatch.handlers.base import Task  # noqa: F401
 
 _NAMES = ('threading', 'eventlet')
-_instances = {}
+_instances: 'dict[str, Handler]' = {}
 
 
 def eventlet_patched():

@@ -34,7 +34,7 @@ class Handler(abc.ABC):
     """
 
     #: Short name, as accepted by :func:`etcdwatch.handlers.get_handler`.
-    name = None
+    name = ''
 
     @abc.abstractmethod
     def spawn(self, func, *args, **kwargs):

@@ -151,7 +151,7 @@ def find_etcd_binary():
 # Ports handed to servers of this process and not yet released, so two of
 # our servers never share one (a stopped server keeps its ports for
 # restart()).
-_reserved_ports = set()
+_reserved_ports: 'set[int]' = set()
 _reserved_lock = threading.Lock()
 
 
