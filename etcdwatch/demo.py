@@ -29,9 +29,17 @@ class _Printer(object):
         self._out = out
         self._start = time.monotonic()
         self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        """Print nothing more (what workers say as they shut down)."""
+        with self._lock:
+            self._closed = True
 
     def __call__(self, text: str) -> None:
         with self._lock:
+            if self._closed:
+                return
             self._out.write('%6.2fs  %s\n'
                             % (time.monotonic() - self._start, text))
             self._out.flush()
@@ -198,8 +206,8 @@ def run(client: Any, out: TextIO = sys.stdout, heartbeat: float = 0.25,
             'leader of the moment')
         return 0
     finally:
+        say.close()
         for w in workers:
-            w.elector.on_lost = None
             w.release.set()
             w.stop()
         for thread in threads:
