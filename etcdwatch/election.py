@@ -13,6 +13,7 @@ import socket
 import time
 import uuid
 import weakref
+from typing import Any, Callable, Iterator, Optional, TypeVar, Union
 
 from oslo_log import log as logging
 
@@ -25,13 +26,17 @@ LOG = logging.getLogger(__name__)
 
 EtcdElectionLost = exceptions.EtcdElectionLost
 
+_T = TypeVar('_T')
+#: What ``handler=`` accepts: a Handler, its name, or None.
+HandlerArg = Union[None, str, handlers.Handler]
+
 # Every live elector, so cleanup_electors() can reach them.  Weak, so that
 # electors can be collected; each one's finalizer (below) releases its key
 # when it is collected or when the interpreter exits, whichever is first.
 _live_electors: 'weakref.WeakSet[EtcdElection]' = weakref.WeakSet()
 
 
-def cleanup_electors():
+def cleanup_electors() -> None:
     """Release every election this process still holds.
 
     Runs by itself at interpreter exit (and when an elector that leads is
@@ -67,16 +72,16 @@ class Term(object):
     leader's.  ``lost`` is an event set when the term ends, for any reason.
     """
 
-    def __init__(self, fencing_token, lost_event):
+    def __init__(self, fencing_token: int, lost_event: Any) -> None:
         self.fencing_token = fencing_token
         self.lost = lost_event
 
-    def check(self):
+    def check(self) -> None:
         """Raise :class:`EtcdElectionLost` if the term has ended."""
         if self.lost.is_set():
             raise EtcdElectionLost('term %s has ended' % self.fencing_token)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return '<Term %s%s>' % (self.fencing_token,
                                 ' lost' if self.lost.is_set() else '')
 
@@ -116,9 +121,11 @@ class EtcdElection(object):
     raise ``ValueError`` naming the argument.
     """
 
-    def __init__(self, etcd_client, name, election_path, work_time,
-                 recovery_time=5, multi_worker_ok=False, handler=None,
-                 on_elected=None, on_lost=None):
+    def __init__(self, etcd_client: Any, name: str, election_path: str,
+                 work_time: float, recovery_time: float = 5,
+                 multi_worker_ok: bool = False, handler: HandlerArg = None,
+                 on_elected: Optional[Callable[[Term], Any]] = None,
+                 on_lost: Optional[Callable[[Term], Any]] = None) -> None:
         keys.check_name('name', name)
         self.election_path = keys.check_path('election_path', election_path)
         keys.check_duration('work_time', work_time)
@@ -144,16 +151,16 @@ class EtcdElection(object):
 
         self._lock = self._handler.rlock()
         #: The current :class:`Term`, or None.
-        self.term = None
+        self.term: Optional[Term] = None
         # Monotonic time after which we no longer believe we lead: when the
         # last confirmed create/refresh was *sent*, plus the TTL, minus a
         # margin for etcd expiring keys early on its own clock.
-        self._lease_deadline = None
+        self._lease_deadline: Optional[float] = None
         self._lease_margin = min(1.0, work_time / 4.0)
         # Monotonic time until which the worker has shown life; the
         # keepalive renews the key only before it.
         self._alive_until = 0.0
-        self._keepalive = None
+        self._keepalive: Optional[handlers.Task] = None
         # True once etcd said the key is someone else's (not merely that
         # it could not be reached); cleared by a new term.
         self._refused = False
@@ -167,7 +174,7 @@ class EtcdElection(object):
     # -- what callers ask -------------------------------------------------
 
     @property
-    def is_elected(self):
+    def is_elected(self) -> bool:
         """True while etcd confirmed, within the lease, that we lead.
 
         Never True past the local lease deadline: the monotonic time the
@@ -180,12 +187,12 @@ class EtcdElection(object):
         return deadline is not None and time.monotonic() < deadline
 
     @property
-    def fencing_token(self):
+    def fencing_token(self) -> Optional[int]:
         """The etcd index at which the current term was won, or None."""
         term = self.term
         return None if term is None else term.fencing_token
 
-    def wait_until_elected(self):
+    def wait_until_elected(self) -> None:
         """Return once this worker leads; counts as showing life.
 
         A leader calls it again before each piece of work that takes at
@@ -197,7 +204,7 @@ class EtcdElection(object):
         """
         self._campaign(stop=None)
 
-    def check_in(self):
+    def check_in(self) -> None:
         """Show life without blocking; raise if no longer elected.
 
         Raises :class:`EtcdElectionLost` if the term has ended (with
@@ -211,7 +218,7 @@ class EtcdElection(object):
         raise EtcdElectionLost('%s does not hold %s'
                                % (self.thread_id, self.master_key))
 
-    def extend_election(self, duration):
+    def extend_election(self, duration: float) -> None:
         """Renew our term now for ``duration`` seconds.
 
         Counts as showing life for ``duration`` seconds.  Raises
@@ -238,12 +245,12 @@ class EtcdElection(object):
         raise EtcdElectionLost('%s no longer holds %s'
                                % (self.thread_id, self.master_key))
 
-    def leader(self):
+    def leader(self) -> Optional[str]:
         """The id of the current leader, or None; never campaigns."""
         state, _index = self._backend.read_key(self.master_key)
         return None if state is None else state.value
 
-    def resign(self):
+    def resign(self) -> None:
         """Give up leadership now: delete the key if it is ours.
 
         A follower waiting on the key takes over at once.  Idempotent;
@@ -259,7 +266,7 @@ class EtcdElection(object):
                         self.name, self.master_key, exc_info=True)
         self._backend.close()
 
-    def clean(self):
+    def clean(self) -> None:
         """Release the election key if we hold it (see :meth:`resign`).
 
         A leader's key is also released at process exit and when its
@@ -268,7 +275,7 @@ class EtcdElection(object):
         self.resign()
 
     @contextlib.contextmanager
-    def leadership(self):
+    def leadership(self) -> Iterator[Optional[Term]]:
         """Campaign, then run the ``with`` body as leader; resign after.
 
         Yields the :class:`Term`; the body should call :meth:`check_in`
@@ -282,7 +289,8 @@ class EtcdElection(object):
         finally:
             self.resign()
 
-    def run(self, func, *args, **kwargs):
+    def run(self, func: Callable[..., _T], *args: Any,
+            **kwargs: Any) -> _T:
         """Call ``func(*args, **kwargs)`` as leader; resign when it returns.
 
         Blocks until elected first.  Returns what ``func`` returns.

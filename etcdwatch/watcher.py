@@ -40,6 +40,7 @@ callback.
 import abc
 import collections
 import time
+from typing import Any, Deque, Dict, Iterable, Optional
 
 from oslo_log import log as logging
 
@@ -95,20 +96,24 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
     """
 
     #: Seconds to wait after an etcd error before trying again.
-    DANGER_PAUSE = 2
+    DANGER_PAUSE: float = 2
     #: First and longest wait before retrying a callback that raised.
-    CALLBACK_RETRY_MIN = 0.1
-    CALLBACK_RETRY_MAX = 10.0
+    CALLBACK_RETRY_MIN: float = 0.1
+    CALLBACK_RETRY_MAX: float = 10.0
     #: Re-read the whole tree instead of walking the missed events one
     #: watch call at a time when etcd is more than this many events ahead
     #: (or more than 1/CATCHUP_TREE_FRACTION of the tree's size, whichever
     #: is more): one read costs one round trip, a walk one per event.
-    CATCHUP_MIN_LAG = 100
-    CATCHUP_TREE_FRACTION = 16
+    CATCHUP_MIN_LAG: int = 100
+    CATCHUP_TREE_FRACTION: int = 16
 
-    def __init__(self, etcd_client, name, watch_path, election_path=None,
-                 wait_until_elected=False, recovery_time=5,
-                 data=None, heartbeat=60, handler=None, codec=None):
+    def __init__(self, etcd_client: Any, name: str, watch_path: str,
+                 election_path: Optional[str] = None,
+                 wait_until_elected: bool = False,
+                 recovery_time: float = 5, data: Any = None,
+                 heartbeat: float = 60,
+                 handler: election.HandlerArg = None,
+                 codec: Any = None) -> None:
         if codec is not None and not callable(getattr(codec, 'decode',
                                                       None)):
             raise ValueError('codec must have a decode(value) method, not %r'
@@ -131,31 +136,31 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         self.data = data
         self.heartbeat = heartbeat
         #: The next etcd index to watch from; None means "re-read all".
-        self.tick = None
+        self.tick: Optional[int] = None
+        self.etcd_elector: Optional[election.EtcdElection] = None
         if wait_until_elected:
+            assert election_path is not None    # checked above
             self.etcd_elector = election.EtcdElection(
                 etcd_client, name, election_path,
                 work_time=heartbeat + self.DANGER_PAUSE + recovery_time,
                 recovery_time=recovery_time, handler=self._handler)
-        else:
-            self.etcd_elector = None
 
         #: Held while etcd_data changes and while callbacks run.  Reentrant,
         #: so a callback may take it again.
         self.etcd_data_lock = self._handler.rlock()
         #: Every leaf key under watch_path -> its value (None until loaded).
-        self.etcd_data = None
+        self.etcd_data: Optional[Dict[str, Any]] = None
 
         self._stop = self._handler.event()
         self._synced = self._handler.event()
-        self._pending = collections.deque()
+        self._pending: Deque[Any] = collections.deque()
         self._callback_failures = 0
-        self._expected_keys = None
+        self._expected_keys: Optional[Iterable[str]] = None
         self._initial_load_done = False
-        self._term = None
-        self._stats = {'events': 0, 'resyncs': 0, 'errors': 0,
-                       'callback_errors': 0, 'unparsable': 0,
-                       'last_event_time': None}
+        self._term: Optional[int] = None
+        self._stats: Dict[str, Any] = {
+            'events': 0, 'resyncs': 0, 'errors': 0, 'callback_errors': 0,
+            'unparsable': 0, 'last_event_time': None}
 
         if self.etcd_elector is None:
             # The seed's contract: the tree is loaded (and do_all_work run)
@@ -168,7 +173,7 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
 
     # -- hooks for subclasses ---------------------------------------------
 
-    def do_work(self, action, key, value):
+    def do_work(self, action: str, key: str, value: Any) -> None:
         """Act on one change ('add', 'change' or 'delete') of ``key``.
 
         ``etcd_data`` already reflects the change and does not move during
@@ -177,7 +182,7 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         self.do_all_work()
 
     @abc.abstractmethod
-    def do_all_work(self):
+    def do_all_work(self) -> None:
         """Act on the whole of ``etcd_data``.
 
         Called after every full (re-)read: at start, when etcd's history no
@@ -185,10 +190,10 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         cheaper than walking the missed events.
         """
 
-    def do_tick(self):
+    def do_tick(self) -> None:
         """Background work; runs at least once per ``heartbeat``."""
 
-    def init_resync_start(self):
+    def init_resync_start(self) -> Optional[Iterable[str]]:
         """Called once, before the first full load.
 
         Return the short keys the application still holds from before a
@@ -197,7 +202,7 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         """
         return None
 
-    def init_resync_end(self, short_keys):
+    def init_resync_end(self, short_keys: Iterable[str]) -> None:
         """Called once, after the first full load was delivered.
 
         ``short_keys`` iterates the short keys etcd holds.  The default
@@ -209,10 +214,10 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         for short_key in sorted(set(self._expected_keys) - set(short_keys)):
             self.removed(short_key)
 
-    def removed(self, short_key):
+    def removed(self, short_key: str) -> None:
         """A key went away (see :class:`EtcdChangeWatcher`)."""
 
-    def decode_value(self, key, value):
+    def decode_value(self, key: str, value: str) -> Any:
         """Return what callbacks see for etcd's string ``value`` of ``key``.
 
         The default applies ``codec``; raise to refuse the value.
@@ -221,7 +226,8 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
             return value
         return self.codec.decode(value)
 
-    def value_unparsable(self, key, value, error):
+    def value_unparsable(self, key: str, value: str,
+                         error: Exception) -> None:
         """``key`` holds ``value``, which :meth:`decode_value` refused.
 
         Called with ``etcd_data_lock`` held.  The key counts as absent
@@ -230,7 +236,7 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         is already logged and counted in ``stats()['unparsable']``.
         """
 
-    def make_short_key(self, key):
+    def make_short_key(self, key: str) -> Optional[str]:
         """The part of ``key`` below ``watch_path + '/'``, or None."""
         prefix = self.watch_path + '/'
         if key.startswith(prefix) and len(key) > len(prefix):
@@ -239,7 +245,7 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
 
     # -- running ----------------------------------------------------------
 
-    def watch_forever(self):
+    def watch_forever(self) -> None:
         """Watch until :meth:`stop`; never raises for etcd or callbacks.
 
         Errors are logged with their traceback; etcd errors pause the loop
@@ -267,7 +273,7 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
             # A stream opened in a race with stop() must not outlive us.
             self._backend.close()
 
-    def stop(self):
+    def stop(self) -> None:
         """Ask :meth:`watch_forever` to return (within one heartbeat).
 
         An elected watcher resigns at once, so another worker takes over
@@ -282,15 +288,15 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         self._backend.close()
 
     @property
-    def synced(self):
+    def synced(self) -> bool:
         """True once the initial load has been delivered to callbacks."""
         return self._synced.is_set()
 
-    def wait_synced(self, timeout=None):
+    def wait_synced(self, timeout: Optional[float] = None) -> bool:
         """Wait until :attr:`synced`; returns it."""
         return self._synced.wait(timeout)
 
-    def stats(self):
+    def stats(self) -> Dict[str, Any]:
         """Counters, as a new dict.
 
         events, resyncs, errors, callback_errors, unparsable (values the
@@ -304,7 +310,7 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         result['pending'] = len(self._pending)
         return result
 
-    def do_watch(self):
+    def do_watch(self) -> None:
         """One step: retry undelivered callbacks, or one watch, or one read.
 
         Raises :class:`~etcdwatch.exceptions.BackendError` for etcd errors.
@@ -332,7 +338,7 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
             return
         self._apply(event)
 
-    def refresh_all_data(self):
+    def refresh_all_data(self) -> None:
         """Re-read the whole tree, then call :meth:`do_all_work`.
 
         The first load also calls :meth:`init_resync_start` before and
@@ -523,28 +529,33 @@ class EtcdChangeWatcher(EtcdWatcher):
     keys outside ``watch_path + '/'`` are ignored.  Override either level.
     """
 
-    def __init__(self, etcd_client, name, watch_path, election_path=None,
-                 wait_until_elected=False, recovery_time=5,
-                 data=None, heartbeat=60, handler=None, codec=None):
+    def __init__(self, etcd_client: Any, name: str, watch_path: str,
+                 election_path: Optional[str] = None,
+                 wait_until_elected: bool = False,
+                 recovery_time: float = 5, data: Any = None,
+                 heartbeat: float = 60,
+                 handler: election.HandlerArg = None,
+                 codec: Any = None) -> None:
         #: key -> the value last delivered to key_change without error.
-        self.implemented_state = {}
+        self.implemented_state: Dict[str, Any] = {}
         super(EtcdChangeWatcher, self).__init__(
             etcd_client, name, watch_path, election_path,
             wait_until_elected, recovery_time, data, heartbeat,
             handler=handler, codec=codec)
 
-    def do_all_work(self):
+    def do_all_work(self) -> None:
         """Deliver what differs between etcd_data and implemented_state.
 
         Costs one comparison per key.
         """
-        gone = set(self.implemented_state).difference(self.etcd_data)
+        data = self.etcd_data or {}
+        gone = set(self.implemented_state).difference(data)
         for key in sorted(gone):
             self._reconcile(key)
-        for key in sorted(self.etcd_data):
+        for key in sorted(data):
             self._reconcile(key)
 
-    def do_work(self, action, key, value):
+    def do_work(self, action: str, key: str, value: Any) -> None:
         self._reconcile(key)
 
     def _reconcile(self, key):
@@ -559,7 +570,7 @@ class EtcdChangeWatcher(EtcdWatcher):
             self.key_change(DELETE, key, None)
             del self.implemented_state[key]
 
-    def key_change(self, action, key, value):
+    def key_change(self, action: str, key: str, value: Any) -> None:
         """Called once per real change; see the class docstring."""
         short_key = self.make_short_key(key)
         if short_key is None:
@@ -569,8 +580,8 @@ class EtcdChangeWatcher(EtcdWatcher):
         else:
             self.added(short_key, value)
 
-    def added(self, short_key, value):
+    def added(self, short_key: str, value: Any) -> None:
         """A key appeared or took a new value."""
 
-    def removed(self, short_key):
+    def removed(self, short_key: str) -> None:
         """A key went away."""
