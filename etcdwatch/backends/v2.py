@@ -60,13 +60,21 @@ class _Translate(object):
         if isinstance(exc, etcd.EtcdEventIndexCleared):
             raise exceptions.HistoryGone(
                 str(exc), _payload_index(exc)) from exc
-        if isinstance(exc, (etcd.EtcdConnectionFailed,) + _NETWORK_ERRORS):
+        if (isinstance(exc, (etcd.EtcdConnectionFailed,) + _NETWORK_ERRORS)
+                or _lost_every_member(exc)):
             raise exceptions.EtcdUnavailable(
                 '%s: etcd unreachable: %s' % (self.what, exc)) from exc
         if isinstance(exc, etcd.EtcdException):
             raise exceptions.BackendError(
                 '%s: %s' % (self.what, exc)) from exc
         return False
+
+
+def _lost_every_member(exc):
+    # A multi-host python-etcd client that cannot reach any member to
+    # refresh its member list says so with a bare EtcdException.
+    return (type(exc) is etcd.EtcdException and
+            str(exc).startswith('Could not get the list of servers'))
 
 
 # Answers to a conditional write or delete that mean "not ours".
