@@ -300,9 +300,9 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         """Counters, as a new dict.
 
         events, resyncs, errors, callback_errors, unparsable (values the
-        codec refused), index (the last index
-        applied), last_event_time (time.time() of the last event applied),
-        synced, pending (callbacks waiting for a retry).
+        codec refused), index (the last index applied), last_event_time
+        (time.time() of the last event applied), synced, pending (callbacks
+        waiting for a retry).
         """
         result = dict(self._stats)
         result['index'] = None if self.tick is None else self.tick - 1
