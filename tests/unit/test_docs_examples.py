@@ -33,15 +33,6 @@ TEST_MODULES = sorted(glob.glob(os.path.join(EXAMPLES, 'test_*.py')))
 # Languages of code blocks that are not Python and are not run.
 NOT_PYTHON = {'ini', 'sh', 'bash', 'text', 'none'}
 
-# Pages whose Python examples are plain literal blocks, not yet run: each
-# belongs to the engineer named, and leaves this list when converted.
-NOT_YET_RUN = {
-    'configuration.rst': 'config helper',
-    'tls.rst': 'config helper',
-    'v3.rst': 'v3 helper',
-    'values.rst': 'codecs owner',
-}
-
 
 def _name(path):
     return os.path.relpath(path, ROOT)
@@ -111,8 +102,6 @@ def _page_blocks():
 def test_python_examples_are_doctests_or_included_scripts():
     offending = []
     for page, (line, kind, language, body) in _page_blocks():
-        if os.path.basename(page) in NOT_YET_RUN:
-            continue
         if kind == 'literal' or (kind == 'code' and
                                  language not in NOT_PYTHON | {'console'}):
             offending.append('%s:%d: %s' % (_name(page), line,
