@@ -57,6 +57,8 @@ ADD = 'add'
 CHANGE = 'change'
 DELETE = 'delete'
 
+# Never equal to a value, so a key absent from implemented_state differs.
+_MISSING = object()
 # Markers in the delivery queue for the whole-tree callbacks.
 _ALL_WORK = object()
 _RESYNC_END = object()
@@ -103,9 +105,11 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
     #: Re-read the whole tree instead of walking the missed events one
     #: watch call at a time when etcd is more than this many events ahead
     #: (or more than 1/CATCHUP_TREE_FRACTION of the tree's size, whichever
-    #: is more): one read costs one round trip, a walk one per event.
-    CATCHUP_MIN_LAG: int = 100
-    CATCHUP_TREE_FRACTION: int = 16
+    #: is more): one read costs one round trip, a walk one per event.  On
+    #: loopback a round trip costs about what reading 60-100 keys does
+    #: (docs/performance.rst), hence these defaults.
+    CATCHUP_MIN_LAG: int = 16
+    CATCHUP_TREE_FRACTION: int = 64
 
     def __init__(self, etcd_client: Any, name: str, watch_path: str,
                  election_path: Optional[str] = None,
@@ -546,13 +550,17 @@ class EtcdChangeWatcher(EtcdWatcher):
     def do_all_work(self) -> None:
         """Deliver what differs between etcd_data and implemented_state.
 
-        Costs one comparison per key.
+        Costs one comparison per key; only the keys that differ are
+        sorted and reconciled (deletes first, then the rest in key order).
         """
         data = self.etcd_data or {}
-        gone = set(self.implemented_state).difference(data)
+        state = self.implemented_state
+        gone = state.keys() - data.keys()
+        changed = [key for key, value in data.items()
+                   if state.get(key, _MISSING) != value]
         for key in sorted(gone):
             self._reconcile(key)
-        for key in sorted(data):
+        for key in sorted(changed):
             self._reconcile(key)
 
     def do_work(self, action: str, key: str, value: Any) -> None:
