@@ -1,0 +1,425 @@
+"""Turn the measurements into a text table, plots and docs/performance.rst.
+
+The reStructuredText page is generated whole from the last run; its prose
+explains each goal that the run missed with the cause we found (see
+:data:`CAUSES`).
+"""
+
+import math
+import os
+import time
+
+from benchmarks import catchup
+from benchmarks import followers
+from benchmarks import load
+from benchmarks import throughput
+
+CATCHUP_PLOT = 'performance-catchup.png'
+LOAD_PLOT = 'performance-load.png'
+THROUGHPUT_PLOT = 'performance-throughput.png'
+PLOT_SIZE = (9, 4)
+PLOT_DPI = 100
+#: What the page says about the machine and the run, in order.
+MACHINE_FIELDS = (
+    ('cores', 'CPU cores'),
+    ('python', 'Python'),
+    ('implementation', 'Python implementation'),
+    ('etcd', 'etcd'),
+    ('python_etcd', 'python-etcd'),
+    ('platform', 'platform'),
+    ('load_at_start', 'load average at start (1, 5, 15 min)'),
+    ('load_at_end', 'load average at end'),
+    ('runtime_s', 'run time (s)'),
+    ('argv', 'command'),
+)
+#: Width of a text-table column, by field.
+WIDTHS = (12, 26, 48, 10, 26, 18, 30, 6)
+
+_IMPL_LABELS = {
+    'etcdwatch': 'etcdwatch',
+    'proposal': 'etcdwatch with the PROPOSAL(s)',
+    'seed': "seed (walk every event)",
+    'bare': 'bare python-etcd loop',
+    'watcher': 'etcdwatch EtcdWatcher',
+    'change': 'etcdwatch EtcdChangeWatcher',
+}
+
+_LOAD_LABELS = {'bare': 'bare client.read() into a dict',
+                'proposal': 'EtcdWatcher, PROPOSAL read'}
+
+#: What causes a missed goal, by (case, metric prefix); shown only when the
+#: run missed it.
+CAUSES = {
+    ('catch-up', 'time'): (
+        'For small K etcdwatch walks like the seed, one watch request per '
+        'event, and adds its own per-event cost (error translation, the '
+        'Event tuple, the lock and the delivery queue): a few percent of a '
+        'loopback round trip (compare the K=100 rows), about the size of '
+        'the noise.  When etcd\'s history is gone (K=5000) both do one '
+        'watch and one read, and etcdwatch does more with the answer: its '
+        'backend builds the items through python-etcd\'s ``leaves`` '
+        '(an EtcdResult and a generator per node, where the seed reads the '
+        'flat ``children``), and its change watcher sorts every key and '
+        'calls ``_reconcile`` for each (the seed uses set arithmetic).  The '
+        'PROPOSAL read and diff remove that.'),
+    ('throughput', 'converge'): (
+        'After the writers stop, etcdwatch walks whatever lag it has left '
+        'as long as the lag is under ``max(CATCHUP_MIN_LAG=100, tree/16)`` '
+        'events, i.e. up to 100 round trips, while one read of these '
+        'trees (a few hundred keys) costs a few round trips.  The PROPOSAL '
+        'thresholds cut that walk to at most 16 round trips (two or three '
+        'reads of these trees): see the notes and the proposals below.'),
+    ('throughput', 'events'): (
+        'Events applied per second cannot exceed what the writers wrote in '
+        'that trial, and the writers\' rate moved by up to 2x between '
+        'trials of the same setting (two cores shared with etcd, the '
+        'writers, the follower and other test runs: see "writes/s" in the '
+        'notes).  The share of written events applied, measured within each '
+        'trial, does not depend on it.'),
+    ('throughput', 'share'): (
+        'See the CPU per 1000 events in the notes: it says whether the '
+        'follower or etcd paid for the difference.'),
+    ('initial load', 'EtcdWatcher time'): (
+        'At 1000 keys one read takes a few milliseconds and the watcher\'s '
+        'fixed costs (backend, handler, locks, one more dict copy of the '
+        'snapshot) show; the difference is a fraction of a millisecond.'),
+    ('initial load', 'change-watcher'): (
+        '``EtcdChangeWatcher.do_all_work`` sorts every key and calls '
+        '``_reconcile`` for each one, changed or not; the PROPOSAL diff '
+        'finds the changed keys with one dict lookup each and sorts only '
+        'those.'),
+    ('latency', 'write'): (
+        'etcdwatch sends the same single watch request per event as the '
+        'bare loop; a difference in the tail is scheduling noise on a '
+        'shared machine (the p99 of 500 samples is the 5th-worst one).'),
+    ('fan-out', 'idle'): (
+        'Idle watchers sit in a blocking read; CPU is spent only when a '
+        'heartbeat expires and the watch is re-issued on a new connection '
+        '(see the notes for the cost of each).'),
+}
+
+
+def _fmt(value, digits=1):
+    if value is None:
+        return '-'
+    if isinstance(value, float):
+        if math.isnan(value):
+            return 'n/a'
+        if abs(value) >= 100:
+            return '%.0f' % value
+        if abs(value) < 1:
+            digits += 1
+        return '%.*f' % (digits, value)
+    return str(value)
+
+
+def _met(flag):
+    return {True: 'MET', False: 'MISSED', None: ''}[flag]
+
+
+def _cells(row):
+    ratio = ('%s %s' % (_fmt(row.ratio, 2), row.ratio_name)
+             if row.ratio is not None else '')
+    baseline = '%s %s' % (row.baseline_name or '', _fmt(row.baseline))
+    return [row.case, row.param, '%s (%s)' % (row.metric, row.unit),
+            _fmt(row.ours), baseline.strip(), ratio, row.goal,
+            _met(row.met)]
+
+
+def text_table(rows):
+    header = ['case', 'param', 'metric', 'etcdwatch', 'baseline', 'ratio',
+              'goal', 'met']
+    lines = [' '.join(h.ljust(w) for h, w in zip(header, WIDTHS))]
+    for row in rows:
+        lines.append(' '.join(str(c).ljust(w)
+                              for c, w in zip(_cells(row), WIDTHS)))
+    return '\n'.join(lines)
+
+
+def machine_line(machine):
+    return ('machine: %(cores)s cores, %(implementation)s %(python)s, etcd '
+            '%(etcd)s, python-etcd %(python_etcd)s, %(platform)s; load '
+            'average %(load_at_start)s at start, %(load_at_end)s at end; '
+            'run took %(runtime_s)s s' % machine)
+
+
+# -- plots ---------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot
+    return pyplot
+
+
+def _draw(axes, series, title, xlabel, ylabel, log=True, labels=None):
+    from matplotlib import ticker
+    labels = dict(_IMPL_LABELS, **(labels or {}))
+    for name, points in series.items():
+        xs = [x for x, _y in points]
+        ys = [y for _x, y in points]
+        axes.plot(xs, ys, marker='o', label=labels.get(name, name))
+    if log:
+        axes.set_xscale('log')
+        axes.set_yscale('log')
+        plain = ticker.FuncFormatter(lambda value, _pos: '%g' % value)
+        axes.xaxis.set_major_formatter(plain)
+        axes.yaxis.set_major_formatter(plain)
+        axes.yaxis.set_minor_formatter(ticker.NullFormatter())
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(True, which='both', alpha=0.3)
+    axes.legend(fontsize='small')
+
+
+def _save(pyplot, figure, docs, name):
+    figure.tight_layout()
+    figure.savefig(os.path.join(docs, name), dpi=PLOT_DPI)
+    pyplot.close(figure)
+    return name
+
+
+def write_plots(docs, measured):
+    """Write the PNGs the measured cases allow; return their names."""
+    pyplot = _pyplot()
+    names = []
+    if 'catchup' in measured:
+        figure, axes = pyplot.subplots(figsize=PLOT_SIZE)
+        _draw(axes, catchup.plot_series(measured['catchup']['results']),
+              'Catch-up after K missed events (tree of %d keys)'
+              % catchup.TREE_SIZE, 'K missed events', 'ms (median)')
+        names.append(_save(pyplot, figure, docs, CATCHUP_PLOT))
+    if 'load' in measured:
+        figure, (left, right) = pyplot.subplots(1, 2, figsize=PLOT_SIZE)
+        series = load.plot_series(measured['load']['results'])
+        _draw(left, {impl: series[('time', impl)] for impl in load.IMPLS},
+              'Initial load: time', 'keys', 'ms (median)',
+              labels=_LOAD_LABELS)
+        _draw(right, {impl: series[('memory', impl)]
+                      for impl in load.IMPLS},
+              'Initial load: peak memory', 'keys', 'MiB (tracemalloc)',
+              labels=_LOAD_LABELS)
+        names.append(_save(pyplot, figure, docs, LOAD_PLOT))
+    if 'throughput' in measured:
+        figure, axes = pyplot.subplots(figsize=PLOT_SIZE)
+        _draw(axes, throughput.plot_series(
+            measured['throughput']['results']),
+            'Live throughput: index applied per second', 'writer processes',
+            'events/s (median)', log=False)
+        names.append(_save(pyplot, figure, docs, THROUGHPUT_PLOT))
+    return names
+
+
+# -- reStructuredText ---------------------------------------------------
+
+def _rst_table(rows, header):
+    lines = ['.. list-table::', '   :header-rows: 1', '']
+    for cells in [header] + rows:
+        lines.append('   * - ' + _rst_escape(cells[0]))
+        lines.extend('     - ' + _rst_escape(cell) for cell in cells[1:])
+    return lines + ['']
+
+
+def _rst_escape(text):
+    text = str(text)
+    return text.replace('*', '\\*') if text else '\\'
+
+
+def _goal_lines(table):
+    rows = []
+    causes = []
+    for row in table:
+        if not row.goal:
+            continue
+        rows.append([row.case, row.param, row.metric, row.goal,
+                     '%s %s vs %s %s (%s %s)' % (
+                         _fmt(row.ours), row.unit, _fmt(row.baseline),
+                         row.baseline_name, _fmt(row.ratio, 2),
+                         row.ratio_name),
+                     _met(row.met)])
+        cause = _cause(row)
+        if row.met is False and cause and cause not in causes:
+            causes.append(cause)
+    lines = _rst_table(rows, ['case', 'param', 'metric', 'goal',
+                              'figure', 'result'])
+    if causes:
+        lines += ['Why the missed goals were missed:', '']
+        lines += ['- ' + cause for cause in causes] + ['']
+    return lines
+
+
+def _cause(row):
+    for (case, prefix), text in CAUSES.items():
+        if row.case == case and row.metric.startswith(prefix):
+            return text
+    return None
+
+
+def _finding_lines(cases, measured):
+    """What the cases themselves conclude from their figures."""
+    lines = []
+    for name, module in cases:
+        if name in measured and hasattr(module, 'findings'):
+            lines += ['- ' + finding for finding in
+                      module.findings(measured[name]['results'])]
+    if not lines:
+        return []
+    return ['Findings', '--------', ''] + lines + ['']
+
+
+def _find(table, case, param, metric, baseline_name):
+    """The row that matches, or None."""
+    for row in table:
+        if (row.case, row.param, row.baseline_name) == (
+                case, param, baseline_name) and row.metric.startswith(metric):
+            return row
+    return None
+
+
+def _pair_text(row, unit=None):
+    if row is None:
+        return 'not measured in this run'
+    return '%s -> %s %s' % (_fmt(row.ours), _fmt(row.baseline),
+                            unit or row.unit)
+
+
+def _proposal_lines(table, measured):
+    """The changes the figures call for, each with its measured effect."""
+    catch = _find(table, 'catch-up', 'K=100', 'time',
+                  catchup.PROPOSAL_NAME)
+    resync = _find(table, 'catch-up', 'K=5000', 'time',
+                   catchup.PROPOSAL_NAME)
+    reads = [r for r in table if r.metric.startswith('PROPOSAL read') and
+             r.unit == 'ms']
+    plain = {r.param: r for r in table
+             if r.metric.startswith('EtcdWatcher time')}
+    diffs = [r for r in table if r.metric.startswith('change-watcher')]
+    lines = ['Proposed changes', '----------------', '',
+             'Measured by subclassing etcdwatch inside the benchmark '
+             '(``benchmarks/followers.py``); etcdwatch itself is unchanged.',
+             '',
+             '1. **Catch-up thresholds** (``etcdwatch/watcher.py``, '
+             '``EtcdWatcher.CATCHUP_MIN_LAG`` 100 -> %d, '
+             '``CATCHUP_TREE_FRACTION`` 16 -> %d).  On loopback one watch '
+             'round trip costs about as much as reading 60-100 keys, so a '
+             'walk of more than about tree/64 events costs more than one '
+             'read.  Catch-up after 100 events on a 1000-key tree: %s.' % (
+                 followers.TUNED_MIN_LAG, followers.TUNED_TREE_FRACTION,
+                 _pair_text(catch))]
+    if 'throughput' in measured:
+        lines[-1] += '  Live throughput, etcdwatch -> proposal: %s.' % (
+            '; '.join(_throughput_effect(count, effect)
+                      for count, effect in throughput.proposal_effects(
+                          measured['throughput']['results'])))
+    lines += ['',
+              '2. **Change-watcher diff** (``etcdwatch/watcher.py``, '
+              '``EtcdChangeWatcher.do_all_work``): find the changed keys '
+              'with one comprehension (``[k for k, v in data.items() if '
+              'state.get(k, MISSING) != v]``, plus ``state.keys() - '
+              'data.keys()`` for the gone ones) and sort and ``_reconcile`` '
+              'only those.  Same notifications in the same order (the '
+              'catch-up notes check it: exactly the net changes).  Diff '
+              'with nothing changed: %s.' % (
+                  '; '.join('%s %s' % (r.param, _pair_text(r))
+                            for r in diffs) or 'not measured'),
+              '',
+              '3. **Reading the tree** (``etcdwatch/backends/v2.py``, '
+              '``V2Backend.read_tree``): build the items from the answer\'s '
+              'raw JSON nodes (``result._children``, walked recursively) '
+              'instead of python-etcd\'s ``result.leaves``, which makes an '
+              'EtcdResult and a generator for every node.  ``_children`` is '
+              'python-etcd\'s private name for the parsed ``nodes`` list '
+              '(0.4.5); fall back on ``leaves`` when a result lacks it.  '
+              'Initial load, etcdwatch -> proposal (bare '
+              'read): %s.' % ('; '.join(
+                  '%s %s -> %s ms (%s)' % (
+                      r.param, _fmt(plain[r.param].ours), _fmt(r.ours),
+                      _fmt(r.baseline))
+                  for r in reads if r.param in plain) or 'not measured'),
+              '',
+              'All three together, catch-up when etcd\'s history is gone '
+              '(K=5000, one watch and one read): %s.' % _pair_text(resync),
+              '']
+    return lines
+
+
+def _throughput_effect(count, effect):
+    return ('%d writers: converge %s -> %s ms, %s -> %s ev/s, %s -> %s '
+            're-reads, follower CPU %s -> %s ms per 1000 events' % (
+                count, _fmt(effect['converge'][0] * 1e3),
+                _fmt(effect['converge'][1] * 1e3),
+                _fmt(effect['rate'][0]), _fmt(effect['rate'][1]),
+                _fmt(effect['reads'][0] - 1), _fmt(effect['reads'][1] - 1),
+                _fmt(effect['follower_cpu'][0] * 1e6),
+                _fmt(effect['follower_cpu'][1] * 1e6)))
+
+
+def _case_lines(title, doc, rows):
+    lines = [title, '-' * len(title), '']
+    lines += [line.strip() for line in (doc or '').strip().splitlines()]
+    lines.append('')
+    body = [[r.param, '%s (%s)' % (r.metric, r.unit), _fmt(r.ours),
+             '%s: %s' % (r.baseline_name or '', _fmt(r.baseline)),
+             '%s %s' % (_fmt(r.ratio, 2), r.ratio_name), _met(r.met),
+             r.note] for r in rows]
+    return lines + _rst_table(body, ['param', 'metric', 'etcdwatch',
+                                     'baseline', 'ratio', 'goal',
+                                     'notes'])
+
+
+_CASE_TITLES = {
+    'catchup': 'Catch-up after K missed events',
+    'throughput': 'Live throughput',
+    'load': 'Initial load and resync',
+    'latency': 'Event latency',
+    'election': 'Election handover and failover',
+    'fanout': 'Fan-out in one eventlet process',
+}
+
+_INTRO = '''\
+Every figure below was measured in one run of ``python
+benchmarks/run.py`` (``tox -e bench``) against one etcd that the run
+started itself, side by side with its baseline: the seed's approach (the
+original module: one ``client.watch(path, index=i, recursive=True)`` call
+per event, a full read only when etcd says the index was cleared) or a bare
+python-etcd loop (the least code that follows a prefix: a recursive read
+into a dict, then watch with ``waitIndex``).  Figures are medians over the
+repeats (p99 where it says so); a ratio compares etcdwatch with the
+baseline.  Rows marked PROPOSAL measure a change we propose for etcdwatch,
+made in a subclass inside the benchmark, not etcdwatch as shipped.
+
+These are benchmarks, not tests.  The machine has two cores that etcd, the
+followers, the writers and other engineers' test runs share, so figures of
+a few milliseconds move by 10-20 % between runs; the load average at start
+and end says how busy it was.'''
+
+
+def write_rst(path, machine, cases, measured, table, plots):
+    """Write the page; ``cases`` is [(name, module)] in report order."""
+    lines = ['.. This file is generated by benchmarks/run.py: do not edit; '
+             'run it again.', '', '=' * 11, 'Performance', '=' * 11, '',
+             '*Generated by* ``python benchmarks/run.py%s`` *on %s.*' % (
+                 ' --quick' if machine['quick'] else '',
+                 machine.get('date') or time.strftime('%Y-%m-%d %H:%M')),
+             '']
+    if machine['quick']:
+        lines += ['.. warning:: A ``--quick`` smoke run: few repeats and '
+                  'small sizes.  Do not quote these figures.', '']
+    lines += _INTRO.splitlines() + ['', 'Machine', '-------', '']
+    lines += ['- %s: %s' % (label, machine[key])
+              for key, label in MACHINE_FIELDS if key in machine]
+    lines += ['', 'Goals', '-----', '']
+    lines += _goal_lines(table)
+    for name, module in cases:
+        if name in measured:
+            lines += _case_lines(_CASE_TITLES[name], module.__doc__,
+                                 measured[name]['rows'])
+    lines += _finding_lines(cases, measured)
+    lines += _proposal_lines(table, measured)
+    if plots:
+        lines += ['Plots', '-----', '']
+        for plot in plots:
+            lines += ['.. image:: %s' % plot, '']
+    with open(path, 'w') as out:
+        out.write('\n'.join(lines).rstrip() + '\n')

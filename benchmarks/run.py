@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""Run every benchmark against a fresh etcd; print and write the results.
+
+    python benchmarks/run.py [--quick] [--only CASE ...] [--no-docs]
+
+Starts its own etcd (``etcdwatch.testing.server.EtcdServer``), measures
+each case side by side with its baseline, prints a table, and writes
+``docs/performance.rst`` and the plots ``docs/performance-*.png``.
+``--quick`` is a smoke run (fewer repeats, smaller sizes; under two
+minutes); its figures are not worth publishing.
+"""
+
+import argparse
+import json
+import logging
+import os
+import pickle
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from benchmarks import catchup  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks import failover  # noqa: E402
+from benchmarks import fanout  # noqa: E402
+from benchmarks import latency  # noqa: E402
+from benchmarks import load  # noqa: E402
+from benchmarks import report  # noqa: E402
+from benchmarks import throughput  # noqa: E402
+from benchmarks import writing  # noqa: E402
+from etcdwatch.testing import server as etcd_server  # noqa: E402
+
+#: Every case, in the order it runs and is reported.
+CASES = (
+    ('catchup', catchup),
+    ('throughput', throughput),
+    ('load', load),
+    ('latency', latency),
+    ('election', failover),
+    ('fanout', fanout),
+)
+DOCS = os.path.join(ROOT, 'docs')
+#: The last run's rows as JSON, and everything it measured, so that the
+#: report can be redone (``--report-only``) without measuring again; kept
+#: out of the source tree.
+RAW_RESULTS = os.path.join(tempfile.gettempdir(),
+                           'etcdwatch-bench-results.json')
+MEASURED = os.path.join(tempfile.gettempdir(), 'etcdwatch-bench-run.pickle')
+
+
+class Context(object):
+    """What a case gets: the server, clients, a writer pool, the mode."""
+
+    def __init__(self, server, quick):
+        self.server = server
+        self.quick = quick
+        self.writer = writing.Writer(server)
+
+    def client(self, **kwargs):
+        return common.make_client(self.server, **kwargs)
+
+    def pick(self, full, quick):
+        """``full`` in a full run, ``quick`` in a quick one."""
+        return quick if self.quick else full
+
+    @staticmethod
+    def log(message):
+        sys.stderr.write('[%s] %s\n' % (time.strftime('%H:%M:%S'), message))
+        sys.stderr.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true',
+                        help='smoke run: fewer repeats, smaller sizes')
+    parser.add_argument('--only', nargs='+', metavar='CASE',
+                        choices=[name for name, _ in CASES],
+                        help='run only these cases')
+    parser.add_argument('--no-docs', action='store_true',
+                        help='print the table only; write no files')
+    parser.add_argument('--report-only', action='store_true',
+                        help='measure nothing: report the last run again')
+    return parser.parse_args(argv)
+
+
+def _run_cases(ctx, names):
+    measured = {}
+    for name, module in CASES:
+        if name not in names:
+            continue
+        ctx.log('case %s: starting' % name)
+        started = time.monotonic()
+        results = module.measure(ctx)
+        measured[name] = {
+            'results': results,
+            'rows': module.rows(results),
+            'seconds': time.monotonic() - started,
+        }
+        ctx.log('case %s: done in %.0f s' % (name,
+                                             measured[name]['seconds']))
+    return measured
+
+
+def _measure(args, names):
+    started = time.monotonic()
+    with etcd_server.EtcdServer() as server:
+        ctx = Context(server, args.quick)
+        try:
+            machine = common.machine_info(server)
+            measured = _run_cases(ctx, names)
+        finally:
+            ctx.close()
+    machine['runtime_s'] = round(time.monotonic() - started)
+    machine['date'] = time.strftime('%Y-%m-%d %H:%M',
+                                    time.localtime(time.time() -
+                                                   machine['runtime_s']))
+    machine['load_at_end'] = '%.2f %.2f %.2f' % os.getloadavg()
+    machine['quick'] = args.quick
+    with open(MEASURED, 'wb') as out:
+        pickle.dump((machine, names, measured), out)
+    return machine, measured
+
+
+def _report(machine, names, measured, write_docs):
+    table = [r for name in names if name in measured
+             for r in measured[name]['rows']]
+    print(report.text_table(table))
+    print(report.machine_line(machine))
+    if not write_docs:
+        return
+    plots = report.write_plots(DOCS, measured)
+    report.write_rst(os.path.join(DOCS, 'performance.rst'), machine,
+                     CASES, measured, table, plots)
+    with open(RAW_RESULTS, 'w') as out:
+        json.dump({'machine': machine,
+                   'rows': [r._asdict() for r in table]},
+                  out, indent=1, default=str)
+
+
+def main(argv=None):
+    args = _parse(argv if argv is not None else sys.argv[1:])
+    # python-etcd and urllib3 log every discarded pooled connection:
+    # that is measured (fan-out case), not printed.
+    logging.basicConfig(level=logging.ERROR)
+    names = args.only or [name for name, _ in CASES]
+    if args.report_only:
+        with open(MEASURED, 'rb') as source:
+            machine, names, measured = pickle.load(source)
+        for name, module in CASES:
+            if name in measured:
+                measured[name]['rows'] = module.rows(
+                    measured[name]['results'])
+    else:
+        machine, measured = _measure(args, names)
+    _report(machine, names, measured, not args.no_docs)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

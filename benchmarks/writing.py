@@ -1,0 +1,72 @@
+"""Writing many keys fast: a few processes, each with its own client.
+
+Operations are ``(PUT, key, value)`` or ``(DELETE, key, None)``.  They are
+split into shards by key, so that the writes to one key keep their order
+while the shards go in parallel.
+"""
+
+import concurrent.futures
+import multiprocessing
+import zlib
+
+import etcd
+
+PUT = 'put'
+DELETE = 'delete'
+
+#: Processes that write in parallel (etcd batches their fsyncs).
+WRITER_PROCESSES = 4
+
+# One client per writer process, made on first use.
+_client = None
+
+
+def _worker_client(host, port):
+    global _client
+    if _client is None:
+        _client = etcd.Client(host=host, port=port, read_timeout=30)
+    return _client
+
+
+def _apply_shard(host, port, operations):
+    """Run one shard's operations in order; return the last index."""
+    client = _worker_client(host, port)
+    last = 0
+    for op, key, value in operations:
+        if op == PUT:
+            last = client.write(key, value).modifiedIndex
+        else:
+            try:
+                last = client.delete(key).modifiedIndex
+            except etcd.EtcdKeyNotFound:
+                pass
+    return last
+
+
+class Writer(object):
+    """A pool of writer processes for one etcd server."""
+
+    def __init__(self, server, processes=WRITER_PROCESSES):
+        self.host = server.host
+        self.port = server.port
+        self.processes = processes
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            processes, mp_context=multiprocessing.get_context('spawn'))
+
+    def apply(self, operations):
+        """Apply every operation; return the highest index written."""
+        shards = [[] for _ in range(self.processes)]
+        for operation in operations:
+            shard = zlib.crc32(operation[1].encode()) % self.processes
+            shards[shard].append(operation)
+        futures = [self._pool.submit(_apply_shard, self.host, self.port,
+                                     shard)
+                   for shard in shards if shard]
+        return max([f.result() for f in futures] or [0])
+
+    def put_all(self, items):
+        """Write every (key, value) of ``items``."""
+        return self.apply([(PUT, key, value) for key, value in items])
+
+    def close(self):
+        self._pool.shutdown()
