@@ -686,7 +686,12 @@ class EtcdServer(object):
     close = cleanup
 
     def __enter__(self):
-        return self.start()
+        # A start that fails leaves nothing behind either.
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
 
     def __exit__(self, *exc_info):
         self.cleanup()
@@ -1037,7 +1042,12 @@ class EtcdCluster(object):
     close = cleanup
 
     def __enter__(self):
-        return self.start()
+        # A start that fails leaves nothing behind either.
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
 
     def __exit__(self, *exc_info):
         self.cleanup()

@@ -24,33 +24,18 @@ from etcdwatch.testing.server import EtcdServer
 from tests.functional import drivers
 
 
-def _start(server):
-    try:
-        server.start()
-    except BaseException:
-        server.cleanup()
-        raise
-    return server
-
-
 @pytest.fixture(scope='session')
 def etcd_v3_server():
     """The shared etcd with v2 disabled (session scope)."""
-    server = _start(EtcdServer(name='shared-v3', enable_v2=False))
-    try:
+    with EtcdServer(name='shared-v3', enable_v2=False) as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture
 def fresh_etcd_v3_server():
     """An etcd with v2 disabled, of this test's own."""
-    server = _start(EtcdServer(name='fresh-v3', enable_v2=False))
-    try:
+    with EtcdServer(name='fresh-v3', enable_v2=False) as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 def _revive(server):

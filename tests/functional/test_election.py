@@ -26,6 +26,7 @@ def unique_name():
 
 
 def test_refreshes_wake_no_follower(etcd_client):
+    span = 20       # seconds: twenty TTLs of 1 s
     name = unique_name()
     leader = EtcdElection(etcd_client, name, '/elections', work_time=1)
     leader.wait_until_elected()
@@ -36,17 +37,18 @@ def test_refreshes_wake_no_follower(etcd_client):
 
     def follower():
         try:
-            woken.append(watcher.watch(key, index=start + 1, timeout=4))
+            woken.append(watcher.watch(key, index=start + 1,
+                                       timeout=span + 1))
         except etcd.EtcdWatchTimedOut:
             pass
     thread = threading.Thread(target=follower, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 3.5
+    deadline = time.monotonic() + span
     while time.monotonic() < deadline:
         leader.check_in()
         time.sleep(0.1)
-    thread.join(10)
-    # Three TTLs went by: the key lives on, renewed ~10 times (each
+    thread.join(span + 10)
+    # Twenty TTLs went by: the key lives on, renewed ~60 times (each
     # refresh takes an index), yet the follower's live watch saw no event.
     assert etcd_client.read(key).value == leader.thread_id
     assert etcd_client.read(key).modifiedIndex > start

@@ -34,23 +34,11 @@ from tests.helpers import wait_until
 TIMEOUT = 60
 
 
-def _start(server):
-    try:
-        server.start()
-    except BaseException:
-        server.cleanup()
-        raise
-    return server
-
-
 @pytest.fixture(scope='module')
 def tls_server():
     """etcd serving HTTPS to clients with a certificate from its CA."""
-    server = _start(EtcdServer(name='tls', tls=True))
-    try:
+    with EtcdServer(name='tls', tls=True) as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture
@@ -255,12 +243,9 @@ def enable_v2_auth(server):
 @pytest.fixture(scope='module')
 def auth_server():
     """etcd (plain HTTP) with v2 auth on; see enable_v2_auth()."""
-    server = _start(EtcdServer(name='auth'))
-    try:
+    with EtcdServer(name='auth') as server:
         enable_v2_auth(server)
         yield server
-    finally:
-        server.cleanup()
 
 
 def auth_factory(server, **overrides):
