@@ -415,7 +415,22 @@ def make_tls_files(directory, hosts=('127.0.0.1', 'localhost'),
                          private=True))
 
 
-class EtcdServer(object):
+class _StartedInWith(object):
+    """``with X() as x:`` starts x, and cleans it up however it ends."""
+
+    def __enter__(self):
+        # A start that fails leaves nothing behind either.
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc_info):
+        self.cleanup()
+
+
+class EtcdServer(_StartedInWith):
     """One etcd member on free loopback ports, with fault injection.
 
     ``data_dir`` is a working directory holding etcd's data (``data/``)
@@ -685,17 +700,6 @@ class EtcdServer(object):
 
     close = cleanup
 
-    def __enter__(self):
-        # A start that fails leaves nothing behind either.
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc_info):
-        self.cleanup()
-
     def __repr__(self):
         state = ('paused' if self.is_paused else
                  'running' if self.is_running else 'stopped')
@@ -870,7 +874,7 @@ class EtcdServer(object):
             pass
 
 
-class EtcdCluster(object):
+class EtcdCluster(_StartedInWith):
     """A static cluster of ``size`` etcd members on loopback.
 
     Members are :class:`EtcdServer` objects (same fault methods); a killed
@@ -1040,17 +1044,6 @@ class EtcdCluster(object):
             m.cleanup()
 
     close = cleanup
-
-    def __enter__(self):
-        # A start that fails leaves nothing behind either.
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc_info):
-        self.cleanup()
 
     def __repr__(self):
         return '<EtcdCluster %s>' % ', '.join(
