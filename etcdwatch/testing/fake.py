@@ -915,13 +915,7 @@ class FakeEtcdClient(object):
         event, _ = self._internal_create(path, is_dir, value, False, True,
                                          expire_at, 'set')
         event.prev = prev
-        if refresh:
-            # Refreshes bump the index and take a place in the history,
-            # but no watch ever sees them.
-            event.refresh = True
-            self._add_history(event)
-        else:
-            self._notify(event)
+        self._publish(event, refresh)
         return self._result(event, self._index, created=prev is None)
 
     def _compare(self, node, prev_value, prev_index):
@@ -957,12 +951,17 @@ class FakeEtcdClient(object):
         event = _Event('compareAndSwap', path, _extern(
             path, value=value, expiration=expiration, ttl=ttl,
             modified=self._index, created=node.created), prev)
+        self._publish(event, refresh)
+        return self._result(event, self._index)
+
+    def _publish(self, event, refresh):
         if refresh:
+            # Refreshes bump the index and take a place in the history,
+            # but no watch ever sees them.
             event.refresh = True
             self._add_history(event)
         else:
             self._notify(event)
-        return self._result(event, self._index)
 
     def _update(self, path, value, expire_at, refresh):
         if path == '/':
@@ -991,11 +990,7 @@ class FakeEtcdClient(object):
             path, value=value, is_dir=node.is_dir, expiration=expiration,
             ttl=ttl, modified=next_index, created=node.created), prev)
         self._index = next_index
-        if refresh:
-            event.refresh = True
-            self._add_history(event)
-        else:
-            self._notify(event)
+        self._publish(event, refresh)
         return self._result(event, self._index)
 
     def _delete(self, path, is_dir, recursive):
