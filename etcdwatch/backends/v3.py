@@ -642,22 +642,11 @@ class V3Backend(base.Backend):
         Returns the key's create revision (the fencing token), or None if
         the key exists (the lease granted for it is revoked).
         """
-        what = 'create %s' % key
-        lease = self._grant(ttl, what)
-        try:
-            result = self._txn(
-                [{'key': _b64(key), 'target': 'CREATE', 'result': 'EQUAL',
-                  'create_revision': 0}],
-                [{'request_put': {'key': _b64(key), 'value': _b64(value),
-                                  'lease': lease}}], what)
-        except exceptions.BackendError:
-            self._revoke(lease, what)
-            raise
-        if not result.get('succeeded'):
-            self._revoke(lease, what)
-            return None
-        self._leases[(key, value)] = lease
-        return _revision(result)
+        result = self._put_on_new_lease(
+            key, value, ttl,
+            [{'key': _b64(key), 'target': 'CREATE', 'result': 'EQUAL',
+              'create_revision': 0}], 'create %s' % key)
+        return None if result is None else _revision(result)
 
     def refresh(self, key, value, ttl):
         """Renew the lease of ``key`` if the key still holds ``value``.
@@ -693,13 +682,29 @@ class V3Backend(base.Backend):
 
     def _rebind(self, key, value, ttl, old_lease, what):
         """Move our key to a new lease of ``ttl``; True if still ours."""
+        result = self._put_on_new_lease(
+            key, value, ttl,
+            [{'key': _b64(key), 'target': 'VALUE', 'result': 'EQUAL',
+              'value': _b64(value)},
+             {'key': _b64(key), 'target': 'LEASE', 'result': 'EQUAL',
+              'lease': old_lease}], what)
+        if result is None:
+            self._leases.pop((key, value), None)
+            return False
+        if old_lease:
+            self._revoke(old_lease, what)
+        return True
+
+    def _put_on_new_lease(self, key, value, ttl, compares, what):
+        """Put ``key`` on a new lease of ``ttl`` if ``compares`` hold.
+
+        Returns the transaction's answer, or None (the new lease revoked)
+        if a compare failed.
+        """
         lease = self._grant(ttl, what)
         try:
             result = self._txn(
-                [{'key': _b64(key), 'target': 'VALUE', 'result': 'EQUAL',
-                  'value': _b64(value)},
-                 {'key': _b64(key), 'target': 'LEASE', 'result': 'EQUAL',
-                  'lease': old_lease}],
+                compares,
                 [{'request_put': {'key': _b64(key), 'value': _b64(value),
                                   'lease': lease}}], what)
         except exceptions.BackendError:
@@ -707,12 +712,9 @@ class V3Backend(base.Backend):
             raise
         if not result.get('succeeded'):
             self._revoke(lease, what)
-            self._leases.pop((key, value), None)
-            return False
+            return None
         self._leases[(key, value)] = lease
-        if old_lease:
-            self._revoke(old_lease, what)
-        return True
+        return result
 
     def delete_if(self, key, value):
         """Delete ``key`` if it holds ``value``, and revoke its lease."""
