@@ -118,3 +118,29 @@ class ChangeRecorder(EtcdChangeWatcher):
     def reported(self):
         """What the notifications add up to: key -> value."""
         return fold_changes(self.changes)
+
+
+def campaign_in_thread(elector):
+    """Run ``elector.wait_until_elected`` in a daemon thread.
+
+    Returns ``(elected, times, thread)``: an Event set once elected, a list
+    that gets the ``time.monotonic()`` of that moment, and the thread.
+    """
+    elected = threading.Event()
+    times = []
+
+    def campaign():
+        elector.wait_until_elected()
+        times.append(time.monotonic())
+        elected.set()
+
+    thread = threading.Thread(target=campaign, daemon=True)
+    thread.start()
+    return elected, times, thread
+
+
+def converged(watcher, driver, path):
+    """Whether a ChangeRecorder's data and notifications equal etcd's."""
+    truth = driver.state(path)
+    return (watcher.etcd_data == truth and
+            fold_changes(watcher.changes) == truth)

@@ -37,6 +37,10 @@ DEFAULT_TIMEOUT = 10.0
 #: Keys per request when reading a tree (all pages read at one revision).
 PAGE_SIZE = 1000
 
+#: Seconds without an answer to a new watch after which etcd is deemed
+#: unavailable (a shorter wait proves nothing).
+_MIN_SILENCE = 0.5
+
 # gRPC status codes that mean "try again later" rather than "wrong".
 _GRPC_UNAVAILABLE = frozenset([4, 14])      # DEADLINE_EXCEEDED, UNAVAILABLE
 _HTTP_UNAVAILABLE = frozenset([408, 502, 503, 504])
@@ -485,9 +489,16 @@ class V3Backend(base.Backend):
                     self._url('watch'), json={'create_request': request},
                     stream=True, timeout=(connect, remaining))
             except requests.exceptions.ReadTimeout:
-                # Connected but no answer in time (etcd paused, or slow):
-                # nothing happened, as far as the caller can tell.
-                return None
+                if remaining is not None and remaining < _MIN_SILENCE:
+                    # Too short a wait to blame etcd for.
+                    return None
+                # etcd accepted the connection but did not even answer
+                # the request (paused, or overloaded).  As on v2: an
+                # error, so the caller backs off and says so; a stream
+                # etcd answered and then kept quiet on is no error.
+                raise exceptions.EtcdUnavailable(
+                    '%s: etcd did not answer within %.1fs'
+                    % (what, remaining))
             if resp.status_code != 200:
                 try:
                     try:

@@ -14,6 +14,12 @@
     ``drivers.V3Driver``) whose ``client`` goes to the recipes and whose
     methods change etcd through the same API, so one test body runs on
     both backends.
+``fresh_backend``
+    Parametrized the same way: a driver on an etcd of this test's own (for
+    faults), with the v2 API enabled for 'v2' and disabled for 'v3'.
+
+A test that can run on one API only says why in its docstring (etcd3gw
+talks to one endpoint, so the cluster-failover tests are v2 only).
 
 etcd3gw is a test requirement: nothing here skips without it.
 """
@@ -54,7 +60,10 @@ def etcd3_client(etcd_v3_server, etcd_prefix):
     drivers.v3_client(etcd_v3_server).delete_prefix(etcd_prefix + '/')
 
 
-@pytest.fixture(params=['v2', 'v3'])
+BACKENDS = ['v2', 'v3']
+
+
+@pytest.fixture(params=BACKENDS)
 def backend_client(request, etcd_prefix):
     """A :class:`Driver` for the v2 or the v3 API on a shared etcd."""
     if request.param == 'v2':
@@ -64,3 +73,11 @@ def backend_client(request, etcd_prefix):
     server = request.getfixturevalue('etcd_v3_server')
     client = request.getfixturevalue('etcd3_client')
     return drivers.V3Driver(server, client)
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh_backend(request):
+    """A :class:`Driver` on an etcd of this test's own."""
+    with EtcdServer(name='fresh-' + request.param,
+                    enable_v2=request.param == 'v2') as server:
+        yield drivers.make_driver(request.param, server)

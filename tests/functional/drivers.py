@@ -1,11 +1,17 @@
 """Drive etcd through its v2 or v3 API, so one test runs on both backends.
 
 :class:`V2Driver` speaks python-etcd, :class:`V3Driver` etcd3gw; both offer
-the same small set of changes and a read-back of a tree.
+the same small set of changes and a read-back of a tree, and tell a worker
+process (``tests.functional.worker``) which API to use.  ``make_driver``
+builds one for a server.
 """
 
 import base64
+import threading
+import urllib.parse
+import urllib.request
 
+import etcd
 import etcd3gw
 
 from tests.helpers import etcd_state
@@ -14,30 +20,87 @@ from tests.helpers import etcd_state
 TIMEOUT = 10
 
 
-def v3_client(server, **kwargs):
-    kwargs.setdefault('timeout', TIMEOUT)
-    return etcd3gw.client(host=server.host, port=server.port, **kwargs)
+def v3_client(server, timeout=TIMEOUT):
+    return V3Driver.client_at(server.host, server.port, timeout)
+
+
+def make_driver(name, server):
+    """A driver for API ``name`` ('v2' or 'v3') on ``server``."""
+    cls = {'v2': V2Driver, 'v3': V3Driver}[name]
+    return cls(server, cls.client_for(server))
 
 
 class Driver(object):
     """Changes etcd the way a user of one API would; reads it back."""
 
     name = None
+    #: Arguments that make a worker process use this API.
+    worker_flags = ()
+    #: Whether the API has directories (v2) or only keys (v3).
+    has_directories = False
 
     def __init__(self, server, client):
         self.server = server
         #: The client to give the recipes.
         self.client = client
 
-    def new_client(self):
+    @classmethod
+    def client_for(cls, server):
+        return cls.client_at(server.host, server.port)
+
+    @classmethod
+    def client_at(cls, host, port, timeout=TIMEOUT):
+        """A client of this API for whatever listens at host:port."""
         raise NotImplementedError
+
+    def new_client(self):
+        """A client of its own (a second process would have one)."""
+        return self.client_for(self.server)
+
+    def reconnect(self):
+        """Give this driver a new client (after etcd restarted)."""
+        self.client = self.new_client()
+
+    @property
+    def address(self):
+        """HOST:PORT, as a worker process takes it."""
+        return '%s:%d' % (self.server.host, self.server.port)
+
+    def worker_args(self, mode, *args):
+        """The arguments of a worker process in ``mode`` on this server."""
+        return [mode, self.address] + list(args) + list(self.worker_flags)
+
+    def put_in_threads(self, keys, value, threads=8):
+        """Write ``value`` to every key, from ``threads`` clients at once."""
+        chunks = [keys[i::threads] for i in range(threads)]
+
+        def write(chunk):
+            writer = self.__class__(self.server, self.new_client())
+            for key in chunk:
+                writer.put(key, value)
+        workers = [threading.Thread(target=write, args=(c,)) for c in chunks]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(300)
 
 
 class V2Driver(Driver):
     name = 'v2'
+    has_directories = True
+    #: etcd v2 keeps this many events of history.
+    HISTORY = 1000
 
-    def new_client(self):
-        return self.server.client(read_timeout=TIMEOUT)
+    @classmethod
+    def client_for(cls, server):
+        return server.client(read_timeout=TIMEOUT)
+
+    @classmethod
+    def client_at(cls, host, port, timeout=TIMEOUT):
+        return etcd.Client(host=host, port=port, read_timeout=timeout)
+
+    def make_dir(self, path):
+        self.client.write(path, None, dir=True)
 
     def put(self, key, value, ttl=None):
         self.client.write(key, value, ttl=ttl)
@@ -51,7 +114,11 @@ class V2Driver(Driver):
         self.client.write(key, new, prevValue=old)
 
     def delete(self, key):
-        self.client.delete(key)
+        """Delete ``key``; a key that is not there is no error."""
+        try:
+            self.client.delete(key)
+        except etcd.EtcdKeyNotFound:
+            pass
 
     def cad(self, key, value):
         self.client.delete(key, prevValue=value)
@@ -62,14 +129,37 @@ class V2Driver(Driver):
     def state(self, path):
         return etcd_state(self.client, path)
 
+    def put_raw(self, key, value):
+        """Write as a tool other than python-etcd would: the key quoted.
+
+        (python-etcd does not quote keys: it could not write ``q?x``.)
+        """
+        url = '%s/v2/keys%s' % (self.server.client_url,
+                                urllib.parse.quote(key, safe='/'))
+        request = urllib.request.Request(
+            url, data=urllib.parse.urlencode({'value': value}).encode(),
+            method='PUT')
+        urllib.request.urlopen(request, timeout=TIMEOUT).read()
+
+    def forget_history(self, events_written):
+        """Make the last ``events_written`` events' start unreachable.
+
+        v2 keeps the last :data:`HISTORY` events: pad with writes to a
+        scratch key until a watch from before them is refused.
+        """
+        for i in range(self.HISTORY + 1 - events_written):
+            self.client.write('/forget-history', str(i))
+
 
 class V3Driver(Driver):
     """etcd3gw, with text as UTF-8 bytes (etcd3gw encodes str as latin-1)."""
 
     name = 'v3'
+    worker_flags = ('--v3',)
 
-    def new_client(self):
-        return v3_client(self.server)
+    @classmethod
+    def client_at(cls, host, port, timeout=TIMEOUT):
+        return etcd3gw.client(host=host, port=port, timeout=timeout)
 
     def put(self, key, value, ttl=None):
         lease = self.client.lease(ttl) if ttl else None
@@ -86,6 +176,7 @@ class V3Driver(Driver):
         assert self.client.replace(_utf8(key), _utf8(old), _utf8(new))
 
     def delete(self, key):
+        """Delete ``key``; a key that is not there is no error."""
         self.client.delete(_utf8(key))
 
     def cad(self, key, value):
@@ -104,9 +195,17 @@ class V3Driver(Driver):
     def state(self, path):
         return v3_state(self.client, path)
 
+    def put_raw(self, key, value):
+        """Any key is bytes on v3: other tools write as we do."""
+        self.put(key, value)
+
     def compact(self):
         """Compact etcd's history up to now; returns that revision."""
         return compact(self.client)
+
+    def forget_history(self, events_written):
+        """v3 keeps history until compacted: compact it."""
+        self.compact()
 
 
 def _utf8(text):

@@ -1,6 +1,9 @@
 """The production election on a real etcd: keepalive, loss, resign, faults.
 
-Workers run in their own processes where the scenario needs it (signals).
+Every test but the cluster one runs twice, through the ``backend_client``
+fixture: on etcd's v2 API (python-etcd) and on its v3 API (etcd3gw, on an
+etcd with v2 disabled), with the same assertions.  Workers run in their
+own processes where the scenario needs it (signals).
 """
 
 import signal
@@ -9,76 +12,196 @@ import threading
 import time
 import uuid
 
-import etcd
-
+from etcdwatch import backends
+from etcdwatch.backends import base
 from etcdwatch import EtcdElection
 from tests.functional.procs import Workers
-from tests.helpers import FlakyClient
+from tests.helpers import campaign_in_thread
 from tests.helpers import wait_until
 
-
-def address(server):
-    return '%s:%d' % (server.host, server.port)
+# Generous: a 2-core machine shared with other test runs.
+WAIT = 30
+# How much later than its timeout a watch call may return.
+SLACK = 1.5
 
 
 def unique_name():
     return 'svc' + uuid.uuid4().hex[:8]
 
 
-def test_refreshes_wake_no_follower(etcd_client):
-    span = 20       # seconds: twenty TTLs of 1 s
-    name = unique_name()
-    leader = EtcdElection(etcd_client, name, '/elections', work_time=1)
+def count_calls(obj, method):
+    """Wrap ``obj.method`` to count its calls; returns the count's list."""
+    calls = []
+    original = getattr(obj, method)
+
+    def counted(*args, **kwargs):
+        calls.append(time.monotonic())
+        return original(*args, **kwargs)
+    setattr(obj, method, counted)
+    return calls
+
+
+def test_refreshes_wake_no_follower(backend_client, etcd_prefix):
+    d, path = backend_client, etcd_prefix + '/el'
+    span = 20       # seconds: twenty TTLs of 1 s (v3: ten leases of 2 s)
+    leader = EtcdElection(d.client, unique_name(), path, work_time=1)
+    refreshes = count_calls(leader._backend, 'refresh')
     leader.wait_until_elected()
     key = leader.master_key
-    start = etcd_client.read(key).modifiedIndex
+    follower = backends.for_client(d.new_client())
+    _, start = follower.read_key(key)
     woken = []
-    watcher = etcd.Client(host=etcd_client.host, port=etcd_client.port)
-
-    def follower():
-        try:
-            woken.append(watcher.watch(key, index=start + 1,
-                                       timeout=span + 1))
-        except etcd.EtcdWatchTimedOut:
-            pass
-    thread = threading.Thread(target=follower, daemon=True)
+    thread = threading.Thread(target=lambda: woken.append(
+        follower.watch_key(key, start + 1, span + 1)), daemon=True)
     thread.start()
     deadline = time.monotonic() + span
     while time.monotonic() < deadline:
         leader.check_in()
         time.sleep(0.1)
-    thread.join(span + 10)
-    # Twenty TTLs went by: the key lives on, renewed ~60 times (each
-    # refresh takes an index), yet the follower's live watch saw no event.
-    assert etcd_client.read(key).value == leader.thread_id
-    assert etcd_client.read(key).modifiedIndex > start
-    assert woken == []
+    thread.join(span + WAIT)
+    # The key lives on, renewed every work_time / 3, yet the follower's
+    # live watch saw no event (its call timed out: None).
+    assert d.state(path) == {key: leader.thread_id}
+    assert len(refreshes) >= span, len(refreshes)
+    assert woken == [None]
+    follower.close()
     leader.resign()
 
 
-def test_resign_hands_over_in_under_100ms_median(etcd_client):
-    name = unique_name()
+def test_resign_hands_over_in_under_100ms_median(backend_client,
+                                                 etcd_prefix):
+    d, path, name = backend_client, etcd_prefix + '/el', unique_name()
     handovers = []
     for _ in range(10):
-        a = EtcdElection(etcd_client, name, '/elections', work_time=5,
+        a = EtcdElection(d.client, name, path, work_time=5,
                          recovery_time=30)
-        follower_client = FlakyClient(etcd_client)
-        b = EtcdElection(follower_client, name, '/elections', work_time=5,
+        b = EtcdElection(d.new_client(), name, path, work_time=5,
                          recovery_time=30)
+        watches = count_calls(b._backend, 'watch_key')
         a.wait_until_elected()
-        elected = threading.Event()
-        threading.Thread(target=lambda: (b.wait_until_elected(),
-                                         elected.set()),
-                         daemon=True).start()
+        elected, _, thread = campaign_in_thread(b)
         # Measure from a follower parked on its watch (it would see the
         # delete through etcd's history even if it were not yet).
-        wait_until(lambda: follower_client.calls.get('watch'))
+        wait_until(lambda: watches, timeout=WAIT)
         start = time.monotonic()
         a.resign()
-        assert elected.wait(10)
+        assert elected.wait(WAIT)
         handovers.append(time.monotonic() - start)
+        thread.join(WAIT)
         b.resign()
+    print('%s: resign() handovers, median %.1f ms, max %.1f ms'
+          % (d.name, 1000 * statistics.median(handovers),
+             1000 * max(handovers)))
     assert statistics.median(handovers) < 0.1, handovers
+
+
+def test_create_refresh_delete_if(backend_client, etcd_prefix):
+    d, key = backend_client, etcd_prefix + '/el/master_x'
+    be = backends.for_client(d.client)
+    token = be.create(key, 'me', 5)
+    assert token
+    assert be.create(key, 'other', 5) is None
+    state, index = be.read_key(key)
+    assert (state.value, state.created_index) == ('me', token)
+    # A watcher of the key (on its own client) waits from here on: the
+    # first event it sees must be the delete, not any of the refreshes.
+    seen = []
+    watcher = backends.for_client(d.new_client())
+    thread = threading.Thread(target=lambda: seen.append(
+        watcher.watch_key(key, index + 1, WAIT)))
+    thread.start()
+    try:
+        for _ in range(5):
+            assert be.refresh(key, 'me', 5)
+        assert not be.refresh(key, 'other', 5)
+        assert not be.delete_if(key, 'other')
+        assert be.read_key(key)[0].value == 'me'
+        assert be.delete_if(key, 'me')
+        assert not be.delete_if(key, 'me')
+        assert not be.refresh(key, 'me', 5)
+    finally:
+        thread.join(WAIT + SLACK)
+        watcher.close()
+    [event] = seen
+    assert (event.kind, event.key) == (base.DELETE, key)
+    assert be.read_key(key)[0] is None
+    # A new term gets a greater fencing token.
+    assert be.create(key, 'other', 5) > token
+    assert be.delete_if(key, 'other')
+
+
+def test_election_hands_over_at_once_on_clean(backend_client, etcd_prefix):
+    d, path = backend_client, etcd_prefix + '/el'
+    # Long TTL and recovery time: only the delete's notification can make
+    # the follower win quickly.
+    leader = EtcdElection(d.client, 'svc', path, work_time=10,
+                          recovery_time=5)
+    follower = EtcdElection(d.new_client(), 'svc', path, work_time=10,
+                            recovery_time=5)
+    leader.wait_until_elected()
+    first = leader.fencing_token
+    elected, times, thread = campaign_in_thread(follower)
+    try:
+        # The follower stays out while the leader renews.
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            leader.wait_until_elected()
+            assert leader.is_elected
+            assert not elected.wait(0.2)
+        released = time.monotonic()
+        leader.clean()
+        assert elected.wait(WAIT)
+        handover = times[0] - released
+        print('%s: handover after clean() %.3fs' % (d.name, handover))
+        assert handover < 2.0, handover
+        assert follower.fencing_token > first
+        assert not leader.is_elected
+    finally:
+        thread.join(WAIT)
+        follower.clean()
+
+
+def test_election_taken_over_after_lease_expiry(backend_client,
+                                                etcd_prefix):
+    d, path = backend_client, etcd_prefix + '/el'
+    work_time, recovery_time = 2, 1
+    crashed = EtcdElection(d.client, 'svc', path, work_time=work_time,
+                           recovery_time=recovery_time)
+    follower = EtcdElection(d.new_client(), 'svc', path,
+                            work_time=work_time, recovery_time=recovery_time)
+    # When the leader last renewed its key: its keepalive goes on for up
+    # to work_time after the worker last showed life.
+    renewed = [time.monotonic()]
+    refresh = crashed._backend.refresh
+
+    def recorded_refresh(*args):
+        sent = time.monotonic()
+        ok = refresh(*args)
+        if ok:
+            renewed[0] = sent
+        return ok
+    crashed._backend.refresh = recorded_refresh
+    crashed.wait_until_elected()
+    shown_life = time.monotonic()
+    first = crashed.fencing_token
+    # From here on the leader's worker shows no life: as if it hung.
+    elected, times, thread = campaign_in_thread(follower)
+    try:
+        assert elected.wait(WAIT)
+        failover = times[0] - renewed[0]
+        print('%s: takeover %.3fs after the last renewal, %.3fs after the '
+              'last sign of life' % (d.name, failover,
+                                     times[0] - shown_life))
+        # The lease (v3: at least etcd's minimum TTL, 2 s) plus etcd's
+        # expiry granularity; the follower is woken by the delete.
+        assert failover <= max(work_time, 2) + recovery_time + 1, failover
+        assert times[0] - shown_life <= 2 * work_time + recovery_time + 1
+        assert follower.fencing_token > first
+        assert not crashed.is_elected
+    finally:
+        thread.join(WAIT)
+        follower.clean()
+        crashed.clean()
 
 
 def _lines(workers, event):
@@ -87,16 +210,15 @@ def _lines(workers, event):
                   key=lambda pair: pair[0]['t'])
 
 
-def test_sigstop_of_the_leader_past_its_ttl(etcd_server):
+def test_sigstop_of_the_leader_past_its_ttl(backend_client):
     """The paused leader notices the loss before working again.
 
     And the periods in which each process believed it led never overlap.
     """
-    name, work_time = unique_name(), 2
+    d, name, work_time = backend_client, unique_name(), 2
     with Workers() as workers:
         for _ in range(3):
-            workers.start('lead', address(etcd_server), name, work_time,
-                          0.5, 0.1)
+            workers.start(*d.worker_args('lead', name, work_time, 0.5, 0.1))
         wait_until(lambda: _lines(workers, 'work'), timeout=30)
         first = _lines(workers, 'elected')[0][1]
         first.signal(signal.SIGSTOP)
@@ -129,6 +251,7 @@ def test_sigstop_of_the_leader_past_its_ttl(etcd_server):
 
 
 def test_leader_survives_losing_its_cluster_member(etcd_cluster):
+    """v2 only: etcd3gw talks to one endpoint, python-etcd to several."""
     # The TTL must outlast the cluster's own failover: if the member was
     # raft's leader, writes stall until the others elect a new one.
     name, work_time = unique_name(), 10

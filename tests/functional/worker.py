@@ -5,6 +5,8 @@
     python -m tests.functional.worker watch HOST:PORT PREFIX HEARTBEAT
 
 ``--eventlet`` monkey-patches the process first (the OpenStack agent way).
+``--v3`` gives the recipes an etcd3gw client (etcd's v3 API) instead of a
+python-etcd one; etcd3gw talks to one endpoint, so HOSTS is then one.
 Every line printed is one JSON object, flushed at once:
 
 * elect: {"event": "elected", "id": ..., "t": time.time()} on each new term;
@@ -44,6 +46,11 @@ def say(**fields):
 def client_for(address):
     hosts = [(h, int(p)) for h, p in
              (part.rsplit(':', 1) for part in address.split(','))]
+    if '--v3' in sys.argv:
+        if len(hosts) != 1:
+            raise SystemExit('--v3 takes one HOST:PORT, not %r' % address)
+        import etcd3gw
+        return etcd3gw.client(host=hosts[0][0], port=hosts[0][1], timeout=10)
     if len(hosts) == 1:
         return etcd.Client(host=hosts[0][0], port=hosts[0][1],
                            read_timeout=10)
@@ -65,6 +72,12 @@ def elect(address, name, work_time, recovery_time):
         time.sleep(float(work_time) / 4)
 
 
+def base_uri(client):
+    """The endpoint a client talks to (python-etcd picks one of several)."""
+    uri = getattr(client, 'base_uri', None)
+    return uri or '%s://%s:%s' % (client.protocol, client.host, client.port)
+
+
 def lead(address, name, work_time, recovery_time, unit):
     client = client_for(address)
     elector = etcdwatch.EtcdElection(client, name, '/elections',
@@ -74,7 +87,7 @@ def lead(address, name, work_time, recovery_time, unit):
     while True:
         elector.wait_until_elected()
         say(event='elected', id=elector.thread_id,
-            term=elector.fencing_token, base_uri=client.base_uri)
+            term=elector.fencing_token, base_uri=base_uri(client))
         while True:
             t = time.time()
             if not elector.is_elected:
@@ -99,7 +112,7 @@ def watch(address, prefix, heartbeat):
     watcher = Reporter(client, 'reporter', prefix,
                        heartbeat=float(heartbeat))
     say(event='synced', handler=handlers.default_handler().name,
-        base_uri=client.base_uri)
+        base_uri=base_uri(client))
     watcher.watch_forever()
 
 
