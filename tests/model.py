@@ -1,9 +1,11 @@
 """A model-based convergence check for EtcdChangeWatcher.
 
-``run_model(client, prefix, seed, steps)`` draws a random, replayable
+``run_model(driver, prefix, seed, steps)`` draws a random, replayable
 sequence of operations from ``seed``: writes, creates, compare-and-swaps,
-deletes, recursive directory deletes, TTL keys that expire, history loss,
-watcher pauses and restarts, and callback failures.  The watcher is driven
+deletes, prefix (directory) deletes, TTL keys that expire, history loss,
+watcher pauses and restarts, and callback failures.  ``driver`` (see
+tests/drivers.py) makes the changes through etcd's v2 or v3 API, or on a
+FakeEtcdClient, and gives the recipes its client.  The watcher is driven
 by hand (``do_watch()`` calls, no thread) so that a "pause" is simply not
 pumping it.  At every quiescent point it checks the invariant:
 
@@ -20,10 +22,7 @@ it.
 import random
 import time
 
-import etcd
-
 from etcdwatch import EtcdChangeWatcher
-from tests.helpers import etcd_state
 
 KEYS = ['a', 'b', 'c', 'd/x', 'd/y', 'd/e/z', 'f/g']
 VALUES = ['1', '2', '3', '{"json": true}', 'x' * 50]
@@ -82,8 +81,8 @@ class ModelWatcher(EtcdChangeWatcher):
 
 
 class Model(object):
-    def __init__(self, client, prefix, seed, clock=None, history_loss=None):
-        self.client = client
+    def __init__(self, driver, prefix, seed, clock=None, history_loss=None):
+        self.driver = driver
         self.prefix = prefix
         self.seed = seed
         self.rng = random.Random(seed)
@@ -94,47 +93,36 @@ class Model(object):
         self.log = []
 
     def _new_watcher(self):
-        return ModelWatcher(self.app, self.client, 'model', self.prefix,
-                            heartbeat=0.01)
+        return ModelWatcher(self.app, self.driver.client, 'model',
+                            self.prefix, heartbeat=0.01)
 
     def _key(self):
         return '%s/%s' % (self.prefix, self.rng.choice(KEYS))
 
-    def _quietly(self, func, *args, **kwargs):
-        try:
-            func(*args, **kwargs)
-        except (etcd.EtcdKeyError, etcd.EtcdValueError, etcd.EtcdException):
-            pass   # a refused operation is part of the game
-
     # -- operations -------------------------------------------------------
+    # A refused create or compare-and-swap is part of the game; the
+    # driver returns False for it.
 
     def op_write(self):
-        self._quietly(self.client.write, self._key(),
-                      self.rng.choice(VALUES))
+        self.driver.put(self._key(), self.rng.choice(VALUES))
 
     def op_create(self):
-        self._quietly(self.client.write, self._key(),
-                      self.rng.choice(VALUES), prevExist=False)
+        self.driver.create(self._key(), self.rng.choice(VALUES))
 
     def op_cas(self):
         key = self._key()
-        try:
-            current = self.client.read(key).value
-        except (etcd.EtcdKeyNotFound, etcd.EtcdException):
-            return
-        self._quietly(self.client.write, key, self.rng.choice(VALUES),
-                      prevValue=current)
+        current = self.driver.get(key)
+        if current is not None:
+            self.driver.cas(key, current, self.rng.choice(VALUES))
 
     def op_delete(self):
-        self._quietly(self.client.delete, self._key())
+        self.driver.delete(self._key())
 
     def op_delete_dir(self):
-        self._quietly(self.client.delete, self.prefix + '/d',
-                      recursive=True)
+        self.driver.delete_prefix(self.prefix + '/d')
 
     def op_ttl(self):
-        self._quietly(self.client.write, self._key(),
-                      self.rng.choice(VALUES), ttl=1)
+        self.driver.put(self._key(), self.rng.choice(VALUES), ttl=1)
 
     def op_time_passes(self):
         if self.clock is not None:
@@ -183,7 +171,7 @@ class Model(object):
         deadline = time.monotonic() + timeout
         while True:
             self._pump_once()
-            truth = etcd_state(self.client, self.prefix)
+            truth = self.driver.state(self.prefix)
             short_truth = {self.watcher.make_short_key(k): v
                            for k, v in truth.items()}
             w = self.watcher
@@ -203,9 +191,9 @@ class Model(object):
                        w.implemented_state, self.app.state))
 
 
-def run_model(client, prefix, seed, steps, clock=None, history_loss=None,
+def run_model(driver, prefix, seed, steps, clock=None, history_loss=None,
               settle_every=10):
-    model = Model(client, prefix, seed, clock=clock,
+    model = Model(driver, prefix, seed, clock=clock,
                   history_loss=history_loss)
     try:
         for i in range(steps):

@@ -27,7 +27,7 @@ etcd3gw is a test requirement: nothing here skips without it.
 import pytest
 
 from etcdwatch.testing.server import EtcdServer
-from tests.functional import drivers
+from tests import drivers
 
 
 @pytest.fixture(scope='session')

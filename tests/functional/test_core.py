@@ -39,13 +39,13 @@ def test_watcher_follows_every_kind_of_change(backend_client, etcd_prefix):
     assert w.etcd_data == {p + '/a': '1'}
     with Runner(w):
         d.put(p + '/a', '1')                        # same value
-        d.cas(p + '/a', '1', '2')
+        assert d.cas(p + '/a', '1', '2')
         d.put_many({p + '/m/1': 'x', p + '/m/2': 'y', p + '/m/3': 'z'})
         d.put(p + '/d/x', 'x')
         d.put(p + '/d/y/z', 'z')
         d.put(p + '/ttl', 't', ttl=1)               # expires (lease on v3)
         d.put(p + '/cad', 'c')
-        d.cad(p + '/cad', 'c')                      # compare-and-delete
+        assert d.cad(p + '/cad', 'c')               # compare-and-delete
         d.delete(p + '/m/2')
         d.delete_prefix(p + '/d')                   # prefix delete
         if d.has_directories:

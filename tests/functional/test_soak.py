@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 
-from tests.functional.drivers import make_driver
+from tests.drivers import make_driver
 from tests.functional.procs import Workers
 from tests.functional.test_faults import reported
 from tests.functional.test_faults import terms_never_overlap

@@ -20,7 +20,7 @@ from etcdwatch import backends
 from etcdwatch.backends import v3
 from etcdwatch import EtcdElection
 from etcdwatch import exceptions
-from tests.functional import drivers
+from tests import drivers
 from tests.helpers import campaign_in_thread
 from tests.helpers import ChangeRecorder as Recorder
 from tests.helpers import converged

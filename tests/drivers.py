@@ -12,12 +12,13 @@ import urllib.parse
 import urllib.request
 
 import etcd
-import etcd3gw
 
 from tests.helpers import etcd_state
 
 # Generous: a 2-core machine shared with other test runs.
 TIMEOUT = 10
+#: Where V2Driver.forget_history writes (outside every test's prefix).
+HISTORY_FILLER = '/etcdwatch-tests/history-filler'
 
 
 def v3_client(server, timeout=TIMEOUT):
@@ -110,8 +111,28 @@ class V2Driver(Driver):
         for key, value in sorted(items.items()):
             self.client.write(key, value)
 
+    def get(self, key):
+        """The value of ``key``, or None."""
+        try:
+            return self.client.read(key).value
+        except etcd.EtcdKeyNotFound:
+            return None
+
+    def create(self, key, value):
+        """Create ``key`` if absent; whether it was."""
+        try:
+            self.client.write(key, value, prevExist=False)
+            return True
+        except etcd.EtcdAlreadyExist:
+            return False
+
     def cas(self, key, old, new):
-        self.client.write(key, new, prevValue=old)
+        """Compare-and-swap; whether the value was ``old``."""
+        try:
+            self.client.write(key, new, prevValue=old)
+            return True
+        except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+            return False
 
     def delete(self, key):
         """Delete ``key``; a key that is not there is no error."""
@@ -121,10 +142,19 @@ class V2Driver(Driver):
             pass
 
     def cad(self, key, value):
-        self.client.delete(key, prevValue=value)
+        """Compare-and-delete; whether the value was ``value``."""
+        try:
+            self.client.delete(key, prevValue=value)
+            return True
+        except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+            return False
 
     def delete_prefix(self, path):
-        self.client.delete(path, recursive=True)
+        """Delete everything under ``path``; nothing there is no error."""
+        try:
+            self.client.delete(path, recursive=True)
+        except etcd.EtcdKeyNotFound:
+            pass
 
     def state(self, path):
         return etcd_state(self.client, path)
@@ -148,7 +178,7 @@ class V2Driver(Driver):
         scratch key until a watch from before them is refused.
         """
         for i in range(self.HISTORY + 1 - events_written):
-            self.client.write('/forget-history', str(i))
+            self.client.write(HISTORY_FILLER, str(i))
 
 
 class V3Driver(Driver):
@@ -159,6 +189,7 @@ class V3Driver(Driver):
 
     @classmethod
     def client_at(cls, host, port, timeout=TIMEOUT):
+        import etcd3gw      # only here: it imports eventlet (via futurist)
         return etcd3gw.client(host=host, port=port, timeout=timeout)
 
     def put(self, key, value, ttl=None):
@@ -169,23 +200,39 @@ class V3Driver(Driver):
         # One transaction: every event at the same revision.
         ops = [{'request_put': {'key': _b64(k), 'value': _b64(v)}}
                for k, v in sorted(items.items())]
-        assert self.client.transaction(
-            {'compare': [], 'success': ops, 'failure': []})['succeeded']
+        assert self._txn([], ops)
+
+    def get(self, key):
+        """The value of ``key``, or None."""
+        values = self.client.get(_utf8(key))
+        return values[0].decode('utf-8') if values else None
+
+    def create(self, key, value):
+        """Create ``key`` if absent; whether it was."""
+        return self._txn(
+            [{'key': _b64(key), 'target': 'CREATE', 'result': 'EQUAL',
+              'create_revision': 0}],
+            [{'request_put': {'key': _b64(key), 'value': _b64(value)}}])
 
     def cas(self, key, old, new):
-        assert self.client.replace(_utf8(key), _utf8(old), _utf8(new))
+        """Compare-and-swap; whether the value was ``old``."""
+        return bool(self.client.replace(_utf8(key), _utf8(old), _utf8(new)))
 
     def delete(self, key):
         """Delete ``key``; a key that is not there is no error."""
         self.client.delete(_utf8(key))
 
     def cad(self, key, value):
-        result = self.client.transaction({
-            'compare': [{'key': _b64(key), 'target': 'VALUE',
-                         'result': 'EQUAL', 'value': _b64(value)}],
-            'success': [{'request_delete_range': {'key': _b64(key)}}],
-            'failure': []})
-        assert result.get('succeeded')
+        """Compare-and-delete; whether the value was ``value``."""
+        return self._txn(
+            [{'key': _b64(key), 'target': 'VALUE', 'result': 'EQUAL',
+              'value': _b64(value)}],
+            [{'request_delete_range': {'key': _b64(key)}}])
+
+    def _txn(self, compare, success):
+        result = self.client.transaction(
+            {'compare': compare, 'success': success, 'failure': []})
+        return bool(result.get('succeeded'))
 
     def delete_prefix(self, path):
         self.client.post(self.client.get_url('/kv/deleterange'),
