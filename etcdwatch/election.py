@@ -1,10 +1,11 @@
 """Leader election on one etcd key with a TTL.
 
 Workers race to create ``<election_path>/master_<name>``, holding their own
-id, with a TTL of ``work_time``.  The winner leads: a background keepalive
-renews the key with etcd's TTL-only refresh (which wakes nobody) for as long
-as the worker shows life.  The others wait on the key and race again as soon
-as it goes.
+id, with a TTL of ``work_time`` (on v2 the key's own TTL; on v3 a lease the
+key is bound to).  The winner leads: a background keepalive renews it (v2:
+a TTL-only refresh; v3: a lease keepalive; neither wakes anybody) for as
+long as the worker shows life.  The others wait on the key and race again
+as soon as it goes.
 """
 
 import contextlib
@@ -89,7 +90,8 @@ class Term(object):
 class EtcdElection(object):
     """One participant in the election of a leader of kind ``name``.
 
-    :param etcd_client: a python-etcd ``etcd.Client`` (or a FakeEtcdClient).
+    :param etcd_client: a python-etcd ``etcd.Client`` (etcd's v2 API), an
+        etcd3gw client (its v3 API; see :doc:`/v3`), or a FakeEtcdClient.
     :param name: what is being led; one leader per name and election_path.
     :param election_path: the etcd directory that holds the election keys.
     :param work_time: the key's TTL, and the longest a leader may go without

@@ -67,7 +67,8 @@ _RESYNC_END = object()
 class EtcdWatcher(object, metaclass=abc.ABCMeta):
     """Watch every key under ``watch_path``; subclass to act on changes.
 
-    :param etcd_client: a python-etcd ``etcd.Client`` (or FakeEtcdClient).
+    :param etcd_client: a python-etcd ``etcd.Client`` (etcd's v2 API), an
+        etcd3gw client (its v3 API; see :doc:`/v3`), or a FakeEtcdClient.
     :param name: a name for logs, and the election's name when elected.
     :param watch_path: the etcd directory to follow.  It need not exist
         yet: a missing path is an empty tree.
