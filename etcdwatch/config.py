@@ -1,9 +1,11 @@
 """Connecting to etcd the way an OpenStack service does: options, a client.
 
-:class:`EtcdClientFactory` checks a connection's settings (hosts, protocol,
-credentials, TLS files, timeout) and builds python-etcd clients from them.
-Bad settings raise :class:`ConfigError`, a ``ValueError`` naming the option,
-when the factory is made: before any connection.
+:class:`EtcdClientFactory` checks a connection's settings (API version,
+hosts, protocol, credentials, TLS files, timeout) and builds clients from
+them: python-etcd ``etcd.Client`` for etcd's v2 API (the default), etcd3gw
+``Etcd3Client`` for its v3 API (``api_version = v3``).  Bad settings raise
+:class:`ConfigError`, a ``ValueError`` naming the option, when the factory
+is made: before any connection.
 
 The same settings as oslo.config options::
 
@@ -24,6 +26,7 @@ of this module.
 """
 
 import copy
+import importlib.util
 import ipaddress
 import os
 import re
@@ -41,8 +44,25 @@ __all__ = ['ConfigError', 'EtcdClientFactory', 'client_from_conf',
 DEFAULT_GROUP = 'etcd'
 DEFAULT_PORT = 2379
 DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_API_VERSION = 'v2'
+API_VERSIONS = ('v2', 'v3')
+_V3_INSTALL = "pip install 'etcdwatch[v3]'"
 
 _OPTS = [
+    cfg.StrOpt('api_version', default=DEFAULT_API_VERSION,
+               choices=[('v2', "etcd's v2 API, through python-etcd"),
+                        ('v3', "etcd's v3 API, through etcd3gw (%s)"
+                               % _V3_INSTALL)],
+               help="Which of etcd's APIs to use.  v2 needs etcd 3.5 or "
+                    "older started with --enable-v2 (etcd 3.6 has no v2 "
+                    "API); v3 works on every etcd >= 3.4 and needs "
+                    "etcd3gw (%s).  The two APIs do not share data: keys "
+                    "written through one are invisible to the other.  "
+                    "With v3, host names one endpoint (use a load "
+                    "balancer or DNS name for a cluster), username and "
+                    "password cannot be used (etcd3gw cannot "
+                    "authenticate; use client certificates) and "
+                    "allow_reconnect does nothing." % _V3_INSTALL),
     cfg.StrOpt('host', default='127.0.0.1', deprecated_name='etcd_host',
                help='The etcd members to connect to: a comma-separated list '
                     'of host or host:port entries, such as '
@@ -110,11 +130,12 @@ def register_opts(conf, group=DEFAULT_GROUP):
 
 
 def client_from_conf(conf, group=DEFAULT_GROUP):
-    """A python-etcd ``etcd.Client`` built from ``conf``'s ``group``.
+    """A client built from ``conf``'s ``group``.
 
-    Registers the options first if needed.  Raises :class:`ConfigError`
-    for bad settings; with allow_reconnect, python-etcd's
-    ``etcd.EtcdException`` when no member answers.
+    A python-etcd ``etcd.Client``, or an etcd3gw ``Etcd3Client`` when
+    ``api_version = v3``.  Registers the options first if needed.  Raises
+    :class:`ConfigError` for bad settings; on v2 with allow_reconnect,
+    python-etcd's ``etcd.EtcdException`` when no member answers.
     """
     register_opts(conf, group)
     return EtcdClientFactory.from_conf(conf, group).client()
@@ -277,8 +298,9 @@ def _check_tls_files(ca_cert, cert_file, key_file):
                                 password=_refuse_key_password)
     except _EncryptedKey:
         raise ConfigError('key_file' if key_file else 'cert_file',
-                          'the private key is encrypted; python-etcd '
-                          'cannot pass its password') from None
+                          'the private key is encrypted; neither '
+                          'python-etcd nor etcd3gw can pass its '
+                          'password') from None
     except ssl.SSLError as e:
         raise ConfigError('cert_file', '%r%s do not hold a PEM certificate '
                           'and its private key (%s)'
@@ -297,15 +319,26 @@ def _check_credential(option, value):
         raise ConfigError(option, 'must be printable ASCII')
 
 
+def _import_etcd3gw():
+    """etcd3gw, imported now (it imports eventlet, through futurist)."""
+    try:
+        import etcd3gw
+    except ImportError as e:
+        raise ConfigError('api_version', 'v3 needs etcd3gw, which cannot '
+                          'be imported (%s): %s' % (e, _V3_INSTALL)) from e
+    return etcd3gw
+
+
 class EtcdClientFactory(object):
     """Checked etcd connection settings; :meth:`client` builds clients.
 
     :param host: ``"10.0.0.1:2379,10.0.0.2:2379"`` or a list of entries
-        (see :func:`parse_hosts`).
+        (see :func:`parse_hosts`); a single entry with ``api_version``
+        'v3'.
     :param port: the port of entries that give none.
     :param protocol: 'http' or 'https'.
     :param username: etcd v2 user, sent with ``password`` as HTTP basic
-        auth; both or neither.
+        auth; both or neither; refused with ``api_version`` 'v3'.
     :param password: never shown in logs, repr or error messages.
     :param ca_cert: the CA file to verify etcd's certificate; required
         for https (the system CAs are not used), refused for http.
@@ -313,7 +346,9 @@ class EtcdClientFactory(object):
     :param key_file: its unencrypted private key.
     :param read_timeout: seconds for any request but a watch.
     :param allow_reconnect: fail over to other members; required with
-        several hosts.
+        several hosts.  Not used with ``api_version`` 'v3'.
+    :param api_version: 'v2' (python-etcd clients, the default) or 'v3'
+        (etcd3gw clients; needs ``pip install 'etcdwatch[v3]'``).
 
     Everything is checked here, files included (they must load as PEM
     certificates and keys), and nothing is sent: a bad setting raises
@@ -323,8 +358,21 @@ class EtcdClientFactory(object):
     def __init__(self, host='127.0.0.1', port=DEFAULT_PORT, protocol='http',
                  username=None, password=None, ca_cert=None, cert_file=None,
                  key_file=None, read_timeout=DEFAULT_READ_TIMEOUT,
-                 allow_reconnect=True):
+                 allow_reconnect=True, api_version=DEFAULT_API_VERSION):
+        if api_version not in API_VERSIONS:
+            raise ConfigError('api_version', "must be 'v2' or 'v3', not %r"
+                              % (api_version,))
+        if (api_version == 'v3' and
+                importlib.util.find_spec('etcd3gw') is None):
+            raise ConfigError('api_version', 'v3 needs etcd3gw, which is '
+                              'not installed: %s' % _V3_INSTALL)
+        self.api_version = api_version
         self.hosts = parse_hosts(host, port)
+        if api_version == 'v3' and len(self.hosts) > 1:
+            raise ConfigError('host', 'lists %d members, but api_version v3 '
+                              'talks to one endpoint (etcd3gw has no '
+                              'failover): use a load balancer or DNS name '
+                              'in front of the cluster' % len(self.hosts))
         if protocol not in ('http', 'https'):
             raise ConfigError('protocol', "must be 'http' or 'https', not %r"
                               % (protocol,))
@@ -348,6 +396,15 @@ class EtcdClientFactory(object):
 
         username = None if _blank(username) else username
         password = None if _blank(password) else password
+        if api_version == 'v3' and (username is not None or
+                                    password is not None):
+            # Name the option, never the value.
+            raise ConfigError('username' if username is not None
+                              else 'password',
+                              'etcd3gw (api_version v3) cannot '
+                              'authenticate with a user and password; '
+                              'use a client certificate (cert_file) or '
+                              'api_version v2')
         if username is not None:
             _check_credential('username', username)
             if ':' in username:
@@ -401,16 +458,26 @@ class EtcdClientFactory(object):
                        cert_file=section.cert_file,
                        key_file=section.key_file,
                        read_timeout=section.read_timeout,
-                       allow_reconnect=section.allow_reconnect)
+                       allow_reconnect=section.allow_reconnect,
+                       api_version=section.api_version)
         except ConfigError as e:
             raise ConfigError(e.option, e.reason, group=name) from None
 
     def client_kwargs(self, include_password=False):
-        """The keyword arguments for ``etcd.Client``.
+        """The keyword arguments :meth:`client` passes to build a client.
 
-        Without ``include_password`` the password is replaced by
-        ``'***'``: for logs and tests.
+        For ``api_version`` 'v2', those of ``etcd.Client``; without
+        ``include_password`` the password is replaced by ``'***'``: for
+        logs and tests.
+
+        For 'v3', those of ``etcd3gw.client()``: ``host`` (an IPv6 address
+        without brackets), ``port``, ``protocol``, ``timeout``
+        (read_timeout) and, as set, ``ca_cert``, ``cert_cert`` and
+        ``cert_key`` (cert_file again when it holds the key: etcd3gw
+        ignores a certificate without a key).  There is never a password.
         """
+        if self.api_version == 'v3':
+            return self._etcd3gw_kwargs()
         kwargs = {'protocol': self.protocol,
                   'read_timeout': self.read_timeout,
                   'allow_reconnect': self.allow_reconnect}
@@ -429,20 +496,42 @@ class EtcdClientFactory(object):
                                   else '***')
         return kwargs
 
-    def client(self):
-        """A new python-etcd ``etcd.Client`` with these settings.
+    def _etcd3gw_kwargs(self):
+        host, port = self.hosts[0]
+        kwargs = {'host': host[1:-1] if host.startswith('[') else host,
+                  'port': port, 'protocol': self.protocol,
+                  'timeout': self.read_timeout}
+        if self.ca_cert is not None:
+            kwargs['ca_cert'] = self.ca_cert
+        if self.cert_file is not None:
+            kwargs['cert_cert'] = self.cert_file
+            kwargs['cert_key'] = (self.cert_file if self.key_file is None
+                                  else self.key_file)
+        return kwargs
 
-        With allow_reconnect, python-etcd asks etcd for its members here
-        and raises ``etcd.EtcdException`` if none of the hosts answers.
+    def client(self):
+        """A new client with these settings.
+
+        For ``api_version`` 'v2', a python-etcd ``etcd.Client``: with
+        allow_reconnect, python-etcd asks etcd for its members here and
+        raises ``etcd.EtcdException`` if none of the hosts answers.
+
+        For 'v3', an etcd3gw ``Etcd3Client``, which sends nothing until
+        used.  etcd3gw is imported here, not before (it imports eventlet,
+        whose deprecation warning Python then shows once); if it cannot
+        be, :class:`ConfigError` names ``api_version``.
         """
         LOG.debug('etcd: connecting with %r', self)
+        if self.api_version == 'v3':
+            return _import_etcd3gw().client(**self._etcd3gw_kwargs())
         return etcd.Client(**self.client_kwargs(include_password=True))
 
     def _hosts_text(self):
         return ','.join('%s:%d' % hp for hp in self.hosts)
 
     def __repr__(self):
-        parts = ['hosts=%s' % self._hosts_text(),
+        parts = ['api_version=%s' % self.api_version,
+                 'hosts=%s' % self._hosts_text(),
                  'protocol=%s' % self.protocol]
         if self.username is not None:
             parts.append('username=%r password=***' % self.username)

@@ -1,8 +1,9 @@
 """etcdwatch.config: host parsing, checks, the client it builds, oslo.config.
 
 Nothing here talks to etcd: clients are built with allow_reconnect=False
-(python-etcd then sends nothing until the first request) or through a
-recording stand-in for ``etcd.Client``.
+(python-etcd then sends nothing until the first request), through a
+recording stand-in for ``etcd.Client``, or are etcd3gw clients (which send
+nothing until used).
 """
 
 import base64
@@ -41,6 +42,17 @@ def no_client(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError('etcd.Client built')
     monkeypatch.setattr(config.etcd, 'Client', refuse)
+
+
+@pytest.fixture
+def no_v3_client(monkeypatch):
+    """Fails the test if anything builds an etcd3gw client."""
+    import etcd3gw
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('etcd3gw client built')
+    monkeypatch.setattr(etcd3gw, 'client', refuse)
+    monkeypatch.setattr(etcd3gw, 'Etcd3Client', refuse)
 
 
 @pytest.fixture
@@ -159,11 +171,33 @@ def _bad_settings(tls, tmp_path):
         ('read_timeout', dict(read_timeout=float('inf'))),
         ('allow_reconnect', dict(host='a,b', allow_reconnect=False)),
         ('allow_reconnect', dict(allow_reconnect='yes')),
+        ('api_version', dict(api_version='v4')),
+        ('api_version', dict(api_version='V3')),
+        ('api_version', dict(api_version=3)),
+        ('api_version', dict(api_version=None)),
+        # What cannot work on v3, and v3 checked like v2.
+        ('host', dict(api_version='v3', host='a,b')),
+        ('host', dict(api_version='v3', host=['a:1', 'a:2'])),
+        ('host', dict(api_version='v3', host='a,b',
+                      allow_reconnect=False)),
+        ('username', dict(api_version='v3', username='app',
+                          password=PASSWORD)),
+        ('username', dict(https, api_version='v3', username='app',
+                          password=PASSWORD)),
+        ('username', dict(api_version='v3', username='app')),
+        ('password', dict(api_version='v3', password=PASSWORD)),
+        ('host', dict(api_version='v3', host='')),
+        ('ca_cert', dict(api_version='v3', protocol='https')),
+        ('protocol', dict(api_version='v3', ca_cert=tls.ca_cert)),
+        ('cert_file', dict(https, api_version='v3',
+                           cert_file=tls.client_cert,
+                           key_file=tls.server_key)),
+        ('read_timeout', dict(api_version='v3', read_timeout=0)),
     ]
 
 
 def test_every_bad_setting_raises_one_error_naming_its_option(
-        tls, tmp_path, no_client, caplog):
+        tls, tmp_path, no_client, no_v3_client, caplog):
     caplog.set_level(logging.DEBUG)
     for option, kwargs in _bad_settings(tls, tmp_path):
         with pytest.raises(ConfigError) as info:
@@ -245,6 +279,139 @@ def test_real_python_etcd_client(tls):
     assert pool_kw['key_file'] == tls.client_key
 
 
+# -- api_version = v3: etcd3gw clients ---------------------------------------
+
+def test_v3_kwargs_and_real_etcd3gw_client(tls):
+    import etcd3gw
+    factory = EtcdClientFactory(host='[::1]:2380', protocol='https',
+                                ca_cert=tls.ca_cert,
+                                cert_file=tls.client_cert,
+                                key_file=tls.client_key, read_timeout=3,
+                                api_version='v3')
+    assert factory.client_kwargs() == {
+        'host': '::1', 'port': 2380, 'protocol': 'https', 'timeout': 3,
+        'ca_cert': tls.ca_cert, 'cert_cert': tls.client_cert,
+        'cert_key': tls.client_key}
+    # Nothing listens on [::1]:2380: the client sends nothing yet.
+    client = factory.client()
+    assert isinstance(client, etcd3gw.Etcd3Client)
+    assert client.base_url == 'https://[::1]:2380'
+    assert client.timeout == 3
+    assert client.session.verify == tls.ca_cert
+    assert client.session.cert == (tls.client_cert, tls.client_key)
+    assert factory.client() is not client
+    assert 'api_version=v3' in repr(factory)
+
+
+def test_v3_plain_http_defaults():
+    client = EtcdClientFactory(api_version='v3').client()
+    assert client.base_url == 'http://127.0.0.1:2379'
+    assert client.timeout == config.DEFAULT_READ_TIMEOUT
+    assert client.session.verify is True and client.session.cert is None
+
+
+def test_v3_combined_cert_and_key_file(tls, tmp_path):
+    # etcd3gw drops a certificate given without a key: it gets the file
+    # twice.
+    combined = tmp_path / 'combined.pem'
+    with open(tls.client_cert) as cert, open(tls.client_key) as key:
+        combined.write_text(cert.read() + key.read())
+    client = EtcdClientFactory(protocol='https', ca_cert=tls.ca_cert,
+                               cert_file=str(combined),
+                               api_version='v3').client()
+    assert client.session.cert == (str(combined), str(combined))
+
+
+def test_v3_without_etcd3gw_names_the_option_and_the_extra(monkeypatch):
+    factory = EtcdClientFactory(api_version='v3')
+    # None in sys.modules: "import etcd3gw" fails, as if not installed.
+    monkeypatch.setitem(sys.modules, 'etcd3gw', None)
+    with pytest.raises(ConfigError) as info:
+        EtcdClientFactory(api_version='v3')
+    assert info.value.option == 'api_version'
+    assert "pip install 'etcdwatch[v3]'" in str(info.value)
+    # Gone after the factory was made: the same error from client().
+    with pytest.raises(ConfigError) as info:
+        factory.client()
+    assert info.value.option == 'api_version'
+    assert "pip install 'etcdwatch[v3]'" in str(info.value)
+    # v2 does not need it.
+    assert EtcdClientFactory(allow_reconnect=False).client().port == 2379
+
+
+def test_v3_imports_etcd3gw_only_in_client():
+    # A fresh interpreter: this one may have imported etcd3gw already.
+    code = (
+        'import sys, warnings\n'
+        'warnings.simplefilter("error")\n'
+        'from etcdwatch import config\n'
+        'factory = config.EtcdClientFactory(api_version="v3")\n'
+        'repr(factory), factory.client_kwargs()\n'
+        'assert "etcd3gw" not in sys.modules\n'
+        'assert "eventlet" not in sys.modules\n'
+        'warnings.resetwarnings()\n'
+        'warnings.simplefilter("ignore")\n'
+        'client = factory.client()\n'
+        'assert type(client).__module__ == "etcd3gw.client"\n'
+        'print("ok")\n')
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == 'ok'
+
+
+def test_v3_from_conf(tmp_path, tls):
+    import etcd3gw
+    conf_file = tmp_path / 'agent.conf'
+    conf_file.write_text('[etcd]\napi_version = v3\n'
+                         'host = etcd.example:2379\nprotocol = https\n'
+                         'ca_cert = %s\ncert_file = %s\nkey_file = %s\n'
+                         'read_timeout = 4\n'
+                         % (tls.ca_cert, tls.client_cert, tls.client_key))
+    conf = cfg.ConfigOpts()
+    config.register_opts(conf)
+    conf(['--config-file', str(conf_file)])
+    client = config.client_from_conf(conf)
+    assert isinstance(client, etcd3gw.Etcd3Client)
+    assert client.base_url == 'https://etcd.example:2379'
+    assert client.timeout == 4
+    assert client.session.cert == (tls.client_cert, tls.client_key)
+
+
+def test_v3_conf_errors_name_group_and_option(tmp_path, no_v3_client):
+    conf_file = tmp_path / 'agent.conf'
+    conf_file.write_text('[ml2_etcd]\napi_version = v3\n'
+                         'host = 10.0.0.1,10.0.0.2\n')
+    conf = cfg.ConfigOpts()
+    config.register_opts(conf, 'ml2_etcd')
+    conf(['--config-file', str(conf_file)])
+    with pytest.raises(ConfigError) as info:
+        config.client_from_conf(conf, 'ml2_etcd')
+    assert str(info.value).startswith('etcd option [ml2_etcd] host: ')
+    assert 'load balancer or DNS name' in str(info.value)
+
+
+def test_v3_user_and_password_refused_without_showing_it(caplog,
+                                                         no_v3_client):
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ConfigError) as info:
+        EtcdClientFactory(api_version='v3', username='app',
+                          password=PASSWORD)
+    assert info.value.option == 'username'
+    assert 'cannot authenticate' in str(info.value)
+    assert PASSWORD not in str(info.value) + repr(info.value) + caplog.text
+
+
+def test_bad_api_version_in_a_file_is_an_oslo_error(tmp_path):
+    conf_file = tmp_path / 'agent.conf'
+    conf_file.write_text('[etcd]\napi_version = v4\n')
+    conf = cfg.ConfigOpts()
+    config.register_opts(conf)
+    conf(['--config-file', str(conf_file)])
+    with pytest.raises(ValueError, match='api_version'):
+        config.client_from_conf(conf)
+
+
 # -- the password stays secret ------------------------------------------------
 
 def _closed_port():
@@ -289,9 +456,9 @@ def test_password_masked_by_oslo_config(caplog):
 
 # -- oslo.config --------------------------------------------------------------
 
-OPTION_NAMES = ['host', 'port', 'protocol', 'username', 'password',
-                'ca_cert', 'cert_file', 'key_file', 'read_timeout',
-                'allow_reconnect']
+OPTION_NAMES = ['api_version', 'host', 'port', 'protocol', 'username',
+                'password', 'ca_cert', 'cert_file', 'key_file',
+                'read_timeout', 'allow_reconnect']
 
 
 def test_list_opts():
@@ -300,6 +467,10 @@ def test_list_opts():
     assert [o.name for o in opts] == OPTION_NAMES
     assert all(o.help for o in opts)
     assert [o.name for o in opts if o.secret] == ['password']
+    [api] = [o for o in opts if o.name == 'api_version']
+    assert api.default == 'v2'
+    assert list(api.type.choices) == ['v2', 'v3']
+    assert 'enable-v2' in api.help and '3.4' in api.help
     # Copies: a caller changing them changes nothing registered later.
     assert config.list_opts()[0][1][0] is not opts[0]
 
@@ -325,6 +496,7 @@ def test_options_go_into_the_callers_group(tmp_path, recorded):
     conf(['--config-file', str(conf_file)])
     assert 'etcd' not in conf
     factory = EtcdClientFactory.from_conf(conf, 'my_etcd')
+    assert factory.api_version == 'v2'
     assert factory.hosts == [('10.0.0.1', 2379), ('10.0.0.2', 4001)]
     assert factory.read_timeout == 3
     config.client_from_conf(conf, 'my_etcd')
