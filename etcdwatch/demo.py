@@ -7,15 +7,18 @@ that one hangs in a callback, stops showing life, loses its key when the
 TTL runs out, and the third takes over.  Every line shows the time since
 the start; the failovers show how long they took.
 
-Runs on the in-memory FakeEtcdClient unless given a real etcd client.
+Runs on the in-memory FakeEtcdClient unless given a real etcd client: a
+python-etcd client (v2 API) or an etcd3gw one (v3).
 """
 
+import base64
 import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, List, Optional, TextIO
+from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 
+from etcdwatch import backends
 from etcdwatch import election
 from etcdwatch import watcher
 
@@ -113,6 +116,40 @@ def _wait_for(predicate: Callable[[], Any], timeout: float) -> Any:
         time.sleep(0.005)
 
 
+_Writes = Tuple[Callable[[str, str], int], Callable[[str], int],
+                Callable[[str], None]]
+
+
+def _writes(client: Any) -> _Writes:
+    """The writer's (put, delete, delete tree) on ``client``'s API.
+
+    put and delete return the etcd index (v3: revision) of the change.
+    """
+    if backends.for_client(client).name != 'v3':
+        return ((lambda key, value: client.write(key, value).modifiedIndex),
+                (lambda key: client.delete(key).modifiedIndex),
+                (lambda path: client.delete(path, recursive=True)))
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode('utf-8')).decode('ascii')
+
+    def post(path: str, payload: Dict[str, str]) -> int:
+        result = client.post(client.get_url(path), json=payload)
+        return int(result['header']['revision'])
+
+    def put(key: str, value: str) -> int:
+        return post('/kv/put', {'key': b64(key), 'value': b64(value)})
+
+    def delete(key: str) -> int:
+        return post('/kv/deleterange', {'key': b64(key)})
+
+    def delete_tree(path: str) -> None:
+        post('/kv/deleterange', {'key': b64(path + '/'),
+                                 'range_end': b64(path + '0')})
+
+    return put, delete, delete_tree
+
+
 def run(client: Any, out: TextIO = sys.stdout, heartbeat: float = 0.25,
         prefix: str = PREFIX, pace: float = 0.15) -> int:
     """Run the demo on ``client``; returns 0 on success, 1 on a failure.
@@ -121,6 +158,7 @@ def run(client: Any, out: TextIO = sys.stdout, heartbeat: float = 0.25,
     ``pace`` is a pause between steps, for the human reading along.
     """
     say = _Printer(out)
+    put, remove, remove_tree = _writes(client)
     base = '%s/%s' % (prefix.rstrip('/'), uuid.uuid4().hex[:8])
     data = base + '/data'
     workers = [DemoWorker(client, 'worker-%d' % n, say, heartbeat, base)
@@ -143,11 +181,11 @@ def run(client: Any, out: TextIO = sys.stdout, heartbeat: float = 0.25,
 
     def write(key: str, value: str, note: str = '') -> int:
         say(_line('writer', 'sets', '%s = %s%s' % (key, value, note)))
-        return client.write('%s/%s' % (data, key), value).modifiedIndex
+        return put('%s/%s' % (data, key), value)
 
     def delete(key: str) -> int:
         say(_line('writer', 'deletes', key))
-        return client.delete('%s/%s' % (data, key)).modifiedIndex
+        return remove('%s/%s' % (data, key))
 
     def seen(by: DemoWorker, index: int) -> bool:
         ok = _wait_for(lambda: by.caught_up(index), 10)
@@ -213,6 +251,6 @@ def run(client: Any, out: TextIO = sys.stdout, heartbeat: float = 0.25,
         for thread in threads:
             thread.join(heartbeat * 3 + 5)
         try:
-            client.delete(base, recursive=True)
+            remove_tree(base)
         except Exception:
             pass
