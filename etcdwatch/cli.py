@@ -9,11 +9,12 @@
 
 Every subcommand takes ``--etcd HOST:PORT[,HOST:PORT...]`` (default
 ``$ETCDWATCH_ETCD``, else ``127.0.0.1:2379``; ``demo`` runs on an in-memory
-etcd unless given one) and ``--help``.
+etcd unless given one), ``--api v2|v3`` (default ``$ETCDWATCH_API``, else
+v2; v3 takes one address) and ``--help``.
 
 Exit status: 0 success; 1 what the subcommand calls a failure (``leader``:
 there is no leader); 2 a usage error (one line on stderr); 3 etcd could not
-be reached, or does not serve the v2 API (one line on stderr, no
+be reached, or does not serve the API asked for (one line on stderr, no
 traceback); ``elect`` exits with COMMAND's status (128 + N when signal N
 ended it; 127 or 126 when it could not be started).
 """
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from typing import Any, Callable, Dict, List, NamedTuple, NoReturn, \
     Optional, Sequence, TextIO, Tuple
 
@@ -42,6 +44,9 @@ PROG = 'etcdwatch'
 DEFAULT_ETCD = '127.0.0.1:2379'
 DEFAULT_PORT = 2379
 ENV_ETCD = 'ETCDWATCH_ETCD'
+ENV_API = 'ETCDWATCH_API'
+APIS = ('v2', 'v3')
+DEFAULT_API = 'v2'
 DEFAULT_ELECTION_PATH = '/etcdwatch/elections'
 
 EXIT_OK = 0
@@ -147,9 +152,14 @@ def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
     group.add_argument(
         '--etcd', metavar='HOST:PORT[,HOST:PORT...]', type=_endpoints_arg,
         default=default,
-        help='etcd client address(es), v2 API enabled; also '
+        help='etcd client address(es), only one with --api v3; also '
              'http(s)://HOST:PORT (default: $%s, else %s)'
              % (ENV_ETCD, DEFAULT_ETCD))
+    group.add_argument(
+        '--api', choices=APIS, default=default,
+        help="etcd's API: v2 (python-etcd; etcd <= 3.5 started with "
+             '--enable-v2) or v3 (etcd3gw; etcd >= 3.4) (default: $%s, '
+             'else %s)' % (ENV_API, DEFAULT_API))
     group.add_argument(
         '--timeout', metavar='SECONDS', type=_seconds,
         default=5.0 if top else argparse.SUPPRESS,
@@ -187,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description='Leader election and prefix watchers for etcd (v2 '
-                    'API), from the command line.',
+                    'or v3 API), from the command line.',
         epilog='Exit status: 0 ok, 1 failure (leader: no leader), 2 usage '
                'error, 3 etcd unreachable; elect: COMMAND\'s status.')
     _add_common(parser, top=True)
@@ -292,6 +302,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.command = command
     if args.key and not args.cert:
         subcommands[args.subcommand].error('--key needs --cert')
+    if args.api is None:
+        args.api = os.environ.get(ENV_API) or DEFAULT_API
+        if args.api not in APIS:
+            subcommands[args.subcommand].error(
+                '$%s must be %s, not %r' % (ENV_API, ' or '.join(APIS),
+                                            args.api))
     return args
 
 
@@ -325,15 +341,57 @@ def reason(exc: BaseException) -> str:
     return short if len(short) <= 160 else short[:157] + '...'
 
 
+def _import_etcd3gw() -> Any:
+    with warnings.catch_warnings():
+        # etcd3gw imports eventlet (through futurist), which warns that it
+        # is deprecated: nothing a user of this command can act on.
+        warnings.filterwarnings('ignore', message=r'\s*Eventlet is '
+                                'deprecated')
+        try:
+            import etcd3gw
+        except ImportError as e:
+            raise CliError("--api v3 needs etcd3gw (%s): pip install "
+                           "'etcdwatch[v3]'" % e, EXIT_USAGE)
+    return etcd3gw
+
+
+def _make_v3_client(args: argparse.Namespace, protocol: str) -> Any:
+    endpoints = args.etcd
+    if len(endpoints) > 1:
+        raise CliError('--etcd: --api v3 takes one address, not %d '
+                       '(etcd3gw talks to one endpoint): use a load '
+                       'balancer or DNS name in front of the members'
+                       % len(endpoints), EXIT_USAGE)
+    kwargs: Dict[str, Any] = {'host': endpoints[0].host,
+                              'port': endpoints[0].port,
+                              'protocol': protocol,
+                              'timeout': args.timeout}
+    if args.cacert:
+        kwargs['ca_cert'] = args.cacert
+    if args.cert:
+        # etcd3gw ignores a certificate without a key: a --cert that holds
+        # the key too is given as both.
+        kwargs['cert_cert'] = args.cert
+        kwargs['cert_key'] = args.key or args.cert
+    # Sends nothing yet: probe() is the first request.
+    return _import_etcd3gw().client(**kwargs)
+
+
 def make_client(args: argparse.Namespace) -> Any:
-    """A python-etcd client for the ``--etcd`` and TLS options."""
-    import etcd
+    """A client for the ``--etcd``, ``--api`` and TLS options.
+
+    python-etcd's ``etcd.Client`` for ``--api v2``, etcd3gw's
+    ``Etcd3Client`` for v3.
+    """
     endpoints = args.etcd
     protocols = {e.protocol for e in endpoints if e.protocol}
     if len(protocols) > 1:
         raise CliError('--etcd mixes http:// and https://', EXIT_USAGE)
     protocol = protocols.pop() if protocols else (
         'https' if args.cacert or args.cert else 'http')
+    if args.api == 'v3':
+        return _make_v3_client(args, protocol)
+    import etcd
     kwargs: Dict[str, Any] = {'protocol': protocol,
                               'read_timeout': args.timeout}
     if args.cacert:
@@ -358,19 +416,25 @@ def make_client(args: argparse.Namespace) -> Any:
 
 
 def probe(client: Any, key: str, endpoints: Sequence[Endpoint]) -> None:
-    """Read ``key`` once; raise :class:`CliError` if etcd cannot answer."""
+    """Read ``key`` once; raise :class:`CliError` if etcd cannot answer.
+
+    Through the client's backend: a v2 or a v3 read.
+    """
+    backend = backends.for_client(client)
     try:
-        backends.for_client(client).read_key(key)
+        backend.read_key(key)
     except exceptions.EtcdUnavailable as e:
         raise CliError('cannot reach etcd at %s: %s'
                        % (describe(endpoints), reason(e)), EXIT_UNAVAILABLE)
     except exceptions.BackendError as e:
         hint = ''
-        if '404' in str(e):
-            hint = ' (is it started with --enable-v2=true?)'
-        raise CliError('etcd at %s does not serve the v2 API%s: %s'
-                       % (describe(endpoints), hint, reason(e)),
-                       EXIT_UNAVAILABLE)
+        if backend.name == 'v3':
+            hint = ' (it needs etcd 3.4 or later)'
+        elif '404' in str(e):
+            hint = ' (is it started with --enable-v2=true? or try --api v3)'
+        raise CliError('etcd at %s does not serve the %s API%s: %s'
+                       % (describe(endpoints), backend.name, hint,
+                          reason(e)), EXIT_UNAVAILABLE)
 
 
 def _etcd_for(args: argparse.Namespace, key: str) -> Any:

@@ -58,6 +58,7 @@ def test_every_subcommand_has_help(capsys, name):
     assert status == 0, err
     assert out.startswith('usage: etcdwatch %s' % name)
     assert '--etcd' in out
+    assert '--api {v2,v3}' in out
 
 
 @pytest.mark.parametrize('argv', [
@@ -82,6 +83,10 @@ def test_every_subcommand_has_help(capsys, name):
     ['elect', 'x', '-e', 'true'],
     ['demo', '--etcd', ''],
     ['demo', 'extra'],
+    ['watch', '/p', '--api', 'v4'],
+    ['leader', 'x', '--api', 'V3'],
+    ['--api', '3', 'leader', 'x'],
+    ['elect', 'x', '--api', '--', 'true'],
 ])
 def test_usage_errors_print_one_line_and_exit_2(capsys, argv):
     status, out, err = run_main(capsys, *argv)
@@ -110,6 +115,114 @@ def test_common_options_go_before_or_after_the_subcommand():
     default = cli.parse_args(['leader', 'x'])
     assert default.etcd is None and default.timeout == 5.0
     assert default.election_path == '/etcdwatch/elections'
+
+
+def test_api_goes_before_or_after_the_subcommand_and_defaults_to_v2(
+        monkeypatch):
+    monkeypatch.delenv('ETCDWATCH_API', raising=False)
+    for argv in (['--api', 'v3', 'watch', '/p'],
+                 ['watch', '/p', '--api', 'v3'],
+                 ['--api', 'v2', 'watch', '--api', 'v3', '/p']):
+        assert cli.parse_args(argv).api == 'v3'
+    assert cli.parse_args(['leader', 'x']).api == 'v2'
+    assert cli.parse_args(['demo']).api == 'v2'
+
+
+def test_api_from_the_environment(monkeypatch):
+    monkeypatch.setenv('ETCDWATCH_API', 'v3')
+    assert cli.parse_args(['leader', 'x']).api == 'v3'
+    assert cli.parse_args(['leader', 'x', '--api', 'v2']).api == 'v2'
+    monkeypatch.setenv('ETCDWATCH_API', '')
+    assert cli.parse_args(['leader', 'x']).api == 'v2'
+
+
+def test_bad_api_in_the_environment_is_a_usage_error(capsys, monkeypatch):
+    monkeypatch.setenv('ETCDWATCH_API', 'v4')
+    status, out, err = run_main(capsys, 'leader', 'x')
+    assert (status, out) == (2, '')
+    assert err.splitlines() == [
+        "etcdwatch leader: error: $ETCDWATCH_API must be v2 or v3, not "
+        "'v4' (see etcdwatch leader --help)"]
+    # --api wins over it.
+    status, _, err = run_main(capsys, 'leader', 'x', '--api', 'v2',
+                              '--etcd', '127.0.0.1:%d' % closed_port())
+    assert status == 3, err
+
+
+@pytest.fixture
+def listener():
+    """A listening socket that must never see a connection."""
+    sock = socket.socket()
+    sock.bind(('127.0.0.1', 0))
+    sock.listen(8)
+    sock.setblocking(False)
+    yield '127.0.0.1:%d' % sock.getsockname()[1]
+    try:
+        conn, _ = sock.accept()
+    except BlockingIOError:
+        pass
+    else:
+        conn.close()
+        raise AssertionError('something connected to etcd')
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize('argv', [
+    ['leader', 'x'],
+    ['watch', '/p'],
+    ['elect', 'x', '--', sys.executable, '-c', 'pass'],
+    ['demo'],
+])
+def test_several_endpoints_with_api_v3_are_a_usage_error(capsys, listener,
+                                                         argv):
+    status, out, err = run_main(capsys, argv[0], '--api', 'v3', '--etcd',
+                                '%s,%s' % (listener, listener), *argv[1:])
+    assert (status, out) == (2, '')
+    assert err.splitlines() == [
+        'etcdwatch %s: --etcd: --api v3 takes one address, not 2 (etcd3gw '
+        'talks to one endpoint): use a load balancer or DNS name in front '
+        'of the members' % argv[0]]
+
+
+def test_several_endpoints_from_the_environment_with_v3(capsys, listener,
+                                                        monkeypatch):
+    monkeypatch.setenv('ETCDWATCH_API', 'v3')
+    monkeypatch.setenv('ETCDWATCH_ETCD', '%s,%s' % (listener, listener))
+    status, _, err = run_main(capsys, 'leader', 'x')
+    assert status == 2
+    assert len(err.splitlines()) == 1 and '--api v3' in err
+
+
+def test_v3_client_gets_the_address_and_tls_options(tmp_path):
+    import etcd3gw
+    args = cli.parse_args(['leader', 'x', '--api', 'v3', '--etcd',
+                           '[::1]:4001', '--timeout', '2', '--cacert',
+                           'ca.pem', '--cert', 'c.pem', '--key', 'k.pem'])
+    client = cli.make_client(args)
+    assert isinstance(client, etcd3gw.Etcd3Client)
+    assert client.base_url == 'https://[::1]:4001'
+    assert client.timeout == 2.0
+    assert client.session.verify == 'ca.pem'
+    assert client.session.cert == ('c.pem', 'k.pem')
+    # A --cert that holds the key too: etcd3gw would drop it alone.
+    args = cli.parse_args(['leader', 'x', '--api', 'v3', '--etcd',
+                           'https://h', '--cert', 'both.pem'])
+    client = cli.make_client(args)
+    assert client.base_url == 'https://h:2379'
+    assert client.session.cert == ('both.pem', 'both.pem')
+    args = cli.parse_args(['leader', 'x', '--api', 'v3', '--etcd', 'h:1'])
+    client = cli.make_client(args)
+    assert client.base_url == 'http://h:1' and client.session.cert is None
+
+
+def test_api_v3_without_etcd3gw_is_one_line(capsys, monkeypatch, listener):
+    monkeypatch.setitem(sys.modules, 'etcd3gw', None)
+    status, out, err = run_main(capsys, 'leader', 'x', '--api', 'v3',
+                                '--etcd', listener)
+    assert (status, out) == (2, '')
+    assert len(err.splitlines()) == 1
+    assert "pip install 'etcdwatch[v3]'" in err
 
 
 def test_elect_takes_the_command_after_the_double_dash():
@@ -189,16 +302,17 @@ def test_reason_is_short():
 
 # -- etcd that cannot be reached ---------------------------------------------
 
+@pytest.mark.parametrize('api', ['v2', 'v3'])
 @pytest.mark.parametrize('argv', [
     ['leader', 'x'],
     ['watch', '/p'],
     ['elect', 'x', '--', sys.executable, '-c', 'pass'],
     ['demo'],
 ])
-def test_unreachable_etcd_is_one_line_and_status_3(capsys, argv):
+def test_unreachable_etcd_is_one_line_and_status_3(capsys, argv, api):
     address = '127.0.0.1:%d' % closed_port()
     status, out, err = run_main(capsys, argv[0], '--etcd', address,
-                                *argv[1:])
+                                '--api', api, *argv[1:])
     assert status == 3
     assert out == ''
     assert err.splitlines() == [
@@ -212,6 +326,50 @@ def test_unreachable_cluster_is_one_line_and_status_3(capsys):
     assert status == 3
     assert len(err.splitlines()) == 1
     assert err.startswith('etcdwatch leader: cannot reach etcd at http://')
+
+
+def test_python_m_etcdwatch_api_v3_unreachable_is_one_line():
+    # In a process of its own: etcd3gw is imported there, and the
+    # deprecation warning of eventlet (which it imports) must not show.
+    address = '127.0.0.1:%d' % closed_port()
+    env = dict(os.environ)
+    env.pop('PYTHONWARNINGS', None)
+    proc = subprocess.run([sys.executable, '-m', 'etcdwatch', 'leader',
+                           'x', '--api', 'v3', '--etcd', address],
+                          cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert (proc.returncode, proc.stdout) == (3, '')
+    assert proc.stderr.splitlines() == [
+        'etcdwatch leader: cannot reach etcd at http://%s: connection '
+        'refused' % address]
+
+
+def test_v3_etcd_that_is_not_etcd_is_status_3(capsys):
+    # A web server that answers 404 to everything, as etcd would not.
+    import http.server
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+    server = http.server.HTTPServer(('127.0.0.1', 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = '127.0.0.1:%d' % server.server_address[1]
+        status, out, err = run_main(capsys, 'leader', 'x', '--api', 'v3',
+                                    '--etcd', address)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (status, out) == (3, '')
+    assert len(err.splitlines()) == 1
+    assert err.startswith('etcdwatch leader: etcd at http://%s does not '
+                          'serve the v3 API (it needs etcd 3.4 or later): '
+                          % address), err
 
 
 def test_env_names_the_default_etcd(capsys, monkeypatch):
