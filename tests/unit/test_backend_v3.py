@@ -170,3 +170,34 @@ def test_stream_reassembles_messages_across_chunks():
         stream.next_message(None)
     stream.close()
     assert stream.response.closed
+
+
+class _SilentSession(object):
+    """A requests session whose every watch gets no answer in time."""
+
+    def __init__(self):
+        self.timeouts = []
+
+    def post(self, url, json=None, stream=False, timeout=None):
+        self.timeouts.append(timeout)
+        raise requests.exceptions.ReadTimeout('no answer')
+
+
+@pytest.mark.parametrize('timeout,expected', [
+    (5, exceptions.EtcdUnavailable),    # etcd said nothing for 5 s
+    (0.1, None),                        # too short to blame etcd for
+])
+def test_a_watch_etcd_never_answers(timeout, expected):
+    client = etcd3gw.client(host='192.0.2.1', port=2379, timeout=3)
+    client.session = session = _SilentSession()
+    client._api_path = '/v3/'
+    be = v3.V3Backend(client)
+    if expected is None:
+        assert be.watch_tree('/p', 5, timeout) is None
+    else:
+        with pytest.raises(expected, match='did not answer'):
+            be.watch_tree('/p', 5, timeout)
+    # Connect within the client's timeout, read within the call's.
+    [(connect, read)] = session.timeouts
+    assert connect == min(3, read) and 0 < read <= timeout
+    assert be.open_streams() == 0
