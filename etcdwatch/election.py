@@ -22,6 +22,7 @@ from etcdwatch import backends
 from etcdwatch import exceptions
 from etcdwatch import handlers
 from etcdwatch import keys
+from etcdwatch import outage
 
 LOG = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ class EtcdElection(object):
         self.on_lost = on_lost
 
         self._lock = self._handler.rlock()
+        self._campaign_outage = outage.OutageLog(
+            LOG, '%s: campaigning for %s' % (name, self.master_key))
         #: The current :class:`Term`, or None.
         self.term: Optional[Term] = None
         # Monotonic time after which we no longer believe we lead: when the
@@ -310,11 +313,13 @@ class EtcdElection(object):
         while stop is None or not stop.is_set():
             try:
                 if self._try_lead():
+                    self._campaign_outage.succeeded()
                     self._alive_until = time.monotonic() + self.work_time
                     self._ensure_keepalive()
                     return True
+                self._campaign_outage.succeeded()
                 self._wait_for_vacancy()
-            except exceptions.BackendError:
+            except exceptions.BackendError as e:
                 if self.multi_worker_ok:
                     LOG.warning('%s: etcd unreachable; working anyway '
                                 '(multi_worker_ok)', self.name,
@@ -322,9 +327,13 @@ class EtcdElection(object):
                     return True
                 if not self.is_elected:
                     self._end_term('etcd unreachable past the lease')
-                LOG.warning('%s: election failed on an etcd error; retrying '
-                            'in %ss', self.name, self.recovery_time,
-                            exc_info=True)
+                if isinstance(e, exceptions.EtcdUnavailable):
+                    # Once per outage, not once per retry.
+                    self._campaign_outage.failed(e, self.recovery_time)
+                else:
+                    LOG.warning('%s: election failed on an etcd error; '
+                                'retrying in %ss', self.name,
+                                self.recovery_time, exc_info=True)
                 self._sleep(stop, self.recovery_time)
         return False
 

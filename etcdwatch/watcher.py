@@ -50,6 +50,7 @@ from etcdwatch import election
 from etcdwatch import exceptions
 from etcdwatch import handlers
 from etcdwatch import keys
+from etcdwatch import outage
 
 LOG = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
     returned without raising.  A callback that raises is logged and retried
     with capped exponential backoff; later events wait behind it (in order)
     and are never dropped.  etcd errors are logged and retried after
-    ``DANGER_PAUSE`` seconds.
+    ``DANGER_PAUSE`` seconds (an outage is logged once, not per retry).
     """
 
     #: Seconds to wait after an etcd error before trying again.
@@ -167,11 +168,16 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
             'events': 0, 'resyncs': 0, 'errors': 0, 'callback_errors': 0,
             'unparsable': 0, 'last_event_time': None}
 
+        self._outage = outage.OutageLog(
+            LOG, '%s: watching %s' % (self.name, self.watch_path))
+
         if self.etcd_elector is None:
             # The seed's contract: the tree is loaded (and do_all_work run)
             # by the constructor.  If etcd is down, watch_forever retries.
             try:
                 self.refresh_all_data()
+            except exceptions.EtcdUnavailable as e:
+                self._outage.failed(e, self.DANGER_PAUSE)
             except exceptions.BackendError:
                 LOG.warning('%s: initial load of %s failed; will retry',
                             self.name, self.watch_path, exc_info=True)
@@ -253,8 +259,10 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
     def watch_forever(self) -> None:
         """Watch until :meth:`stop`; never raises for etcd or callbacks.
 
-        Errors are logged with their traceback; etcd errors pause the loop
-        for ``DANGER_PAUSE`` seconds so a dead etcd cannot spin the CPU.
+        Errors pause the loop for ``DANGER_PAUSE`` seconds, so a dead etcd
+        cannot spin the CPU.  An outage (etcd unreachable) is logged when
+        it starts, every minute while it lasts, and when it ends (each
+        attempt at DEBUG); any other error is logged with its traceback.
         Returns within one ``heartbeat`` (plus one callback) of
         :meth:`stop`.  An elected watcher releases the election on return.
         """
@@ -266,6 +274,11 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
                         if not self._wait_until_elected():
                             break
                     self.do_watch()
+                    self._outage.succeeded()
+                except exceptions.EtcdUnavailable as e:
+                    self._stats['errors'] += 1
+                    self._outage.failed(e, self.DANGER_PAUSE)
+                    self._stop.wait(self.DANGER_PAUSE)
                 except Exception:
                     self._stats['errors'] += 1
                     LOG.exception('%s: watching %s failed; retrying in %ss',

@@ -242,13 +242,41 @@ def test_a_etcd_errors_are_logged_and_the_loop_goes_on(client, caplog):
     w = make(flaky)
     w.DANGER_PAUSE = 0.01
     flaky.fail('watch', etcd.EtcdConnectionFailed('boom'), times=3)
+    with caplog.at_level(logging.DEBUG, logger='etcdwatch'):
+        with Runner(w):
+            client.write(P + '/a', '1')
+            wait_until(lambda: w.changes == [('add', P + '/a', '1')])
+    assert w.stats()['errors'] == 3
+    # One outage: a warning when it began, a line when it ended; each
+    # attempt, with its traceback, at DEBUG only.
+    records = [r for r in caplog.records if r.name.startswith('etcdwatch')]
+    warnings = [r for r in records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and 'boom' in warnings[0].getMessage()
+    attempts = [r for r in records
+                if r.levelno == logging.DEBUG and r.exc_info]
+    assert len(attempts) == 3
+    assert any('available again' in r.getMessage() and '3 failed' in
+               r.getMessage() for r in records if r.levelno == logging.INFO)
+
+
+def test_a_other_errors_are_logged_with_a_traceback_each_time(
+        client, caplog):
+    w = make(client)
+    w.DANGER_PAUSE = 0.01
+    ticks = []
+
+    def do_tick():
+        ticks.append(1)
+        if len(ticks) <= 3:
+            raise RuntimeError('bug %d' % len(ticks))
+    w.do_tick = do_tick
     with caplog.at_level(logging.ERROR, logger='etcdwatch'):
         with Runner(w):
             client.write(P + '/a', '1')
             wait_until(lambda: w.changes == [('add', P + '/a', '1')])
     errors = [r for r in caplog.records if r.exc_info]
-    assert len(errors) == 3
-    assert 'boom' in caplog.text and 'Traceback' in caplog.text
+    assert [str(r.exc_info[1]) for r in errors] == [
+        'bug 1', 'bug 2', 'bug 3']
     assert w.stats()['errors'] == 3
 
 
