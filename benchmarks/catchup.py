@@ -41,11 +41,7 @@ GOAL_SPEEDUP = 10.0
 #: "Not slower" allows for this much run-to-run noise (a fraction).
 NOISE_TOLERANCE = 0.1
 
-#: etcdwatch's change watcher, and the same with the proposed thresholds.
-WATCHERS = (('etcdwatch', followers.RecordingChangeWatcher),
-            ('proposal', followers.TunedChangeWatcher))
-IMPLS = ('etcdwatch', 'proposal', 'seed', 'bare')
-PROPOSAL_NAME = 'PROPOSAL thresholds+diff+read'
+IMPLS = ('etcdwatch', 'seed', 'bare')
 
 
 def _key(slot):
@@ -105,13 +101,13 @@ class _Trial(object):
         self.followers = {}
         self.steppers = {}
         self.watchers = {}
-        for impl, cls in WATCHERS:
-            watcher = cls(self._client(ctx, impl), 'catchup', PREFIX,
-                          heartbeat=HEARTBEAT)
-            watcher.notifications.clear()
-            self.watchers[impl] = watcher
-            self._add(impl, watcher, watcher.do_watch,
-                      lambda w=watcher: w.etcd_data)
+        watcher = followers.RecordingChangeWatcher(
+            self._client(ctx, 'etcdwatch'), 'catchup', PREFIX,
+            heartbeat=HEARTBEAT)
+        watcher.notifications.clear()
+        self.watchers['etcdwatch'] = watcher
+        self._add('etcdwatch', watcher, watcher.do_watch,
+                  lambda: watcher.etcd_data)
         self.seed_changes = []
         seed = baselines.SeedWalker(
             self._client(ctx, 'seed'), PREFIX, HEARTBEAT,
@@ -216,27 +212,22 @@ def rows(results):
             'catch-up', 'K=%d' % count, 'time to catch up', 'ms',
             ours * 1e3, 'seed walk', seed * 1e3, 'seed/ours', speedup,
             goal, met, _note(trials)))
-        for impl, name in (('bare', 'bare walk'),
-                           ('proposal', PROPOSAL_NAME)):
-            other = _median_of(trials, impl, 'seconds')
-            table.append(common.row(
-                'catch-up', 'K=%d' % count, 'time to catch up', 'ms',
-                ours * 1e3, name, other * 1e3, '%s/ours' % impl,
-                common.ratio(other, ours)))
+        bare = _median_of(trials, 'bare', 'seconds')
+        table.append(common.row(
+            'catch-up', 'K=%d' % count, 'time to catch up', 'ms',
+            ours * 1e3, 'bare walk', bare * 1e3, 'bare/ours',
+            common.ratio(bare, ours)))
     return table
 
 
 def _note(trials):
-    return ('requests: %s; re-read: etcdwatch %s, proposal %s; exactly the '
-            'net changes: etcdwatch %s, proposal %s, seed %s; all hold '
-            "etcd's state: %s" % (
+    return ('requests: %s; re-read: etcdwatch %s; exactly the net changes: '
+            "etcdwatch %s, seed %s; all hold etcd's state: %s" % (
                 ', '.join('%s %d' % (impl, _median_of(trials, impl,
                                                       'requests'))
                           for impl in IMPLS),
                 _all(trials, 'etcdwatch', 'resynced'),
-                _all(trials, 'proposal', 'resynced'),
                 _all(trials, 'etcdwatch', 'exact'),
-                _all(trials, 'proposal', 'exact'),
                 _all(trials, 'seed', 'exact'),
                 all(t[i]['correct'] for t in trials for i in IMPLS)))
 

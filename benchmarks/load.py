@@ -4,11 +4,10 @@ The tree grows to each size in turn (written by a few processes in
 parallel).  At each size we time, alternately, a bare
 ``client.read(recursive=True)`` into a dict, constructing an etcdwatch
 ``EtcdWatcher`` (one read, ``do_all_work`` does nothing) and constructing
-an ``EtcdChangeWatcher`` (which also records every key as implemented)
-and an EtcdWatcher whose backend walks the JSON answer itself (PROPOSAL);
+an ``EtcdChangeWatcher`` (which also records every key as implemented);
 then, separately under tracemalloc, their peak memory.  Last, the change
-watcher's re-read diff with nothing changed: etcdwatch's
-``do_all_work`` against the proposed one.
+watcher's re-read diff with nothing changed (``do_all_work`` again),
+against the read it follows.
 """
 
 import gc
@@ -36,9 +35,7 @@ GOAL_MEMORY = 1.5
 #: nothing changed it costs under this fraction of the read it follows
 #: (finding that nothing changed takes one look per key, so never zero).
 GOAL_DIFF_SHARE = 0.05
-IMPLS = ('bare', 'watcher', 'change', 'proposal')
-DIFFS = (('etcdwatch', followers.QuietChangeWatcher),
-         ('proposal', followers.QuietFastDiffChangeWatcher))
+IMPLS = ('bare', 'watcher', 'change')
 
 
 def _key(number):
@@ -61,8 +58,6 @@ def _loader(ctx, impl):
         return lambda: common.read_tree(client, PREFIX)
     if impl == 'watcher':
         return lambda: followers.CountingWatcher(client, 'load', PREFIX)
-    if impl == 'proposal':
-        return lambda: followers.FastReadWatcher(client, 'load', PREFIX)
     return lambda: followers.QuietChangeWatcher(client, 'load', PREFIX)
 
 
@@ -87,19 +82,16 @@ def _peak(load):
     return peak
 
 
-def _diff_times(ctx, repeats):
-    """Seconds of do_all_work() with nothing changed, per variant."""
-    times = {}
-    for name, cls in DIFFS:
-        watcher = cls(ctx.client(), 'diff', PREFIX)
-        samples = []
-        for _ in range(repeats):
-            gc.collect()
-            start = common.now()
-            watcher.do_all_work()
-            samples.append(common.now() - start)
-        times[name] = common.median(samples)
-    return times
+def _diff_time(ctx, repeats):
+    """Median seconds of do_all_work() with nothing changed."""
+    watcher = followers.QuietChangeWatcher(ctx.client(), 'diff', PREFIX)
+    samples = []
+    for _ in range(repeats):
+        gc.collect()
+        start = common.now()
+        watcher.do_all_work()
+        samples.append(common.now() - start)
+    return common.median(samples)
 
 
 def _measure_size(ctx, repeats):
@@ -113,7 +105,7 @@ def _measure_size(ctx, repeats):
     for _ in range(MEMORY_REPEATS):
         for impl in IMPLS:
             result['memory'][impl].append(_peak(loaders[impl]))
-    result['diff'] = _diff_times(ctx, repeats)
+    result['diff'] = _diff_time(ctx, repeats)
     return result
 
 
@@ -153,10 +145,8 @@ def rows(results):
         bare_time = _median(measured, 'time', 'bare')
         bare_memory = _median(measured, 'memory', 'bare')
         for impl, title in (('watcher', 'EtcdWatcher'),
-                            ('change', 'EtcdChangeWatcher'),
-                            ('proposal', 'PROPOSAL read, EtcdWatcher')):
+                            ('change', 'EtcdChangeWatcher')):
             goal_line = impl == 'watcher'
-            ratio_name = 'proposal/bare' if impl == 'proposal' else 'ours/bare'
             time_ratio = common.ratio(_median(measured, 'time', impl),
                                       bare_time)
             memory_ratio = common.ratio(_median(measured, 'memory', impl),
@@ -164,27 +154,22 @@ def rows(results):
             table.append(common.row(
                 'initial load', param, '%s time' % title, 'ms',
                 _median(measured, 'time', impl) * 1e3, 'bare read',
-                bare_time * 1e3, ratio_name, time_ratio,
+                bare_time * 1e3, 'ours/bare', time_ratio,
                 '<= %.1fx bare' % GOAL_TIME if goal_line else '',
                 time_ratio <= GOAL_TIME if goal_line else None))
             table.append(common.row(
                 'initial load', param, '%s peak memory' % title, 'MiB',
                 _median(measured, 'memory', impl) / 2 ** 20, 'bare read',
-                bare_memory / 2 ** 20, ratio_name, memory_ratio,
+                bare_memory / 2 ** 20, 'ours/bare', memory_ratio,
                 '<= %.1fx bare' % GOAL_MEMORY if goal_line else '',
                 memory_ratio <= GOAL_MEMORY if goal_line else None))
-        diff = measured['diff']
-        share = common.ratio(diff['etcdwatch'], bare_time)
+        share = common.ratio(measured['diff'], bare_time)
         table.append(common.row(
             'initial load', param, 'change-watcher resync diff, 0 changes',
-            'ms', diff['etcdwatch'] * 1e3, 'PROPOSAL diff',
-            diff['proposal'] * 1e3, 'proposal/ours',
-            common.ratio(diff['proposal'], diff['etcdwatch']),
+            'ms', measured['diff'] * 1e3, 'bare read', bare_time * 1e3,
+            'diff/read', share,
             '< %d%% of the read' % (GOAL_DIFF_SHARE * 100),
-            share < GOAL_DIFF_SHARE,
-            'etcdwatch diff = %.0f%% of a bare read, PROPOSAL %.0f%%' % (
-                100 * share,
-                100 * common.ratio(diff['proposal'], bare_time))))
+            share < GOAL_DIFF_SHARE))
     return table
 
 

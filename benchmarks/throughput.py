@@ -38,10 +38,7 @@ CONVERGE_TIMEOUT = 60
 #: compare the convergence with.
 READ_SAMPLES = 3
 GOAL_RATE = 0.9
-IMPLS = ('etcdwatch', 'bare', 'proposal')
-#: The watcher class of each etcdwatch-based implementation.
-WATCHERS = {'etcdwatch': followers.CountingWatcher,
-            'proposal': followers.TunedWatcher}
+IMPLS = ('etcdwatch', 'bare')
 
 
 def _writer(host, port, number, commands, results):
@@ -100,8 +97,8 @@ class _Follower(object):
     def __init__(self, ctx, impl, prefix):
         self.progress = common.Progress()
         client = ctx.client()
-        if impl in WATCHERS:
-            self.follower = WATCHERS[impl](
+        if impl == 'etcdwatch':
+            self.follower = followers.CountingWatcher(
                 client, 'throughput', prefix, heartbeat=HEARTBEAT,
                 progress=self.progress)
             self.thread = common.start_thread(self.follower.watch_forever)
@@ -225,7 +222,6 @@ def rows(results):
     table = []
     for count in sorted(results):
         ours, bare = results[count]['etcdwatch'], results[count]['bare']
-        proposal = results[count]['proposal']
         rate_ratio = common.ratio(_med(ours, 'rate'), _med(bare, 'rate'))
         table.append(common.row(
             'throughput', '%d writers' % count, 'events applied/s', 'ev/s',
@@ -233,12 +229,10 @@ def rows(results):
             'ours/bare', rate_ratio, '>= %.1fx bare' % GOAL_RATE,
             rate_ratio >= GOAL_RATE,
             'writes/s while etcdwatch / bare followed: %.0f / %.0f; lag at '
-            'stop %d / %d events; PROPOSAL thresholds: %.0f ev/s, lag %d; '
-            "all hold etcd's state: %s" % (
+            "stop %d / %d events; all hold etcd's state: %s" % (
                 _med(ours, 'write_rate'), _med(bare, 'write_rate'),
                 _med(ours, 'lag'), _med(bare, 'lag'),
-                _med(proposal, 'rate'), _med(proposal, 'lag'),
-                all(t['correct'] for t in ours + bare + proposal))))
+                all(t['correct'] for t in ours + bare))))
         table.append(common.row(
             'throughput', '%d writers' % count,
             'share of written events applied while writing', '%',
@@ -260,11 +254,8 @@ def rows(results):
             'ours/bare', common.ratio(converge, _med(bare, 'converge')),
             '<= one read + one watch (%.1f ms)' % (bound * 1e3),
             converge <= bound,
-            'full re-reads while writing: etcdwatch %s, bare %s; PROPOSAL '
-            'thresholds: converge %.1f ms, %s re-reads' % (
-                _med(ours, 'reads') - 1, _med(bare, 'reads') - 1,
-                _med(proposal, 'converge') * 1e3,
-                _med(proposal, 'reads') - 1)))
+            'full re-reads while writing: etcdwatch %s, bare %s' % (
+                _med(ours, 'reads') - 1, _med(bare, 'reads') - 1)))
     return table
 
 
@@ -272,15 +263,3 @@ def plot_series(results):
     """{impl: [(writers, events/s)]} for the plot."""
     return {impl: [(count, _med(results[count][impl], 'rate'))
                    for count in sorted(results)] for impl in IMPLS}
-
-
-def proposal_effects(results):
-    """[(writers, {field: (etcdwatch, proposal)})] for the proposals."""
-    effects = []
-    for count in sorted(results):
-        ours, proposal = (results[count]['etcdwatch'],
-                          results[count]['proposal'])
-        effects.append((count, {
-            field: (_med(ours, field), _med(proposal, field))
-            for field in ('converge', 'rate', 'reads', 'follower_cpu')}))
-    return effects
