@@ -28,8 +28,12 @@ import etcd3gw.exceptions
 import requests
 import urllib3.exceptions
 
+from oslo_log import log as logging
+
 from etcdwatch.backends import base
 from etcdwatch import exceptions
+
+LOG = logging.getLogger(__name__)
 
 #: Seconds a request (other than a watch) may take when the etcd3gw client
 #: has no timeout of its own: a paused etcd must not hang a recipe forever.
@@ -71,15 +75,30 @@ def _revision(result):
 
 
 class _Translate(object):
-    """Turns transport, gateway and etcd3gw errors into etcdwatch's."""
+    """Turns transport, gateway and etcd3gw errors into etcdwatch's.
 
-    def __init__(self, what):
+    ``on_unavailable`` (if given) is called before an
+    :class:`~etcdwatch.exceptions.EtcdUnavailable` leaves the block.
+    """
+
+    def __init__(self, what, on_unavailable=None):
         self.what = what
+        self.on_unavailable = on_unavailable
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        try:
+            return self._translate(exc)
+        except exceptions.EtcdUnavailable:
+            if self.on_unavailable is not None:
+                self.on_unavailable()
+            raise
+
+    def _translate(self, exc):
+        if isinstance(exc, exceptions.EtcdUnavailable):
+            raise exc
         if exc is None or isinstance(exc, exceptions.EtcdWatchError):
             return False
         if isinstance(exc, requests.exceptions.RequestException):
@@ -294,7 +313,7 @@ class V3Backend(base.Backend):
     def __init__(self, client):
         super(V3Backend, self).__init__(client)
         self.timeout = client.timeout or DEFAULT_TIMEOUT
-        self._root = None
+        self._api_path = None
         self._lock = threading.Lock()
         self._cursors = {}
         # (key, value) -> the lease we bound the key to, to save a read on
@@ -308,16 +327,40 @@ class V3Backend(base.Backend):
         return self.client.session
 
     def _url(self, path):
-        if self._root is None:
+        # The member in use can change (FailoverEtcd3Client): the API path
+        # is the cluster's, the base URL the member's.
+        if self._api_path is None:
             api_path = getattr(self.client, '_api_path', None)
             if api_path is None:
                 api_path = self._discover_api_path()
-            self._root = self.client.base_url + '/' + api_path.strip('/')
-        return self._root + '/' + path
+            self._api_path = api_path.strip('/')
+        return '%s/%s/%s' % (self.client.base_url, self._api_path, path)
+
+    def _translate(self, what, stream=None):
+        """A :class:`_Translate` that moves off a member it finds down.
+
+        Only for a client that knows other members (``failover()``, as
+        :class:`~etcdwatch.v3client.FailoverEtcd3Client` has), and not for
+        a stream that :meth:`close` cut on purpose.
+        """
+        url = self.client.base_url
+
+        def unavailable():
+            if stream is None or not stream.aborted:
+                self._member_unavailable(url)
+        return _Translate(what, unavailable)
+
+    def _member_unavailable(self, url):
+        failover = getattr(self.client, 'failover', None)
+        if callable(failover):
+            now = failover(url)
+            if now != url:
+                LOG.warning('etcd member %s unavailable; moving to %s',
+                            url, now)
 
     def _discover_api_path(self):
         # As etcd3gw does, but within our timeout.
-        with _Translate('etcd version'):
+        with self._translate('etcd version'):
             resp = self._session.get(self.client.base_url + '/version',
                                      timeout=self.timeout)
             if resp.status_code != 200:
@@ -333,7 +376,7 @@ class V3Backend(base.Backend):
     def _call(self, path, payload, what):
         """POST one request; return the answer's JSON."""
         self._reap_idle()
-        with _Translate(what):
+        with self._translate(what):
             resp = self._session.post(self._url(path), json=payload,
                                       timeout=self.timeout)
             try:
@@ -483,7 +526,7 @@ class V3Backend(base.Backend):
         what = 'watch %s' % path
         connect = self.timeout if remaining is None else min(remaining,
                                                              self.timeout)
-        with _Translate(what):
+        with self._translate(what):
             try:
                 resp = self._session.post(
                     self._url('watch'), json={'create_request': request},
@@ -513,7 +556,7 @@ class V3Backend(base.Backend):
     def _next_message(self, path, cursor, deadline):
         stream = cursor.stream
         try:
-            with _Translate('watch %s' % path):
+            with self._translate('watch %s' % path, stream):
                 try:
                     message = stream.next_message(deadline)
                 except (urllib3.exceptions.ReadTimeoutError,

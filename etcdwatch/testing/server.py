@@ -259,10 +259,12 @@ class _Resources(object):
         self.ports = ()
 
 
-def _http_get(host, port, path, timeout=_PROBE_TIMEOUT, ssl_context=None):
+def _http_get(host, port, path, timeout=_PROBE_TIMEOUT, ssl_context=None,
+              post=None):
     """(status, parsed JSON or None); raises OSError/HTTPException.
 
-    HTTPS when ``ssl_context`` is given.
+    HTTPS when ``ssl_context`` is given; a POST of ``post`` as JSON when
+    it is not None (etcd's v3 gateway takes only POSTs).
     """
     if ssl_context is None:
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
@@ -270,7 +272,11 @@ def _http_get(host, port, path, timeout=_PROBE_TIMEOUT, ssl_context=None):
         conn = http.client.HTTPSConnection(host, port, timeout=timeout,
                                            context=ssl_context)
     try:
-        conn.request('GET', path)
+        if post is None:
+            conn.request('GET', path)
+        else:
+            conn.request('POST', path, body=json.dumps(post),
+                         headers={'Content-Type': 'application/json'})
         resp = conn.getresponse()
         body = resp.read()
     finally:
@@ -786,7 +792,7 @@ class EtcdServer(_StartedInWith):
             shutil.rmtree(os.path.join(self.data_dir, 'data'),
                           ignore_errors=True)
 
-    def _get(self, path):
+    def _get(self, path, post=None):
         """_http_get() on our client port, over TLS when we serve it."""
         context = None
         files = self._tls_files
@@ -796,7 +802,27 @@ class EtcdServer(_StartedInWith):
                 context.load_cert_chain(files.client_cert, files.client_key)
                 self._ssl_context = context
             context = self._ssl_context
-        return _http_get(self._host, self.port, path, ssl_context=context)
+        return _http_get(self._host, self.port, path, ssl_context=context,
+                         post=post)
+
+    def _status(self):
+        """(this member's id, the leader's id or None).
+
+        Through v2 when it is on; else through v3's gateway (which, with
+        TLS, needs a server certificate that may also act as a client).
+        """
+        if self.enable_v2:
+            status, data = self._get('/v2/stats/self')
+            if status != 200 or not isinstance(data, dict):
+                return None, None
+            return (data.get('id'),
+                    (data.get('leaderInfo') or {}).get('leader') or None)
+        status, data = self._get('/v3/maintenance/status', post={})
+        if status != 200 or not isinstance(data, dict):
+            return None, None
+        leader = data.get('leader')
+        return ((data.get('header') or {}).get('member_id'),
+                None if leader in (None, '0', 0) else leader)
 
     def _probe_ready(self):
         try:
@@ -828,14 +854,14 @@ class EtcdServer(_StartedInWith):
 
         None when it cannot tell yet.
         """
-        status, me = self._get('/v2/stats/self')
-        if status != 200 or not isinstance(me, dict):
+        me, _ = self._status()
+        if me is None:
             return None
         status, members = self._get('/v2/members')
         if status != 200 or not isinstance(members, dict):
             return None
         for info in members.get('members', ()):
-            if info.get('id') == me.get('id'):
+            if info.get('id') == me:
                 return self.peer_url in info.get('peerURLs', ())
         return False
 
@@ -981,10 +1007,11 @@ class EtcdCluster(_StartedInWith):
     def leader_index(self):
         """Index of the current leader, or None if there is none we know.
 
-        Asks the running, unpaused members (v2 ``/v2/stats/self``), taking
-        the first answer.  A leader that this object killed, stopped or
-        paused counts as none; a leader that died otherwise may be named
-        for up to an election timeout (1 s by default).
+        Asks the running, unpaused members (v2 ``/v2/stats/self``, or v3
+        ``maintenance/status`` when v2 is off), taking the first answer.
+        A leader that this object killed, stopped or paused counts as none;
+        a leader that died otherwise may be named for up to an election
+        timeout (1 s by default).
         """
         by_id = {}
         leader = None
@@ -992,29 +1019,17 @@ class EtcdCluster(_StartedInWith):
             if not m.is_running or m.is_paused:
                 continue
             try:
-                status, data = m._get('/v2/stats/self')
+                me, named = m._status()
             except (OSError, http.client.HTTPException):
                 continue
-            if status != 200 or not data:
+            if me is None:
                 continue
-            by_id[data.get('id')] = m
+            by_id[me] = m
             if leader is None:
-                leader = (data.get('leaderInfo') or {}).get('leader')
+                leader = named
         if not leader:
             return None
-        if leader not in by_id:
-            # The leader may be a member we skipped: ask for the mapping.
-            for m in self._members:
-                if m.is_running and not m.is_paused:
-                    try:
-                        status, data = m._get('/v2/members')
-                    except (OSError, http.client.HTTPException):
-                        continue
-                    names = {x.name: x for x in self._members}
-                    for info in (data or {}).get('members', ()):
-                        if info.get('name') in names:
-                            by_id[info.get('id')] = names[info['name']]
-                    break
+        # A leader we did not ask (skipped, or dead) is not in by_id.
         member = by_id.get(leader)
         if member is None or not member.is_running or member.is_paused:
             # Followers keep naming a dead leader for an election timeout.

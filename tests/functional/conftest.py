@@ -18,14 +18,17 @@
     Parametrized the same way: a driver on an etcd of this test's own (for
     faults), with the v2 API enabled for 'v2' and disabled for 'v3'.
 
-A test that can run on one API only says why in its docstring (etcd3gw
-talks to one endpoint, so the cluster-failover tests are v2 only).
+``backend_cluster``
+    Parametrized the same way: ``(cluster, api)``, a 3-member cluster of
+    this test's own (v2 disabled for 'v3'); ``drivers.make_driver(api,
+    member)`` writes through one member.
 
 etcd3gw is a test requirement: nothing here skips without it.
 """
 
 import pytest
 
+from etcdwatch.testing.server import EtcdCluster
 from etcdwatch.testing.server import EtcdServer
 from tests import drivers
 
@@ -81,3 +84,10 @@ def fresh_backend(request):
     with EtcdServer(name='fresh-' + request.param,
                     enable_v2=request.param == 'v2') as server:
         yield drivers.make_driver(request.param, server)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_cluster(request):
+    """``(cluster, api)``: a 3-member cluster of this test's own."""
+    with EtcdCluster(size=3, enable_v2=request.param == 'v2') as cluster:
+        yield cluster, request.param

@@ -1,9 +1,10 @@
 """The production election on a real etcd: keepalive, loss, resign, faults.
 
-Every test but the cluster one runs twice, through the ``backend_client``
-fixture: on etcd's v2 API (python-etcd) and on its v3 API (etcd3gw, on an
-etcd with v2 disabled), with the same assertions.  Workers run in their
-own processes where the scenario needs it (signals).
+Every test runs twice, through the ``backend_client`` or
+``backend_cluster`` fixture: on etcd's v2 API (python-etcd) and on its v3
+API (etcd3gw, on an etcd with v2 disabled), with the same assertions.
+Workers run in their own processes where the scenario needs it
+(signals).
 """
 
 import signal
@@ -15,6 +16,7 @@ import uuid
 from etcdwatch import backends
 from etcdwatch.backends import base
 from etcdwatch import EtcdElection
+from tests.drivers import make_driver
 from tests.functional.procs import Workers
 from tests.helpers import campaign_in_thread
 from tests.helpers import wait_until
@@ -250,17 +252,21 @@ def test_sigstop_of_the_leader_past_its_ttl(backend_client):
             assert end1 < start2, ordered
 
 
-def test_leader_survives_losing_its_cluster_member(etcd_cluster):
-    """v2 only: etcd3gw talks to one endpoint, python-etcd to several."""
+def test_leader_survives_losing_its_cluster_member(backend_cluster):
+    """Its client moves on to another member (v3: FailoverEtcd3Client)."""
     # The TTL must outlast the cluster's own failover: if the member was
     # raft's leader, writes stall until the others elect a new one.
+    cluster, api = backend_cluster
     name, work_time = unique_name(), 10
-    hosts = ','.join('%s:%d' % hp for hp in etcd_cluster.hosts)
+    hosts = ','.join('%s:%d' % hp for hp in cluster.hosts)
+    flags = make_driver(api, cluster.members[0]).worker_flags
+    cluster.wait_for_leader()
     with Workers() as workers:
-        leader = workers.start('lead', hosts, name, work_time, 1, 0.1)
+        leader = workers.start('lead', hosts, name, work_time, 1, 0.1,
+                               *flags)
         elected = leader.wait_for(lambda lines: leader.events('elected'))
         base = elected[0]['base_uri']
-        member = next(m for m in etcd_cluster.members
+        member = next(m for m in cluster.members
                       if m.client_url == base)
         member.kill()
         killed_at = time.time()

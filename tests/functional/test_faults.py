@@ -2,8 +2,8 @@
 once writes stop, what each watcher reported equals what etcd holds; and
 with multi_worker_ok=False, no two workers' terms overlap.
 
-Every scenario but the cluster one runs twice, through the
-``backend_client`` or ``fresh_backend`` fixture: on etcd's v2 API
+Every scenario runs twice, through the ``backend_client``,
+``fresh_backend`` or ``backend_cluster`` fixture: on etcd's v2 API
 (python-etcd) and on its v3 API (etcd3gw, on an etcd with v2 disabled).
 
 Figures (CPU during an outage, recovery times) are printed with ``-s`` and
@@ -18,11 +18,11 @@ import uuid
 import psutil
 import pytest
 
+from tests.drivers import make_driver
 from tests.functional.chaos import ChaosProxy
 from tests.functional.procs import Workers
 from tests.helpers import ChangeRecorder as Recorder
 from tests.helpers import converged
-from tests.helpers import etcd_state
 from tests.helpers import fold_changes
 from tests.helpers import wait_until
 
@@ -149,28 +149,29 @@ def test_etcd_paused_longer_than_the_heartbeat(fresh_backend):
     assert not thread.is_alive()
 
 
-def test_watcher_carries_on_through_another_cluster_member(etcd_cluster):
-    """v2 only: etcd3gw talks to one endpoint, python-etcd to several."""
+def test_watcher_carries_on_through_another_cluster_member(backend_cluster):
+    """Its client moves on to another member (v3: FailoverEtcd3Client)."""
+    cluster, api = backend_cluster
     prefix = '/faults/cluster'
-    hosts = ','.join('%s:%d' % hp for hp in etcd_cluster.hosts)
-    etcd_cluster.wait_for_leader()
-    writer = etcd_cluster.client()
-    writer.write(prefix + '/a', '1')
+    hosts = ','.join('%s:%d' % hp for hp in cluster.hosts)
+    cluster.wait_for_leader()
+    make_driver(api, cluster.members[0]).put(prefix + '/a', '1')
     with Workers() as workers:
-        w = workers.start('watch', hosts, prefix, 1)
+        w = workers.start('watch', hosts, prefix, 1,
+                          *make_driver(api, cluster.members[0]).worker_flags)
         # 'synced' is printed once the constructor (and its first
         # notifications) returned.
         synced = w.wait_for(lambda lines: w.events('synced'))[0]
         w.wait_for(lambda lines: reported(w) == {prefix + '/a': '1'})
-        member = next(m for m in etcd_cluster.members
+        member = next(m for m in cluster.members
                       if m.client_url == synced['base_uri'])
         member.kill()
-        etcd_cluster.wait_for_leader()
-        survivor = next(m for m in etcd_cluster.members if m.is_running)
-        writer = survivor.client()
+        cluster.wait_for_leader()
+        survivor = next(m for m in cluster.members if m.is_running)
+        writer = make_driver(api, survivor)
         for i in range(10):
-            writer.write('%s/k%d' % (prefix, i), str(i))
-        truth = etcd_state(writer, prefix)
+            writer.put('%s/k%d' % (prefix, i), str(i))
+        truth = writer.state(prefix)
         w.wait_for(lambda lines: reported(w) == truth, timeout=60)
 
 

@@ -6,7 +6,7 @@
 
 ``--eventlet`` monkey-patches the process first (the OpenStack agent way).
 ``--v3`` gives the recipes an etcd3gw client (etcd's v3 API) instead of a
-python-etcd one; etcd3gw talks to one endpoint, so HOSTS is then one.
+python-etcd one (several HOSTS: an etcdwatch.v3client.FailoverEtcd3Client).
 Every line printed is one JSON object, flushed at once:
 
 * elect: {"event": "elected", "id": ..., "t": time.time()} on each new term;
@@ -47,10 +47,12 @@ def client_for(address):
     hosts = [(h, int(p)) for h, p in
              (part.rsplit(':', 1) for part in address.split(','))]
     if '--v3' in sys.argv:
-        if len(hosts) != 1:
-            raise SystemExit('--v3 takes one HOST:PORT, not %r' % address)
-        import etcd3gw
-        return etcd3gw.client(host=hosts[0][0], port=hosts[0][1], timeout=10)
+        if len(hosts) == 1:
+            import etcd3gw
+            return etcd3gw.client(host=hosts[0][0], port=hosts[0][1],
+                                  timeout=10)
+        from etcdwatch import v3client
+        return v3client.client(hosts, timeout=10)
     if len(hosts) == 1:
         return etcd.Client(host=hosts[0][0], port=hosts[0][1],
                            read_timeout=10)

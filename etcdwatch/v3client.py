@@ -1,0 +1,99 @@
+"""An etcd3gw client that knows every member of an etcd cluster.
+
+etcd3gw talks to one host.  :class:`FailoverEtcd3Client` *is* an etcd3gw
+``Etcd3Client`` (code that uses etcd3gw directly keeps working, against
+the member in use) that also holds the cluster's other members: when the
+v3 backend cannot reach the member in use, it moves the client on to the
+next, so the election and the watchers carry on through the loss of a
+member, as python-etcd's ``allow_reconnect`` does on v2.
+
+Example::
+
+    from etcdwatch import v3client
+
+    client = v3client.client(['10.0.0.1:2379', '10.0.0.2:2379',
+                              '10.0.0.3:2379'], timeout=10)
+
+etcd3gw is imported with this module: import it only if you use v3.
+"""
+
+import threading
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+from etcd3gw.client import Etcd3Client
+
+Endpoint = Tuple[str, int]
+
+__all__ = ['FailoverEtcd3Client', 'client']
+
+
+def _endpoint(entry: Union[str, Sequence[Any]]) -> Endpoint:
+    if isinstance(entry, str):
+        host, sep, port = entry.rpartition(':')
+        if not sep or not port.isdigit() or not host:
+            raise ValueError('endpoints: %r is not HOST:PORT' % (entry,))
+        host = host[1:-1] if host.startswith('[') else host
+        return host, int(port)
+    host, port = tuple(entry)
+    if not isinstance(host, str) or not host:
+        raise ValueError('endpoints: %r has no host' % (entry,))
+    if isinstance(port, bool) or not isinstance(port, int) or not (
+            0 < port < 65536):
+        raise ValueError('endpoints: %r has no valid port' % (entry,))
+    return host, port
+
+
+class FailoverEtcd3Client(Etcd3Client):
+    """An ``Etcd3Client`` over several members of one cluster.
+
+    :param endpoints: the members, as ``'host:port'`` strings (IPv6 in
+        brackets) or ``(host, port)`` pairs; the first is used first.
+    :param kwargs: every other ``Etcd3Client`` argument (``protocol``,
+        ``ca_cert``, ``cert_key``, ``cert_cert``, ``timeout``, ...), shared
+        by all members.
+
+    ``host`` and ``port`` are those of the member in use.  :meth:`failover`
+    moves to the next member (round robin); the v3 backend calls it when
+    a request to the member in use finds it unavailable.  Thread-safe.
+    """
+
+    def __init__(self, endpoints: Sequence[Union[str, Sequence[Any]]],
+                 **kwargs: Any) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [part.strip() for part in endpoints.split(',')
+                         if part.strip()]
+        parsed = [_endpoint(e) for e in endpoints]
+        if not parsed:
+            raise ValueError('endpoints: at least one member is needed')
+        for name in ('host', 'port'):
+            if name in kwargs:
+                raise TypeError('%s: give the members as endpoints' % name)
+        self.endpoints: List[Endpoint] = parsed
+        self._current = 0
+        self._failover_lock = threading.Lock()
+        host, port = parsed[0]
+        super(FailoverEtcd3Client, self).__init__(host=host, port=port,
+                                                  **kwargs)
+
+    def failover(self, failed_url: Optional[str] = None) -> str:
+        """Move to the next member; return the new ``base_url``.
+
+        ``failed_url`` is the ``base_url`` the failed request went to: if
+        another thread has already moved on from it, this does nothing, so
+        that one failure seen by several requests moves only once.
+        """
+        with self._failover_lock:
+            if failed_url is None or failed_url == self.base_url:
+                self._current = (self._current + 1) % len(self.endpoints)
+                self.host, self.port = self.endpoints[self._current]
+            return self.base_url
+
+    def __repr__(self) -> str:
+        return '<FailoverEtcd3Client %s of %s>' % (
+            self.base_url, ','.join('%s:%d' % e for e in self.endpoints))
+
+
+def client(endpoints: Sequence[Union[str, Sequence[Any]]],
+           **kwargs: Any) -> FailoverEtcd3Client:
+    """A :class:`FailoverEtcd3Client` (the same arguments)."""
+    return FailoverEtcd3Client(endpoints, **kwargs)
