@@ -374,7 +374,11 @@ def _make_v3_client(args: argparse.Namespace, protocol: str) -> Any:
         kwargs['cert_cert'] = args.cert
         kwargs['cert_key'] = args.key or args.cert
     # Sends nothing yet: probe() is the first request.
-    return _import_etcd3gw().client(**kwargs)
+    client = _import_etcd3gw().client(**kwargs)
+    # Else requests lets $REQUESTS_CA_BUNDLE replace --cacert (and uses
+    # proxies from the environment, which python-etcd does not).
+    client.session.trust_env = False
+    return client
 
 
 def make_client(args: argparse.Namespace) -> Any:

@@ -517,13 +517,21 @@ class EtcdClientFactory(object):
         raises ``etcd.EtcdException`` if none of the hosts answers.
 
         For 'v3', an etcd3gw ``Etcd3Client``, which sends nothing until
-        used.  etcd3gw is imported here, not before (it imports eventlet,
-        whose deprecation warning Python then shows once); if it cannot
-        be, :class:`ConfigError` names ``api_version``.
+        used.  Its ``requests`` session ignores the environment
+        (``$REQUESTS_CA_BUNDLE``, which requests would otherwise use
+        instead of ca_cert; proxies; ``.netrc``), as python-etcd does.
+        etcd3gw is imported here, not before (it imports eventlet, whose
+        deprecation warning Python then shows once); if it cannot be,
+        :class:`ConfigError` names ``api_version``.
         """
         LOG.debug('etcd: connecting with %r', self)
         if self.api_version == 'v3':
-            return _import_etcd3gw().client(**self._etcd3gw_kwargs())
+            client = _import_etcd3gw().client(**self._etcd3gw_kwargs())
+            # Else requests lets $REQUESTS_CA_BUNDLE (or $CURL_CA_BUNDLE)
+            # replace ca_cert, and routes through $HTTPS_PROXY: the
+            # settings alone decide, as with python-etcd.
+            client.session.trust_env = False
+            return client
         return etcd.Client(**self.client_kwargs(include_password=True))
 
     def _hosts_text(self):

@@ -205,6 +205,8 @@ def test_v3_client_gets_the_address_and_tls_options(tmp_path):
     assert client.timeout == 2.0
     assert client.session.verify == 'ca.pem'
     assert client.session.cert == ('c.pem', 'k.pem')
+    # $REQUESTS_CA_BUNDLE would replace --cacert: the environment is off.
+    assert client.session.trust_env is False
     # A --cert that holds the key too: etcd3gw would drop it alone.
     args = cli.parse_args(['leader', 'x', '--api', 'v3', '--etcd',
                            'https://h', '--cert', 'both.pem'])

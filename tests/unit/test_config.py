@@ -299,6 +299,8 @@ def test_v3_kwargs_and_real_etcd3gw_client(tls):
     assert client.timeout == 3
     assert client.session.verify == tls.ca_cert
     assert client.session.cert == (tls.client_cert, tls.client_key)
+    # $REQUESTS_CA_BUNDLE would replace ca_cert: the environment is off.
+    assert client.session.trust_env is False
     assert factory.client() is not client
     assert 'api_version=v3' in repr(factory)
 
