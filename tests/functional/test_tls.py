@@ -2,8 +2,10 @@
 
 Clients are built the way applications build them: through
 ``etcdwatch.config`` (the factory, or oslo.config options).  One etcd with
-TLS and ``--client-cert-auth`` serves the TLS tests; a separate one gets
-v2 auth switched on, which cannot be undone cleanly.
+TLS and ``--client-cert-auth`` serves the TLS tests; another, with the v2
+API disabled, the same tests through etcd's v3 API (``api_version='v3'``:
+etcd3gw clients); a separate one gets v2 auth switched on, which cannot be
+undone cleanly.
 """
 
 import base64
@@ -12,6 +14,8 @@ import json
 import logging
 import os
 import ssl
+import subprocess
+import sys
 import threading
 import uuid
 
@@ -19,12 +23,14 @@ import etcd
 from oslo_config import cfg
 import pytest
 
+from etcdwatch import backends
 from etcdwatch.codecs import EtcdWriter
 from etcdwatch.codecs import JsonCodec
 from etcdwatch import config
 from etcdwatch.config import EtcdClientFactory
 from etcdwatch import EtcdChangeWatcher
 from etcdwatch import EtcdElection
+from etcdwatch import exceptions
 from etcdwatch.testing.server import EtcdServer
 from etcdwatch.testing.server import make_tls_files
 from tests.helpers import Runner
@@ -33,11 +39,62 @@ from tests.helpers import wait_until
 # Generous: two cores shared with other test runs.
 TIMEOUT = 60
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
 
 @pytest.fixture(scope='module')
 def tls_server():
     """etcd serving HTTPS to clients with a certificate from its CA."""
     with EtcdServer(name='tls', tls=True) as server:
+        yield server
+
+
+def tls_files_for_v3(directory):
+    """make_tls_files(), with a server certificate that may act as a client.
+
+    etcd's HTTP gateway for the v3 API connects to etcd with the server
+    certificate; with client-cert-auth, etcd refuses it (every v3 request
+    then fails with 503 "bad certificate") unless it allows clientAuth.
+    make_tls_files() issues it for serverAuth only.
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import serialization
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    files = make_tls_files(directory)
+
+    def load(path, loader):
+        with open(path, 'rb') as f:
+            return loader(f.read())
+    ca = load(files.ca_cert, x509.load_pem_x509_certificate)
+    ca_key = load(files.ca_key, lambda data: (
+        serialization.load_pem_private_key(data, None)))
+    old = load(files.server_cert, x509.load_pem_x509_certificate)
+    builder = (x509.CertificateBuilder()
+               .subject_name(old.subject).issuer_name(ca.subject)
+               .public_key(old.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(old.not_valid_before_utc)
+               .not_valid_after(old.not_valid_after_utc))
+    for extension in old.extensions:
+        value = extension.value
+        if isinstance(value, x509.ExtendedKeyUsage):
+            value = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                           ExtendedKeyUsageOID.CLIENT_AUTH])
+        builder = builder.add_extension(value, extension.critical)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    with open(files.server_cert, 'wb') as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+@pytest.fixture(scope='module')
+def tls_v3_server(tmp_path_factory):
+    """TLS and client-cert-auth, the v2 API disabled: v3 clients only."""
+    files = tls_files_for_v3(tmp_path_factory.mktemp('tls-v3'))
+    with EtcdServer(name='tls-v3', tls=files, enable_v2=False) as server:
         yield server
 
 
@@ -75,6 +132,36 @@ class Recorder(EtcdChangeWatcher):
         self.refused.append(key)
 
 
+class V2Writer(EtcdWriter):
+    """EtcdWriter, plus what V3Writer offers."""
+
+    def write_text(self, key, text):
+        self.client.write(key, text)
+
+    def read_value(self, key):
+        return self.read(key).value
+
+
+class V3Writer(object):
+    """The part of EtcdWriter used here, for an etcd3gw client (JSON)."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def write(self, key, value):
+        self.write_text(key, json.dumps(value))
+
+    def write_text(self, key, text):
+        self.client.put(key.encode('utf-8'), text.encode('utf-8'))
+
+    def delete(self, key):
+        self.client.delete(key.encode('utf-8'))
+
+    def read_value(self, key):
+        [value] = self.client.get(key.encode('utf-8'))
+        return json.loads(value.decode('utf-8'))
+
+
 def elect_and_watch(client_a, client_b, prefix):
     """An election handed over and a JSON watcher, on the given clients."""
     first = EtcdElection(client_a, 'svc', prefix + '/election', work_time=10)
@@ -96,14 +183,17 @@ def elect_and_watch(client_a, client_b, prefix):
     assert second.is_elected and second.leader() == second.thread_id
     second.resign()
 
-    writer = EtcdWriter(client_a, JsonCodec())
+    if backends.for_client(client_a).name == 'v3':
+        writer = V3Writer(client_a)
+    else:
+        writer = V2Writer(client_a, JsonCodec())
     writer.write(prefix + '/data/before', {'n': 0})
     watcher = Recorder(client_b, 'json', prefix + '/data', heartbeat=1,
                        codec=JsonCodec())
     assert watcher.added_values == {'before': {'n': 0}}
     with Runner(watcher, join_timeout=TIMEOUT):
         writer.write(prefix + '/data/port', {'mac': 'fa:16:3e:00:00:01'})
-        client_a.write(prefix + '/data/junk', 'not json')
+        writer.write_text(prefix + '/data/junk', 'not json')
         writer.write(prefix + '/data/after', [1, 2])
         writer.delete(prefix + '/data/before')
         wait_until(lambda: watcher.added_values == {
@@ -111,7 +201,7 @@ def elect_and_watch(client_a, client_b, prefix):
             timeout=TIMEOUT)
         wait_until(lambda: watcher.refused == [prefix + '/data/junk'],
                    timeout=TIMEOUT)
-    assert writer.read(prefix + '/data/after').value == [1, 2]
+    assert writer.read_value(prefix + '/data/after') == [1, 2]
 
 
 # -- TLS ----------------------------------------------------------------------
@@ -179,6 +269,126 @@ def test_server_helper_client_speaks_tls(tls_server, prefix):
     client.write(prefix + '/x', '1')
     assert client.read(prefix + '/x').value == '1'
     assert tls_server.client_url.startswith('https://')
+
+
+# -- TLS on etcd's v3 API (v2 disabled) ---------------------------------------
+
+def test_v3_right_ca_and_client_cert_work_end_to_end(tls_v3_server, prefix):
+    # One client from the factory, one from oslo.config options.
+    import etcd3gw
+    client_a = tls_factory(tls_v3_server, api_version='v3').client()
+    conf = cfg.ConfigOpts()
+    config.register_opts(conf, 'etcd')
+    conf([])
+    files = tls_v3_server.tls_files
+    for name, value in [('api_version', 'v3'),
+                        ('host', address(tls_v3_server)),
+                        ('protocol', 'https'), ('ca_cert', files.ca_cert),
+                        ('cert_file', files.client_cert),
+                        ('key_file', files.client_key)]:
+        conf.set_override(name, value, group='etcd')
+    client_b = config.client_from_conf(conf, 'etcd')
+    for client in (client_a, client_b):
+        assert isinstance(client, etcd3gw.Etcd3Client)
+        assert client.base_url.startswith('https://')
+    elect_and_watch(client_a, client_b, prefix)
+
+
+def test_v3_certificate_and_key_in_one_file(tls_v3_server, prefix,
+                                            tmp_path):
+    files = tls_v3_server.tls_files
+    combined = tmp_path / 'client-and-key.pem'
+    with open(files.client_cert) as cert, open(files.client_key) as key:
+        combined.write_text(cert.read() + key.read())
+    client = tls_factory(tls_v3_server, cert_file=str(combined),
+                         key_file=None, api_version='v3').client()
+    client.put((prefix + '/k').encode(), b'v')
+    state, _ = backends.for_client(client).read_key(prefix + '/k')
+    assert state.value == 'v'
+
+
+def test_v3_client_without_a_certificate_is_refused(tls_v3_server, prefix):
+    good = tls_factory(tls_v3_server, api_version='v3').client()
+    good.put((prefix + '/k').encode(), b'v')
+    bare = tls_factory(tls_v3_server, cert_file=None, key_file=None,
+                       api_version='v3').client()
+    with pytest.raises(exceptions.EtcdUnavailable):
+        backends.for_client(bare).read_key(prefix + '/k')
+    with pytest.raises(exceptions.EtcdUnavailable):
+        EtcdElection(bare, 'svc', prefix + '/election',
+                     work_time=10).leader()
+
+
+@pytest.mark.parametrize('bundle', ['unset', 'right CA'])
+def test_v3_wrong_ca_is_refused(tls_v3_server, tmp_path, monkeypatch,
+                                bundle):
+    # requests would let $REQUESTS_CA_BUNDLE replace the configured CA.
+    for name in ('REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE'):
+        if bundle == 'unset':
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, tls_v3_server.tls_files.ca_cert)
+    other = make_tls_files(tmp_path / 'other')
+    client = tls_factory(tls_v3_server, ca_cert=other.ca_cert,
+                         api_version='v3').client()
+    with pytest.raises(exceptions.EtcdUnavailable,
+                       match='CERTIFICATE_VERIFY_FAILED'):
+        backends.for_client(client).read_key('/k')
+    # And through etcd3gw's own calls.
+    import etcd3gw.exceptions
+    with pytest.raises(etcd3gw.exceptions.ConnectionFailedError) as info:
+        client.get(b'/k')
+    assert 'CERTIFICATE_VERIFY_FAILED' in info.value.detail_text
+
+
+def test_v3_right_ca_works_whatever_the_environment_says(
+        tls_v3_server, prefix, tmp_path, monkeypatch):
+    other = make_tls_files(tmp_path / 'other')
+    monkeypatch.setenv('REQUESTS_CA_BUNDLE', other.ca_cert)
+    monkeypatch.setenv('CURL_CA_BUNDLE', other.ca_cert)
+    client = tls_factory(tls_v3_server, api_version='v3').client()
+    assert backends.for_client(client).read_key(prefix + '/k')[0] is None
+
+
+def test_v3_plain_http_to_the_tls_port_is_refused(tls_v3_server):
+    client = EtcdClientFactory(host=address(tls_v3_server),
+                               api_version='v3').client()
+    with pytest.raises(exceptions.EtcdUnavailable):
+        backends.for_client(client).read_key('/k')
+
+
+def _command(*args, env=None):
+    proc = subprocess.run([sys.executable, '-m', 'etcdwatch'] + list(args),
+                          cwd=ROOT, capture_output=True, text=True,
+                          timeout=TIMEOUT, env=env)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_v3_command_line_over_tls(tls_v3_server, prefix, tmp_path):
+    files = tls_v3_server.tls_files
+    url = 'https://' + address(tls_v3_server)
+    path = prefix + '/elections'
+    other = make_tls_files(tmp_path / 'other')
+    # Reached (no leader: status 1), through v3 with a client certificate,
+    # though requests' variable names another CA.
+    env = dict(os.environ, REQUESTS_CA_BUNDLE=other.ca_cert,
+               CURL_CA_BUNDLE=other.ca_cert)
+    status, out, err = _command(
+        'leader', '--api', 'v3', '--etcd', url, '--cacert', files.ca_cert,
+        '--cert', files.client_cert, '--key', files.client_key,
+        '--election-path', path, 'job', env=env)
+    assert (status, out, err) == (1, '', 'etcdwatch leader: job has no '
+                                         'leader\n')
+    env = dict(os.environ, REQUESTS_CA_BUNDLE=files.ca_cert,
+               CURL_CA_BUNDLE=files.ca_cert)
+    status, out, err = _command(
+        'leader', '--api', 'v3', '--etcd', url, '--cacert', other.ca_cert,
+        '--cert', files.client_cert, '--key', files.client_key,
+        '--election-path', path, 'job', env=env)
+    assert (status, out) == (3, '')
+    assert len(err.splitlines()) == 1
+    assert err.startswith('etcdwatch leader: cannot reach etcd at %s: '
+                          % url), err
 
 
 # -- etcd v2 username/password auth -------------------------------------------
