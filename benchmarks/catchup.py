@@ -1,31 +1,47 @@
 """Catch-up after K missed events: etcdwatch vs walking every event.
 
-Each trial makes an etcdwatch ``EtcdChangeWatcher``, a seed walker and a
-bare follower, all synced at the same index, writes K events under the
-prefix, then times each one's steps (``do_watch()`` for etcdwatch) until it
-holds etcd's state.  Nothing runs in the background.  The K events touch
-distinct keys while K fits in the tree (then they wrap around): a mix of
-adds, changes, deletes and rewrites of the same value, which are events
-but not changes.  Afterwards the change watcher's notifications are
-compared with the net difference between the tree before and after.
+Each trial makes an etcdwatch ``EtcdChangeWatcher`` and the baselines of
+one API, all synced at the same index: on v2 a seed walker and a bare
+python-etcd follower, on v3 a bare etcd3gw follower and a change watcher
+that never re-reads to catch up (it walks, to show what etcdwatch's re-read
+threshold does on v3).  It then writes K events under the prefix and times
+each follower's steps (``do_watch()`` for etcdwatch) until it holds etcd's
+state.  Nothing runs in the background.  The K events touch distinct keys
+while K fits in the tree (then they wrap around): a mix of adds, changes,
+deletes and rewrites of the same value, which are events but not changes.
+Afterwards the change watchers' notifications are compared with the net
+difference between the tree before and after.  v2 keeps its last 1000
+events (K=900 fits, K=5000 does not); v3 keeps every revision until a
+compaction, and nothing here compacts.  On v3 every follower opens a
+stream at a past revision, which etcd first answers 0-100 ms later (see
+the findings); a probe process opens one next to each follower's, so the
+rows "time after etcd's first events" leave that wait out (to within
+about a millisecond: the two streams are answered in the same round, not
+at the same instant).
 """
 
 import collections
+import multiprocessing
 import random
+import time
 
+import etcdwatch
+
+from benchmarks import apis
 from benchmarks import baselines
 from benchmarks import common
 from benchmarks import followers
 from benchmarks import writing
 
+APIS = apis.NAMES
 PREFIX = '/bench/catchup'
 #: Keys in the tree that the K events land in.
 TREE_SIZE = 1000
-KS = (10, 100, 900, 5000)
+KS = {apis.V2: (10, 100, 900, 5000), apis.V3: (10, 100, 1000, 5000)}
 #: Trials per K, in a full and in a quick run: small K are cheap and
 #: noisy, so they get more.
-REPEATS = {10: 15, 100: 9, 900: 5, 5000: 5}
-QUICK_REPEATS = {10: 3, 100: 3, 900: 1, 5000: 1}
+REPEATS = {10: 15, 100: 9, 900: 5, 1000: 5, 5000: 5}
+QUICK_REPEATS = {10: 3, 100: 3, 900: 1, 1000: 1, 5000: 1}
 VALUE_SIZE = 64
 HEARTBEAT = 5
 #: Of the events on a key that exists: rewrites of the same value ...
@@ -35,13 +51,22 @@ DELETE_SHARE = 0.2
 #: Steps a follower may take beyond K before we call it stuck.
 STEP_MARGIN = 10
 RANDOM_SEED = 6
-#: Goals from the issue.
+#: Goals from the issue (v2, against the seed's walk).
 GOAL_SPEEDUP_K = 900
 GOAL_SPEEDUP = 10.0
 #: "Not slower" allows for this much run-to-run noise (a fraction).
 NOISE_TOLERANCE = 0.1
 
-IMPLS = ('etcdwatch', 'seed', 'bare')
+#: The followers of each API: etcdwatch, then what it is compared with.
+IMPLS = {apis.V2: ('etcdwatch', 'seed', 'bare'),
+         apis.V3: ('etcdwatch', 'bare', 'walk')}
+#: What the report calls each follower.
+NAMES = {'etcdwatch': 'etcdwatch', 'seed': 'seed walk',
+         'walk': 'etcdwatch never re-reading'}
+#: The change watchers (their notifications are checked) of each API.
+WATCHERS = {apis.V2: (('etcdwatch', followers.RecordingChangeWatcher),),
+            apis.V3: (('etcdwatch', followers.RecordingChangeWatcher),
+                      ('walk', followers.WalkingChangeWatcher))}
 
 
 def _key(slot):
@@ -93,34 +118,84 @@ def _notified(notifications):
         for action, key, value in notifications)
 
 
-class _Trial(object):
-    """Three followers synced at one index, and their catch-up."""
+class _Probe(object):
+    """A process that times etcd's first events on a new v3 stream.
 
-    def __init__(self, ctx):
+    A new v3 stream that starts at a past revision is served by etcd's
+    loop for unsynced watchers, which runs every 100 ms and sends at most
+    1000 revisions a time: the first events come 0-100 ms after the
+    stream opens, whoever opened it.  The probe opens a stream next to the
+    follower's, at the same revision, so etcd serves both in the same
+    round; the follower's time minus the probe's is what the follower
+    spent once etcd had answered.  A process of its own, so that it never
+    waits for the follower's interpreter; both read the same monotonic
+    clock.
+    """
+
+    def __init__(self, api):
+        mp = multiprocessing.get_context('spawn')
+        self.conn, child = mp.Pipe()
+        self.proc = mp.Process(target=_probe, daemon=True, args=(
+            api.server.host, api.server.port, child))
+        self.proc.start()
+        self.conn.recv()
+
+    def start(self, revision):
+        """Open the probe's stream at ``revision``; the time it was asked."""
+        asked = time.monotonic()
+        self.conn.send(revision)
+        return asked
+
+    def first(self, asked):
+        """Seconds from ``asked`` until the probe saw events."""
+        if not self.conn.poll(common.CLIENT_READ_TIMEOUT):
+            return float('nan')
+        return self.conn.recv() - asked
+
+    def close(self):
+        self.conn.send(None)
+        self.proc.join(common.CLIENT_READ_TIMEOUT)
+
+
+def _probe(host, port, conn):
+    client = apis.connect(apis.V3, host, port)
+    client.api_path             # etcd3gw asks etcd for it once
+    conn.send('ready')
+    for revision in iter(conn.recv, None):
+        apis.v3_watch_one(client, PREFIX, revision)
+        conn.send(time.monotonic())
+
+
+class _Trial(object):
+    """One API's followers, synced at one index, and their catch-up."""
+
+    def __init__(self, api, probe=None):
+        self.probe = probe
         self.counters = {}
         self.followers = {}
         self.steppers = {}
         self.watchers = {}
-        watcher = followers.RecordingChangeWatcher(
-            self._client(ctx, 'etcdwatch'), 'catchup', PREFIX,
-            heartbeat=HEARTBEAT)
-        watcher.notifications.clear()
-        self.watchers['etcdwatch'] = watcher
-        self._add('etcdwatch', watcher, watcher.do_watch,
-                  lambda: watcher.etcd_data)
+        for impl, cls in WATCHERS[api.name]:
+            watcher = cls(self._client(api, impl), 'catchup', PREFIX,
+                          heartbeat=HEARTBEAT)
+            watcher.notifications.clear()
+            self.watchers[impl] = watcher
+            self._add(impl, watcher, watcher.do_watch,
+                      lambda w=watcher: w.etcd_data)
         self.seed_changes = []
-        seed = baselines.SeedWalker(
-            self._client(ctx, 'seed'), PREFIX, HEARTBEAT,
-            key_change=lambda *change: self.seed_changes.append(change))
-        self.seed_changes.clear()
-        self._add('seed', seed, seed.step, lambda: seed.data)
-        bare = baselines.BareFollower(self._client(ctx, 'bare'), PREFIX,
-                                      HEARTBEAT)
+        if api.name == apis.V2:
+            seed = baselines.SeedWalker(
+                self._client(api, 'seed'), PREFIX, HEARTBEAT,
+                key_change=lambda *change: self.seed_changes.append(change))
+            self.seed_changes.clear()
+            self._add('seed', seed, seed.step, lambda: seed.data)
+        bare = baselines.BARE[api.name](self._client(api, 'bare'), PREFIX,
+                                        HEARTBEAT)
         self._add('bare', bare, bare.step, lambda: bare.data)
 
-    def _client(self, ctx, impl):
-        client = ctx.client()
-        self.counters[impl] = common.RequestCounter(client)
+    def _client(self, api, impl):
+        client = api.client()
+        self.counters[impl] = api.count_requests(client)
         return client
 
     def _add(self, impl, follower, step, data):
@@ -128,108 +203,189 @@ class _Trial(object):
         self.steppers[impl] = (step, data)
 
     def catch_up(self, impl, target, budget):
-        """Seconds ``impl`` took to apply up to ``target``; requests."""
+        """How ``impl`` applied everything up to ``target``.
+
+        {'seconds': taken, 'requests': sent, 'first': seconds until etcd
+        sent the first events (v3; None on v2)}.
+        """
         step, _data = self.steppers[impl]
         follower = self.followers[impl]
         before = self.counters[impl].count
+        asked = None
+        if self.probe is not None:
+            asked = self.probe.start(follower.tick)
         start = common.now()
         for _ in range(budget):
             if follower.tick > target:
                 break
             step()
         elapsed = common.now() - start
-        return elapsed, self.counters[impl].count - before
+        return {'seconds': elapsed,
+                'requests': self.counters[impl].count - before,
+                'first': None if asked is None else self.probe.first(asked)}
 
     def holds(self, impl, tree):
         return self.steppers[impl][1]() == tree
 
+    def close(self):
+        """Close the v3 followers' streams (v2 has none open)."""
+        for impl, follower in self.followers.items():
+            if impl in self.watchers:
+                follower.stop()
+            else:
+                follower.close()
 
-def _one_trial(ctx, events, count, order):
+
+def _one_trial(api, events, count, order, probe):
     """Time each follower's catch-up after ``count`` events."""
-    trial = _Trial(ctx)
-    before = dict(events.tree)
-    resyncs = {impl: w.stats()['resyncs']
-               for impl, w in trial.watchers.items()}
-    ctx.writer.apply(events.make(count))
-    target, after = common.read_tree(ctx.client(), PREFIX)
-    result = {}
-    for impl in order:
-        seconds, requests = trial.catch_up(impl, target,
-                                           count + STEP_MARGIN)
-        result[impl] = {'seconds': seconds, 'requests': requests,
-                        'correct': trial.holds(impl, after)}
+    trial = _Trial(api, probe)
+    try:
+        before = dict(events.tree)
+        resyncs = {impl: w.stats()['resyncs']
+                   for impl, w in trial.watchers.items()}
+        api.writer.apply(events.make(count))
+        target, after = api.read_tree(api.client(), PREFIX)
+        result = {}
+        for impl in order:
+            result[impl] = trial.catch_up(impl, target, count + STEP_MARGIN)
+            result[impl]['correct'] = trial.holds(impl, after)
+            if result[impl]['first'] is not None:
+                result[impl]['after'] = (result[impl]['seconds'] -
+                                         result[impl]['first'])
+    finally:
+        trial.close()
     net = _net_changes(before, after)
     for impl, watcher in trial.watchers.items():
         result[impl]['exact'] = _notified(watcher.notifications) == net
         result[impl]['resynced'] = watcher.stats()['resyncs'] > resyncs[impl]
-    result['seed']['exact'] = _notified(trial.seed_changes) == net
+    if 'seed' in result:
+        result['seed']['exact'] = _notified(trial.seed_changes) == net
     result['net_changes'] = sum(net.values())
     return result
 
 
-def _seed_tree(ctx):
+def _seed_tree(api):
     items = [(_key(slot), common.value_of_size(slot, VALUE_SIZE))
              for slot in range(TREE_SIZE)]
-    ctx.writer.put_all(items)
+    api.writer.put_all(items)
     return dict(items)
 
 
 def measure(ctx):
-    """{K: [trial result, ...]}."""
-    events = _Events(_seed_tree(ctx), random.Random(RANDOM_SEED))
-    results = collections.defaultdict(list)
+    """{api: {K: [trial result, ...]}}.
+
+    Each API has its own tree, and the same events (the same random seed)
+    in the same order; the APIs take turns, trial by trial.
+    """
+    api_list = ctx.select(APIS)
+    events = {api.name: _Events(_seed_tree(api), random.Random(RANDOM_SEED))
+              for api in api_list}
+    results = {api.name: collections.defaultdict(list) for api in api_list}
     repeats = ctx.pick(REPEATS, QUICK_REPEATS)
-    for rep in range(max(repeats.values())):
-        for count in [k for k in KS if repeats[k] > rep]:
-            shift = rep % len(IMPLS)
-            order = IMPLS[shift:] + IMPLS[:shift]
-            results[count].append(_one_trial(ctx, events, count, order))
-            ctx.log('catch-up K=%d rep %d: %s' % (
-                count, rep, ', '.join(
-                    '%s %.1f ms' % (i, results[count][-1][i]['seconds'] *
-                                    1e3) for i in IMPLS)))
-    return results
+    probes = {api.name: _Probe(api) for api in api_list
+              if api.name == apis.V3}
+    try:
+        for rep in range(max(repeats.values())):
+            for position in range(len(KS[apis.V2])):
+                for api in api_list:
+                    count = KS[api.name][position]
+                    if repeats[count] > rep:
+                        results[api.name][count].append(_logged_trial(
+                            ctx, api, events[api.name], count, rep,
+                            probes.get(api.name)))
+    finally:
+        for probe in probes.values():
+            probe.close()
+    return {api: dict(by_count) for api, by_count in results.items()}
+
+
+def _logged_trial(ctx, api, events, count, rep, probe):
+    impls = IMPLS[api.name]
+    shift = rep % len(impls)
+    trial = _one_trial(api, events, count, impls[shift:] + impls[:shift],
+                       probe)
+    ctx.log('catch-up %s K=%d rep %d: %s' % (
+        api.name, count, rep, ', '.join(
+            '%s %.1f ms%s' % (i, trial[i]['seconds'] * 1e3,
+                              '' if trial[i]['first'] is None else
+                              ' (%.1f after the first events)' % (
+                                  trial[i]['after'] * 1e3))
+            for i in impls)))
+    return trial
 
 
 def _median_of(trials, impl, field):
     return common.median([t[impl][field] for t in trials])
 
 
+def _apis(results):
+    return [api for api in apis.NAMES if api in results]
+
+
 def rows(results):
     table = []
-    for count in KS:
-        trials = results[count]
-        ours = _median_of(trials, 'etcdwatch', 'seconds')
-        seed = _median_of(trials, 'seed', 'seconds')
-        speedup = common.ratio(seed, ours)
-        goal = 'not slower than walking (%d%% noise)' % (
-            NOISE_TOLERANCE * 100)
-        met = speedup >= 1.0 - NOISE_TOLERANCE
-        if count == GOAL_SPEEDUP_K:
-            goal = '>= %gx faster than walking' % GOAL_SPEEDUP
-            met = speedup >= GOAL_SPEEDUP
-        table.append(common.row(
-            'catch-up', 'K=%d' % count, 'time to catch up', 'ms',
-            ours * 1e3, 'seed walk', seed * 1e3, 'seed/ours', speedup,
-            goal, met, _note(trials)))
-        bare = _median_of(trials, 'bare', 'seconds')
-        table.append(common.row(
-            'catch-up', 'K=%d' % count, 'time to catch up', 'ms',
-            ours * 1e3, 'bare walk', bare * 1e3, 'bare/ours',
-            common.ratio(bare, ours)))
+    for api in _apis(results):
+        for count in KS[api]:
+            table += _count_rows(api, count, results[api][count])
     return table
 
 
-def _note(trials):
-    return ('requests: %s; re-read: etcdwatch %s; exactly the net changes: '
-            "etcdwatch %s, seed %s; all hold etcd's state: %s" % (
+def _count_rows(api, count, trials):
+    param = '%s, K=%d' % (api, count)
+    ours = _median_of(trials, 'etcdwatch', 'seconds')
+    table = []
+    for impl in IMPLS[api][1:]:
+        other = _median_of(trials, impl, 'seconds')
+        ratio = common.ratio(other, ours)
+        goal, met, note = '', None, ''
+        if impl == 'seed':
+            goal = 'not slower than walking (%d%% noise)' % (
+                NOISE_TOLERANCE * 100)
+            met = ratio >= 1.0 - NOISE_TOLERANCE
+            if count == GOAL_SPEEDUP_K:
+                goal = '>= %gx faster than walking' % GOAL_SPEEDUP
+                met = ratio >= GOAL_SPEEDUP
+        if impl == IMPLS[api][1]:
+            note = _note(api, trials)
+        table.append(common.row(
+            'catch-up', param, 'time to catch up', 'ms', ours * 1e3,
+            _name(api, impl), other * 1e3, '%s/ours' % impl, ratio,
+            goal, met, note))
+    if api == apis.V3:
+        ours = _median_of(trials, 'etcdwatch', 'after')
+        walk = _median_of(trials, 'walk', 'after')
+        table.append(common.row(
+            'catch-up', param, "time after etcd's first events", 'ms',
+            ours * 1e3, _name(api, 'walk'), walk * 1e3, 'walk/ours',
+            common.ratio(walk, ours),
+            note="etcd sent a new stream's first events %.0f ms (median; "
+            'max %.0f) after it opened' % (
+                common.median([t[i]['first'] for t in trials
+                               for i in IMPLS[api]]) * 1e3,
+                max(t[i]['first'] for t in trials
+                    for i in IMPLS[api]) * 1e3)))
+    return table
+
+
+def _name(api, impl):
+    if impl == 'bare':
+        return apis.BARE_NAMES[api].replace('loop', 'walk')
+    return NAMES[impl]
+
+
+def _note(api, trials):
+    watchers = [impl for impl, _cls in WATCHERS[api]]
+    checked = watchers + (['seed'] if api == apis.V2 else [])
+    return ('requests: %s; re-read: %s; exactly the net changes: %s; all '
+            "hold etcd's state: %s" % (
                 ', '.join('%s %d' % (impl, _median_of(trials, impl,
                                                       'requests'))
-                          for impl in IMPLS),
-                _all(trials, 'etcdwatch', 'resynced'),
-                _all(trials, 'etcdwatch', 'exact'),
-                _all(trials, 'seed', 'exact'),
-                all(t[i]['correct'] for t in trials for i in IMPLS)))
+                          for impl in IMPLS[api]),
+                ', '.join('%s %s' % (impl, _all(trials, impl, 'resynced'))
+                          for impl in watchers),
+                ', '.join('%s %s' % (impl, _all(trials, impl, 'exact'))
+                          for impl in checked),
+                all(t[i]['correct'] for t in trials for i in IMPLS[api])))
 
 
 def _all(trials, impl, field):
@@ -243,21 +399,143 @@ def _count(trials, impl, field):
 
 
 def plot_series(results):
-    """{impl: [(K, median ms), ...]} for the scaling plot."""
-    return {impl: [(count, _median_of(results[count], impl, 'seconds') *
-                    1e3) for count in KS] for impl in IMPLS}
+    """{label: [(K, median ms), ...]} for the scaling plot."""
+    series = {}
+    for api in _apis(results):
+        for impl in IMPLS[api]:
+            label = '%s %s' % (api, _name(api, impl))
+            series[label] = [
+                (count, _median_of(results[api][count], impl, 'seconds') *
+                 1e3) for count in KS[api]]
+    return series
+
+
+#: Per API: the walk the threshold is judged against, the figure compared
+#: (v3: the time after etcd's first events, which every follower waits
+#: for alike) and the largest K a walk covers in one go (v2: etcd's
+#: 1000-event window; v3: etcd sends a late stream 1000 revisions per
+#: 100 ms round).
+_THRESHOLD_BASIS = {apis.V2: ('seed', 'seconds', 1000),
+                    apis.V3: ('walk', 'after', 1000)}
+
+
+def _walk_fit(by_count, counts, impl, field):
+    """(fixed ms, ms per event) of ``impl``'s walk: least squares."""
+    points = [(count, _median_of(by_count[count], impl, field) * 1e3)
+              for count in counts]
+    mean_k = sum(k for k, _t in points) / len(points)
+    mean_t = sum(t for _k, t in points) / len(points)
+    spread = sum((k - mean_k) ** 2 for k, _t in points)
+    slope = sum((k - mean_k) * (t - mean_t) for k, t in points) / spread
+    return mean_t - slope * mean_k, slope
+
+
+def _reread_ms(by_count, counts, field):
+    """(K, ms) of etcdwatch at the smallest K where it always re-read."""
+    for count in counts:
+        if _all(by_count[count], 'etcdwatch', 'resynced') == 'yes':
+            return count, _median_of(by_count[count], 'etcdwatch',
+                                     field) * 1e3
+    return None, None
+
+
+def threshold_findings(results):
+    """Whether etcdwatch's re-read threshold picks the cheaper way.
+
+    A walk costs a fixed part plus a part per event (fitted over the K
+    that one walk covers in one go); a re-read about what etcdwatch took
+    at the smallest K where it re-read.  They cross at the break-even lag.
+    """
+    tree_part = TREE_SIZE // etcdwatch.EtcdWatcher.CATCHUP_TREE_FRACTION
+    threshold = max(etcdwatch.EtcdWatcher.CATCHUP_MIN_LAG, tree_part)
+    said = []
+    for api in _apis(results):
+        walk, field, span = _THRESHOLD_BASIS[api]
+        counts = [k for k in KS[api] if k <= span and k in results[api]]
+        if len(counts) < 2:
+            continue
+        fixed, per_event = _walk_fit(results[api], counts, walk, field)
+        at, reread = _reread_ms(results[api], counts, field)
+        if reread is None or per_event <= 0:
+            continue
+        even = max(1.0, (reread - fixed) / per_event)
+        said.append(
+            'Re-read or walk on %s%s: walking costs %.3f ms per missed '
+            'event (plus %.1f ms), a re-read of the %d-key tree %.1f ms '
+            '(etcdwatch at K=%d), so a walk is cheaper up to about %.0f '
+            'events (tree/%.0f).  etcdwatch re-reads past max('
+            'CATCHUP_MIN_LAG=%d, tree/CATCHUP_TREE_FRACTION=%d) = %d '
+            'events: %s' % (
+                apis.TITLES[api], '' if field == 'seconds' else
+                ', counted from etcd\'s first events', per_event, fixed,
+                TREE_SIZE, reread, at, even, TREE_SIZE / even,
+                etcdwatch.EtcdWatcher.CATCHUP_MIN_LAG, tree_part, threshold,
+                _verdict(api, threshold, even, results[api], counts)))
+    return said
+
+
+def _verdict(api, threshold, even, by_count, counts):
+    walk, field, _span = _THRESHOLD_BASIS[api]
+    compared = []
+    for count in counts:
+        trials = by_count[count]
+        compared.append('K=%d: etcdwatch %s in %.1f ms, the walk %.1f ms' % (
+            count, {'yes': 're-read', 'no': 'walked'}.get(
+                _all(trials, 'etcdwatch', 'resynced'), 'sometimes re-read'),
+            _median_of(trials, 'etcdwatch', field) * 1e3,
+            _median_of(trials, walk, field) * 1e3))
+    if threshold / 2 <= even <= threshold * 2:
+        verdict = 'the right choice here'
+    elif even > threshold * 2:
+        verdict = ('too early here: it re-reads where a walk is cheaper, '
+                   'by about %.0fx in lag; a threshold near %.0f events '
+                   '(CATCHUP_TREE_FRACTION about %.0f for this tree) fits '
+                   'these figures' % (even / threshold, even,
+                                      TREE_SIZE / even))
+    else:
+        verdict = ('too late here: it walks where a re-read is cheaper, by '
+                   'about %.0fx in lag' % (threshold / even))
+    return '%s (%s).' % (verdict, '; '.join(compared))
 
 
 def findings(results):
     """Sentences the figures support, for the page."""
-    trials = [t for count in KS for t in results[count]]
+    trials = [(api, t) for api in _apis(results)
+              for count in KS[api] for t in results[api][count]]
     said = ['Every follower ended up holding etcd\'s state in every trial: '
-            '%s.' % ('yes' if all(t[i]['correct'] for t in trials
-                                  for i in IMPLS) else 'NO')]
-    said.append('The change watcher reported exactly the net changes (adds, '
-                'changed values, deletes; never a rewrite of the same value) '
-                'in %s of %d trials; the seed\'s in %s (it reports every '
-                'watch event, rewrites of the same value included).' % (
-                    _count(trials, 'etcdwatch', 'exact'), len(trials),
-                    _count(trials, 'seed', 'exact')))
+            '%s.' % ('yes' if all(t[i]['correct'] for api, t in trials
+                                  for i in IMPLS[api]) else 'NO')]
+    for api in _apis(results):
+        mine = [t for a, t in trials if a == api]
+        said.append(
+            'The change watcher on %s reported exactly the net changes '
+            '(adds, changed values, deletes; never a rewrite of the same '
+            'value) in %s of %d trials%s.' % (
+                api, _count(mine, 'etcdwatch', 'exact'), len(mine),
+                '; the seed\'s in %s (it reports every watch event, '
+                'rewrites of the same value included)' % _count(
+                    mine, 'seed', 'exact') if api == apis.V2 else
+                '; the one that never re-reads in %s' % _count(
+                    mine, 'walk', 'exact')))
+    return said
+
+
+def v3_findings(results):
+    """What the figures say about v3, for the page's v3 section."""
+    said = threshold_findings(results)
+    if apis.V3 in results and 5000 in results[apis.V3]:
+        trials = results[apis.V3][5000]
+        said.append(
+            'A v3 stream that starts at a past revision gets it from etcd\'s '
+            'loop for unsynced watchers: the first events 0-100 ms after it '
+            'opens (median %.0f ms here), then at most 1000 revisions per '
+            '100 ms round.  So walking 5000 missed events took %.0f ms '
+            '(bare etcd3gw %.0f ms), where etcdwatch, re-reading, took '
+            '%.0f ms; and every follower, walking or not, waits for that '
+            'first round.' % (
+                common.median([t[i]['first'] for t in trials
+                               for i in IMPLS[apis.V3]]) * 1e3,
+                _median_of(trials, 'walk', 'seconds') * 1e3,
+                _median_of(trials, 'bare', 'seconds') * 1e3,
+                _median_of(trials, 'etcdwatch', 'seconds') * 1e3))
     return said

@@ -1,9 +1,11 @@
 """What every benchmark case shares: statistics, results, clients."""
 
 import collections
+import importlib.metadata
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -54,41 +56,70 @@ def row(case, param, metric, unit, ours, baseline_name=None, baseline=None,
                ratio_name, ratio_value, goal, met, note)
 
 
-def machine_info(server):
-    """The facts a reader needs to judge the figures."""
+def machine_info(servers):
+    """The facts a reader needs to judge the figures.
+
+    ``servers`` maps each API measured to the etcd that served it.
+    """
     load = os.getloadavg()
     return {
         'cores': os.cpu_count(),
         'python': platform.python_version(),
         'implementation': platform.python_implementation(),
-        'etcd': server.version,
+        'etcd': ', '.join(sorted({s.version for s in servers.values()})),
+        'servers': '; '.join(
+            '%s: %s' % (api, 'its own etcd, v2 API disabled'
+                        if not server.enable_v2 else
+                        'its own etcd, --enable-v2')
+            for api, server in sorted(servers.items())),
         'python_etcd': getattr(etcd, '__version__', '0.4.5'),
+        'etcd3gw': _version('etcd3gw'),
+        'source': _source(),
         'platform': platform.platform(),
         'load_at_start': '%.2f %.2f %.2f' % load,
         'argv': ' '.join(sys.argv),
     }
 
 
-def make_client(server, **kwargs):
-    kwargs.setdefault('read_timeout', CLIENT_READ_TIMEOUT)
-    return server.client(**kwargs)
+def _version(distribution):
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return 'not installed'
+
+
+def _source():
+    """The commit measured, and whether etcdwatch/ differed from it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(
+            ['git', 'rev-parse', '--short', 'HEAD'], cwd=root, check=True,
+            capture_output=True, text=True).stdout.strip()
+        changed = subprocess.run(
+            ['git', 'status', '--porcelain', '--', 'etcdwatch'], cwd=root,
+            check=True, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'not a git checkout'
+    return commit + (' with uncommitted changes in etcdwatch/'
+                     if changed else '')
 
 
 class RequestCounter(object):
-    """Counts the HTTP requests one ``etcd.Client`` sends.
+    """Counts the calls of ``owner.method``: a client's HTTP requests.
 
-    python-etcd sends every request through ``Client.api_execute``; an
-    instance attribute of the same name shadows the method.
+    An instance attribute of the same name shadows the method (see
+    :meth:`benchmarks.apis.Api.count_requests` for which one each client
+    sends its requests through).
     """
 
-    def __init__(self, client):
+    def __init__(self, owner, method):
         self.count = 0
-        inner = client.api_execute
+        inner = getattr(owner, method)
 
         def counting(*args, **kwargs):
             self.count += 1
             return inner(*args, **kwargs)
-        client.api_execute = counting
+        setattr(owner, method, counting)
 
 
 def read_tree(client, path):

@@ -1,4 +1,4 @@
-"""Fan-out: many watchers in one eventlet process, sharing one client.
+"""Fan-out: many watchers in one eventlet process, sharing one client (v2).
 
 A child process (``benchmarks.workers fanout``, eventlet monkey-patched
 first) follows N distinct, nested prefixes (``ROOT/c``, ``ROOT/c/c``, ...
@@ -18,10 +18,13 @@ import time
 
 import psutil
 
+from benchmarks import apis
 from benchmarks import common
 from benchmarks import procs
 from benchmarks import workers
 
+#: v2 only: python-etcd's pool and long polls are what it measures.
+APIS = (apis.V2,)
 WATCHERS = 200
 QUICK_WATCHERS = 50
 FAN_ROOT = '/bench/fan'
@@ -71,16 +74,16 @@ def _cpu(proc):
 class _Variant(object):
     """One child process following its own chain of prefixes."""
 
-    def __init__(self, ctx, name, impl, heartbeat, count):
+    def __init__(self, api, name, impl, heartbeat, count):
         self.name = name
         self.heartbeat = heartbeat
-        self.etcd_port = ctx.server.port
+        self.etcd_port = api.server.port
         root = '%s/%s' % (FAN_ROOT, name)
         self.hit_key = workers.fan_prefix(root, count) + '/hit'
         # One write at the deepest level makes every nested directory.
-        ctx.client().write(self.hit_key, 'start')
-        self.child = procs.Child('fanout', impl, ctx.server.host,
-                                 ctx.server.port, root, count, heartbeat)
+        api.client().write(self.hit_key, 'start')
+        self.child = procs.Child('fanout', impl, api.server.host,
+                                 api.server.port, root, count, heartbeat)
         self.proc = None
         self.sent = {}
         self.seen_ports = set()
@@ -133,9 +136,9 @@ def _idle(variants, window):
     return result
 
 
-def _fan_writes(ctx, variants, writes):
+def _fan_writes(api, variants, writes):
     """Writes that reach every watcher, taking turns between variants."""
-    client = ctx.client()
+    client = api.client()
     before = {v.name: set(v.seen_ports) for v in variants}
     for number in range(writes):
         shift = number % len(variants)
@@ -160,16 +163,17 @@ def _latencies(sent, received):
 
 def measure(ctx):
     """{'count': n, 'idle': {variant: ...}, 'writes': {variant: ...}}."""
+    api, = ctx.select(APIS)
     count = ctx.pick(WATCHERS, QUICK_WATCHERS)
     variants = []
     try:
         for name, impl, heartbeat in VARIANTS:
-            variants.append(_Variant(ctx, name, impl, heartbeat, count))
+            variants.append(_Variant(api, name, impl, heartbeat, count))
         for variant in variants:
             variant.wait_ready()
         time.sleep(SETTLE)
         idle = _idle(variants, ctx.pick(IDLE_WINDOW, QUICK_IDLE_WINDOW))
-        writes = _fan_writes(ctx, variants, ctx.pick(WRITES, QUICK_WRITES))
+        writes = _fan_writes(api, variants, ctx.pick(WRITES, QUICK_WRITES))
     finally:
         for variant in variants:
             variant.close()

@@ -1,5 +1,7 @@
 """etcdwatch's recipes, instrumented the way the baselines are."""
 
+import sys
+
 import etcdwatch
 
 from benchmarks import common
@@ -50,3 +52,15 @@ class QuietChangeWatcher(etcdwatch.EtcdChangeWatcher):
 
     def key_change(self, action, key, value):
         pass
+
+
+class WalkingChangeWatcher(RecordingChangeWatcher):
+    """A RecordingChangeWatcher that never re-reads to catch up.
+
+    It walks every missed event (re-reading only when etcd's history is
+    gone), so that catch-up on v3, where nothing else stops a walk, shows
+    what etcdwatch's re-read threshold (``CATCHUP_MIN_LAG`` /
+    ``CATCHUP_TREE_FRACTION``) saves or costs there.
+    """
+
+    CATCHUP_MIN_LAG = sys.maxsize

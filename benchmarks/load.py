@@ -1,4 +1,4 @@
-"""Initial load / resync of a big prefix: time and peak memory.
+"""Initial load / resync of a big prefix: time and peak memory (v2).
 
 The tree grows to each size in turn (written by a few processes in
 parallel).  At each size we time, alternately, a bare
@@ -14,10 +14,14 @@ import gc
 import time
 import tracemalloc
 
+from benchmarks import apis
 from benchmarks import common
 from benchmarks import followers
 from benchmarks import writing
 
+#: v2 only: the v3 figures of this run are those of latency, throughput,
+#: catch-up and election.
+APIS = (apis.V2,)
 PREFIX = '/bench/load'
 SIZES = (1000, 10000, 100000)
 QUICK_SIZES = (1000, 10000)
@@ -42,18 +46,18 @@ def _key(number):
     return '%s/k%06d' % (PREFIX, number)
 
 
-def _grow(ctx, have, size):
+def _grow(api, have, size):
     """Write keys have..size-1; return seconds taken."""
     start = time.monotonic()
     for low in range(have, size, WRITE_BATCH):
         high = min(size, low + WRITE_BATCH)
-        ctx.writer.put_all((_key(n), common.value_of_size(n, VALUE_SIZE))
+        api.writer.put_all((_key(n), common.value_of_size(n, VALUE_SIZE))
                            for n in range(low, high))
     return time.monotonic() - start
 
 
-def _loader(ctx, impl):
-    client = ctx.client()
+def _loader(api, impl):
+    client = api.client()
     if impl == 'bare':
         return lambda: common.read_tree(client, PREFIX)
     if impl == 'watcher':
@@ -82,9 +86,9 @@ def _peak(load):
     return peak
 
 
-def _diff_time(ctx, repeats):
+def _diff_time(api, repeats):
     """Median seconds of do_all_work() with nothing changed."""
-    watcher = followers.QuietChangeWatcher(ctx.client(), 'diff', PREFIX)
+    watcher = followers.QuietChangeWatcher(api.client(), 'diff', PREFIX)
     samples = []
     for _ in range(repeats):
         gc.collect()
@@ -94,8 +98,8 @@ def _diff_time(ctx, repeats):
     return common.median(samples)
 
 
-def _measure_size(ctx, repeats):
-    loaders = {impl: _loader(ctx, impl) for impl in IMPLS}
+def _measure_size(api, repeats):
+    loaders = {impl: _loader(api, impl) for impl in IMPLS}
     result = {'time': {impl: [] for impl in IMPLS},
               'memory': {impl: [] for impl in IMPLS}}
     for rep in range(repeats):
@@ -105,12 +109,13 @@ def _measure_size(ctx, repeats):
     for _ in range(MEMORY_REPEATS):
         for impl in IMPLS:
             result['memory'][impl].append(_peak(loaders[impl]))
-    result['diff'] = _diff_time(ctx, repeats)
+    result['diff'] = _diff_time(api, repeats)
     return result
 
 
 def measure(ctx):
     """{'sizes': {size: measurements}, 'write_seconds': {size: s}}."""
+    api, = ctx.select(APIS)
     sizes = ctx.pick(SIZES, QUICK_SIZES)
     results = {'sizes': {}, 'write_seconds': {}, 'skipped': []}
     have = 0
@@ -121,9 +126,9 @@ def measure(ctx):
             ctx.log('load: writing %d keys would take over %d s; skipped'
                     % (size, WRITE_BUDGET))
             continue
-        results['write_seconds'][size] = _grow(ctx, have, size)
+        results['write_seconds'][size] = _grow(api, have, size)
         have = size
-        measured = _measure_size(ctx, ctx.pick(REPEATS, QUICK_REPEATS))
+        measured = _measure_size(api, ctx.pick(REPEATS, QUICK_REPEATS))
         results['sizes'][size] = measured
         ctx.log('load %d keys (written in %.0f s): %s' % (
             size, results['write_seconds'][size], ', '.join(

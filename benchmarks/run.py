@@ -1,16 +1,20 @@
 #!/usr/bin/env python
 """Run every benchmark against a fresh etcd; print and write the results.
 
-    python benchmarks/run.py [--quick] [--only CASE ...] [--no-docs]
+    python benchmarks/run.py [--quick] [--only CASE ...] [--api API ...]
+                             [--no-docs]
 
-Starts its own etcd (``etcdwatch.testing.server.EtcdServer``), measures
-each case side by side with its baseline, prints a table, and writes
-``docs/performance.rst`` and the plots ``docs/performance-*.png``.
-``--quick`` is a smoke run (fewer repeats, smaller sizes; under two
-minutes); its figures are not worth publishing.
+Starts its own etcd for each API (``etcdwatch.testing.server.EtcdServer``:
+one with ``--enable-v2`` for v2, one with the v2 API disabled for v3),
+measures each case on each API it is shaped for, side by side with that
+API's baseline, prints a table, and writes ``docs/performance.rst`` and the
+plots ``docs/performance-*.png``.  ``--quick`` is a smoke run (fewer
+repeats, smaller sizes; a few minutes); its figures are not worth
+publishing.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks import apis  # noqa: E402
 from benchmarks import catchup  # noqa: E402
 from benchmarks import common  # noqa: E402
 from benchmarks import failover  # noqa: E402
@@ -31,7 +36,6 @@ from benchmarks import latency  # noqa: E402
 from benchmarks import load  # noqa: E402
 from benchmarks import report  # noqa: E402
 from benchmarks import throughput  # noqa: E402
-from benchmarks import writing  # noqa: E402
 from etcdwatch.testing import server as etcd_server  # noqa: E402
 
 #: Every case, in the order it runs and is reported.
@@ -53,15 +57,16 @@ MEASURED = os.path.join(tempfile.gettempdir(), 'etcdwatch-bench-run.pickle')
 
 
 class Context(object):
-    """What a case gets: the server, clients, a writer pool, the mode."""
+    """What a case gets: the APIs measured (each with its etcd), the mode."""
 
-    def __init__(self, server, quick):
-        self.server = server
+    def __init__(self, servers, quick):
+        self.apis = {name: apis.Api(name, servers[name])
+                     for name in apis.NAMES if name in servers}
         self.quick = quick
-        self.writer = writing.Writer(server)
 
-    def client(self, **kwargs):
-        return common.make_client(self.server, **kwargs)
+    def select(self, names):
+        """The :class:`apis.Api` of each of ``names`` this run measures."""
+        return [self.apis[name] for name in names if name in self.apis]
 
     def pick(self, full, quick):
         """``full`` in a full run, ``quick`` in a quick one."""
@@ -73,7 +78,8 @@ class Context(object):
         sys.stderr.flush()
 
     def close(self):
-        self.writer.close()
+        for api in self.apis.values():
+            api.close()
 
 
 def _parse(argv):
@@ -83,6 +89,10 @@ def _parse(argv):
     parser.add_argument('--only', nargs='+', metavar='CASE',
                         choices=[name for name, _ in CASES],
                         help='run only these cases')
+    parser.add_argument('--api', nargs='+', choices=apis.NAMES,
+                        default=list(apis.NAMES),
+                        help='measure on these APIs only (default: both); '
+                        'a case shaped for neither is skipped')
     parser.add_argument('--no-docs', action='store_true',
                         help='print the table only; write no files')
     parser.add_argument('--report-only', action='store_true',
@@ -94,6 +104,10 @@ def _run_cases(ctx, names):
     measured = {}
     for name, module in CASES:
         if name not in names:
+            continue
+        if not ctx.select(module.APIS):
+            ctx.log('case %s: skipped (runs on %s only)'
+                    % (name, ', '.join(module.APIS)))
             continue
         ctx.log('case %s: starting' % name)
         started = time.monotonic()
@@ -110,10 +124,13 @@ def _run_cases(ctx, names):
 
 def _measure(args, names):
     started = time.monotonic()
-    with etcd_server.EtcdServer() as server:
-        ctx = Context(server, args.quick)
+    with contextlib.ExitStack() as stack:
+        servers = {name: stack.enter_context(etcd_server.EtcdServer(
+            name='etcd-%s' % name, enable_v2=name == apis.V2))
+            for name in args.api}
+        ctx = Context(servers, args.quick)
         try:
-            machine = common.machine_info(server)
+            machine = common.machine_info(servers)
             measured = _run_cases(ctx, names)
         finally:
             ctx.close()

@@ -1,12 +1,14 @@
 """Live throughput: one follower while writer processes write flat out.
 
 A follower (an etcdwatch ``EtcdWatcher`` whose callback only counts, or
-the bare python-etcd loop) runs in a thread of this process; N writer
-processes then write for a fixed time as fast as they can, each to its own
-keys under the prefix.  We measure how fast the follower's applied index
-advances while they write (events/s; a full re-read advances it by all the
-events it covers), how far behind it is when they stop, and how long it
-then takes to hold etcd's state.  One trial per implementation in turn.
+the API's bare loop: python-etcd's watch per event on v2, an etcd3gw watch
+stream on v3) runs in a thread of this process; N writer processes then
+write for a fixed time as fast as they can, each to its own keys under the
+prefix.  We measure how fast the follower's applied index advances while
+they write (events/s; a full re-read advances it by all the events it
+covers), how far behind it is when they stop, and how long it then takes
+to hold etcd's state.  One trial per implementation in turn, the two APIs
+taking turns too (each writes to its own etcd).
 """
 
 import collections
@@ -15,13 +17,14 @@ import multiprocessing
 import threading
 import time
 
-import etcd
 import psutil
 
+from benchmarks import apis
 from benchmarks import baselines
 from benchmarks import common
 from benchmarks import followers
 
+APIS = apis.NAMES
 PREFIX = '/bench/tp'
 WRITER_COUNTS = (1, 4, 8)
 QUICK_WRITER_COUNTS = (1, 4)
@@ -41,16 +44,22 @@ GOAL_RATE = 0.9
 IMPLS = ('etcdwatch', 'bare')
 
 
-def _writer(host, port, number, commands, results):
-    """A writer process: on each command, write flat out for a while."""
-    client = etcd.Client(host=host, port=port, read_timeout=30)
+def _writer(etcds, number, commands, results):
+    """A writer process: on each command, write flat out for a while.
+
+    ``etcds`` maps each API to its etcd's (host, port); a command names
+    the API to write with.
+    """
+    clients = {api: apis.connect(api, host, port)
+               for api, (host, port) in etcds.items()}
     results.put(('ready', number))
-    for prefix, duration in iter(commands.get, None):
+    for api, prefix, duration in iter(commands.get, None):
+        client = clients[api]
         count = last = 0
         deadline = time.time() + duration
         while time.time() < deadline:
             key = '%s/w%d/k%d' % (prefix, number, count % KEYS_PER_WRITER)
-            last = client.write(key, str(count)).modifiedIndex
+            last = apis.put(api, client, key, str(count))
             count += 1
         results.put((number, count, last, time.time()))
 
@@ -62,22 +71,24 @@ _TRIALS = itertools.count()
 class _Writers(object):
     """Writer processes, started once and reused by every trial."""
 
-    def __init__(self, server, count):
+    def __init__(self, api_list, count):
         mp = multiprocessing.get_context('spawn')
+        etcds = {api.name: (api.server.host, api.server.port)
+                 for api in api_list}
         self.results = mp.Queue()
         self.commands = [mp.Queue() for _ in range(count)]
         self.procs = [mp.Process(target=_writer, daemon=True, args=(
-            server.host, server.port, n, self.commands[n], self.results))
+            etcds, n, self.commands[n], self.results))
             for n in range(count)]
         for proc in self.procs:
             proc.start()
         for _ in self.procs:
             self.results.get(timeout=CONVERGE_TIMEOUT)
 
-    def write(self, count, prefix, duration):
+    def write(self, count, api, prefix, duration):
         """Start the first ``count`` writers."""
         for queue in self.commands[:count]:
-            queue.put((prefix, duration))
+            queue.put((api.name, prefix, duration))
 
     def collect(self, count):
         """[(writer, writes, last index, end time)] of ``count`` writers."""
@@ -94,9 +105,9 @@ class _Writers(object):
 class _Follower(object):
     """One implementation following ``prefix`` in a thread."""
 
-    def __init__(self, ctx, impl, prefix):
+    def __init__(self, api, impl, prefix):
         self.progress = common.Progress()
-        client = ctx.client()
+        client = api.client()
         if impl == 'etcdwatch':
             self.follower = followers.CountingWatcher(
                 client, 'throughput', prefix, heartbeat=HEARTBEAT,
@@ -105,11 +116,15 @@ class _Follower(object):
             self.stop = self.follower.stop
             self.data = lambda: self.follower.etcd_data
         else:
-            self.follower = baselines.BareFollower(
+            self.follower = baselines.BARE[api.name](
                 client, prefix, HEARTBEAT, progress=self.progress)
             stopped = threading.Event()
             self.thread = common.start_thread(self.follower.run, stopped)
-            self.stop = stopped.set
+
+            def stop():
+                stopped.set()
+                self.follower.close()
+            self.stop = stop
             self.data = lambda: self.follower.data
 
     def close(self):
@@ -117,16 +132,16 @@ class _Follower(object):
         self.thread.join(HEARTBEAT * 5)
 
 
-def _trial(ctx, writers, impl, count, number):
-    prefix = '%s/%s-%d-%d-%d' % (PREFIX, impl, count, number,
-                                 next(_TRIALS))
-    client = ctx.client()
-    client.write(prefix, None, dir=True)
-    follower = _Follower(ctx, impl, prefix)
+def _trial(ctx, writers, api, impl, count, number):
+    prefix = '%s/%s-%s-%d-%d-%d' % (PREFIX, api.name, impl, count, number,
+                                    next(_TRIALS))
+    client = api.client()
+    api.make_dir(client, prefix)
+    follower = _Follower(api, impl, prefix)
     duration = ctx.pick(DURATION, QUICK_DURATION)
-    cpu = _CpuMeter(ctx.server.pid)
+    cpu = _CpuMeter(api.server.pid)
     try:
-        writers.write(count, prefix, duration)
+        writers.write(count, api, prefix, duration)
         started, first = time.time(), follower.progress.index
         cpu.start()
         time.sleep(duration)
@@ -137,7 +152,7 @@ def _trial(ctx, writers, impl, count, number):
         ended = max(end for _n, _w, _i, end in done)
         follower.progress.aim(last)
         converged = follower.progress.reached.wait(CONVERGE_TIMEOUT)
-        _index, tree = common.read_tree(client, prefix)
+        _index, tree = api.read_tree(client, prefix)
         applied = max(1, reached - first)
         return {
             'rate': (reached - first) / (stopped - started),
@@ -149,9 +164,9 @@ def _trial(ctx, writers, impl, count, number):
             'lag': last - reached,
             'converge': (follower.progress.reached_at - ended
                          if converged else float('nan')),
-            'read': _timed(lambda: common.read_tree(client, prefix)),
-            'round_trip': _timed(lambda: client.watch(
-                prefix, index=last, recursive=True)),
+            'read': _timed(lambda: api.read_tree(client, prefix)),
+            'round_trip': _timed(lambda: api.watch_one(client, prefix,
+                                                       last)),
             'reads': follower.progress.reads,
             'correct': follower.data() == tree,
         }
@@ -192,26 +207,31 @@ def _timed(request):
 
 
 def measure(ctx):
-    """{writers: {impl: [trial, ...]}}."""
+    """{api: {writers: {impl: [trial, ...]}}}."""
     counts = ctx.pick(WRITER_COUNTS, QUICK_WRITER_COUNTS)
-    writers = _Writers(ctx.server, max(counts))
-    results = collections.defaultdict(lambda: collections.defaultdict(list))
+    api_list = ctx.select(APIS)
+    writers = _Writers(api_list, max(counts))
+    results = {api.name: collections.defaultdict(
+        lambda: collections.defaultdict(list)) for api in api_list}
     try:
         for rep in range(ctx.pick(REPEATS, QUICK_REPEATS)):
             for count in counts:
-                shift = rep % len(IMPLS)
-                order = IMPLS[shift:] + IMPLS[:shift]
-                for impl in order:
-                    trial = _trial(ctx, writers, impl, count, rep)
-                    results[count][impl].append(trial)
-                    ctx.log('throughput %d writers %s: %.0f ev/s (writes '
-                            '%.0f/s), lag %d, converge %.0f ms, reads %d'
-                            % (count, impl, trial['rate'],
-                               trial['write_rate'], trial['lag'],
-                               trial['converge'] * 1e3, trial['reads']))
+                for api in api_list:
+                    shift = rep % len(IMPLS)
+                    for impl in IMPLS[shift:] + IMPLS[:shift]:
+                        trial = _trial(ctx, writers, api, impl, count, rep)
+                        results[api.name][count][impl].append(trial)
+                        ctx.log(
+                            'throughput %s %d writers %s: %.0f ev/s '
+                            '(writes %.0f/s), lag %d, converge %.0f ms, '
+                            'reads %d' % (
+                                api.name, count, impl, trial['rate'],
+                                trial['write_rate'], trial['lag'],
+                                trial['converge'] * 1e3, trial['reads']))
     finally:
         writers.close()
-    return {count: dict(by_impl) for count, by_impl in results.items()}
+    return {api: {count: dict(by_impl) for count, by_impl in by_count.items()}
+            for api, by_count in results.items()}
 
 
 def _med(trials, field):
@@ -220,12 +240,21 @@ def _med(trials, field):
 
 def rows(results):
     table = []
+    for api in [name for name in apis.NAMES if name in results]:
+        table += _api_rows(api, results[api])
+    return table
+
+
+def _api_rows(api, results):
+    table = []
+    bare_name = apis.BARE_NAMES[api]
     for count in sorted(results):
+        param = '%s, %d writers' % (api, count)
         ours, bare = results[count]['etcdwatch'], results[count]['bare']
         rate_ratio = common.ratio(_med(ours, 'rate'), _med(bare, 'rate'))
         table.append(common.row(
-            'throughput', '%d writers' % count, 'events applied/s', 'ev/s',
-            _med(ours, 'rate'), 'bare loop', _med(bare, 'rate'),
+            'throughput', param, 'events applied/s', 'ev/s',
+            _med(ours, 'rate'), bare_name, _med(bare, 'rate'),
             'ours/bare', rate_ratio, '>= %.1fx bare' % GOAL_RATE,
             rate_ratio >= GOAL_RATE,
             'writes/s while etcdwatch / bare followed: %.0f / %.0f; lag at '
@@ -234,23 +263,27 @@ def rows(results):
                 _med(ours, 'lag'), _med(bare, 'lag'),
                 all(t['correct'] for t in ours + bare))))
         table.append(common.row(
-            'throughput', '%d writers' % count,
+            'throughput', param,
             'share of written events applied while writing', '%',
-            _med(ours, 'share') * 100, 'bare loop',
+            _med(ours, 'share') * 100, bare_name,
             _med(bare, 'share') * 100, 'ours/bare',
-            common.ratio(_med(ours, 'share'), _med(bare, 'share')),
-            note='CPU per 1000 events applied, follower process / etcd, in '
-            'ms: %s' % '; '.join(
-                '%s %.0f / %.0f' % (
-                    impl, _med(results[count][impl], 'follower_cpu') * 1e6,
-                    _med(results[count][impl], 'etcd_cpu') * 1e6)
-                for impl in IMPLS)))
+            common.ratio(_med(ours, 'share'), _med(bare, 'share'))))
+        table.append(common.row(
+            'throughput', param, 'follower CPU per 1000 events applied',
+            'ms', _med(ours, 'follower_cpu') * 1e6, bare_name,
+            _med(bare, 'follower_cpu') * 1e6, 'ours/bare',
+            common.ratio(_med(ours, 'follower_cpu'),
+                         _med(bare, 'follower_cpu')),
+            note="CPU of this process (the follower's threads, and "
+            "etcd3gw's on v3); etcd's per 1000 events while etcdwatch / "
+            'bare followed: %.0f / %.0f ms' % (
+                _med(ours, 'etcd_cpu') * 1e6, _med(bare, 'etcd_cpu') * 1e6)))
         bound = (_med(ours + bare, 'read') +
                  _med(ours + bare, 'round_trip'))
         converge = _med(ours, 'converge')
         table.append(common.row(
-            'throughput', '%d writers' % count, 'converge after stop', 'ms',
-            converge * 1e3, 'bare loop', _med(bare, 'converge') * 1e3,
+            'throughput', param, 'converge after stop', 'ms',
+            converge * 1e3, bare_name, _med(bare, 'converge') * 1e3,
             'ours/bare', common.ratio(converge, _med(bare, 'converge')),
             '<= one read + one watch (%.1f ms)' % (bound * 1e3),
             converge <= bound,
@@ -260,6 +293,9 @@ def rows(results):
 
 
 def plot_series(results):
-    """{impl: [(writers, events/s)]} for the plot."""
-    return {impl: [(count, _med(results[count][impl], 'rate'))
-                   for count in sorted(results)] for impl in IMPLS}
+    """{label: [(writers, events/s)]} for the plot."""
+    return {'%s %s' % (api, impl if impl == 'etcdwatch'
+                       else apis.BARE_NAMES[api]):
+            [(count, _med(results[api][count][impl], 'rate'))
+             for count in sorted(results[api])]
+            for api in apis.NAMES if api in results for impl in IMPLS}

@@ -1,12 +1,15 @@
 """Child processes of the benchmarks; each prints one JSON object a line.
 
-    python -m benchmarks.workers elect IMPL HOST PORT NAME WORK_TIME RECOVERY
+    python -m benchmarks.workers elect IMPL API HOST PORT NAME WORK_TIME
+                                       RECOVERY
     python -m benchmarks.workers fanout IMPL HOST PORT ROOT COUNT HEARTBEAT
 
-``elect`` campaigns with etcdwatch's EtcdElection or the seed's algorithm
-(IMPL ``etcdwatch`` or ``seed``) and prints {"event": "elected", "t": ...}
-when it wins; SIGUSR1 makes it release the election (``clean()``) and
-print "resigned"; SIGTERM exits cleanly (atexit handlers release it).
+``elect`` campaigns through API (``v2``: python-etcd, ``v3``: etcd3gw)
+with etcdwatch's EtcdElection (IMPL ``etcdwatch``), the seed's algorithm
+(``seed``, v2) or the least election code with etcd3gw (``bare``, v3), and
+prints {"event": "elected", "t": ...} when it wins; SIGUSR1 makes it
+release the election (``clean()``) and print "resigned"; SIGTERM exits
+cleanly (atexit handlers release it).
 
 ``fanout`` monkey-patches eventlet first, then follows COUNT nested
 prefixes (``ROOT/c``, ``ROOT/c/c``, ...) with etcdwatch watchers or bare
@@ -91,20 +94,59 @@ class SeedElection(object):
             pass
 
 
+class BareV3Election(object):
+    """The least election code with etcd3gw alone.
+
+    etcd3gw's ``Lock`` creates the key on a new lease in a transaction
+    (only if it is absent); the leader renews the lease with a keepalive
+    each time it checks in; a follower that lost waits on the key with
+    ``watch_once`` (at most ``recovery_time``) and tries again.
+    """
+
+    def __init__(self, client, name, work_time, recovery_time):
+        self.client = client
+        self.lock = client.lock('bench-elections-%s' % name,
+                                ttl=max(1, int(work_time)))
+        self.recovery_time = recovery_time
+        self.held = False
+        atexit.register(self.clean)
+
+    def wait_until_elected(self):
+        from etcd3gw import exceptions
+        while True:
+            if self.held and self.lock.refresh() > 0:
+                return
+            self.held = self.lock.acquire()
+            if self.held:
+                return
+            try:
+                self.client.watch_once(self.lock.key,
+                                       timeout=self.recovery_time)
+            except exceptions.WatchTimedOut:
+                pass
+
+    def clean(self):
+        if self.held:
+            self.held = False
+            self.lock.release()
+
+
 def _elector(impl, client, name, work_time, recovery_time):
     if impl == 'seed':
         return SeedElection(client, name, '/bench/elections', work_time,
                             recovery_time)
+    if impl == 'bare':
+        return BareV3Election(client, name, work_time, recovery_time)
     import etcdwatch
     return etcdwatch.EtcdElection(client, name, '/bench/elections',
                                   work_time=work_time,
                                   recovery_time=recovery_time)
 
 
-def elect(impl, host, port, name, work_time, recovery_time):
+def elect(impl, api, host, port, name, work_time, recovery_time):
+    from benchmarks import apis
     work_time = float(work_time)
-    client = etcd.Client(host=host, port=int(port),
-                         read_timeout=READ_TIMEOUT)
+    client = apis.connect(api, host, int(port), timeout=READ_TIMEOUT)
     elector = _elector(impl, client, name, work_time, float(recovery_time))
     resign = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: resign.set())

@@ -2,14 +2,15 @@
 
 Operations are ``(PUT, key, value)`` or ``(DELETE, key, None)``.  They are
 split into shards by key, so that the writes to one key keep their order
-while the shards go in parallel.
+while the shards go in parallel.  Each pool writes through one API
+(:mod:`benchmarks.apis`) to one etcd.
 """
 
 import concurrent.futures
 import multiprocessing
 import zlib
 
-import etcd
+from benchmarks import apis
 
 PUT = 'put'
 DELETE = 'delete'
@@ -17,38 +18,35 @@ DELETE = 'delete'
 #: Processes that write in parallel (etcd batches their fsyncs).
 WRITER_PROCESSES = 4
 
-# One client per writer process, made on first use.
-_client = None
+# One client per writer process and API, made on first use.
+_clients = {}
 
 
-def _worker_client(host, port):
-    global _client
-    if _client is None:
-        _client = etcd.Client(host=host, port=port, read_timeout=30)
-    return _client
+def _worker_client(api, host, port):
+    if api not in _clients:
+        _clients[api] = apis.connect(api, host, port)
+    return _clients[api]
 
 
-def _apply_shard(host, port, operations):
+def _apply_shard(api, host, port, operations):
     """Run one shard's operations in order; return the last index."""
-    client = _worker_client(host, port)
+    client = _worker_client(api, host, port)
     last = 0
     for op, key, value in operations:
         if op == PUT:
-            last = client.write(key, value).modifiedIndex
+            last = apis.put(api, client, key, value)
         else:
-            try:
-                last = client.delete(key).modifiedIndex
-            except etcd.EtcdKeyNotFound:
-                pass
+            last = apis.delete(api, client, key) or last
     return last
 
 
 class Writer(object):
-    """A pool of writer processes for one etcd server."""
+    """A pool of writer processes for one API of one etcd server."""
 
-    def __init__(self, server, processes=WRITER_PROCESSES):
-        self.host = server.host
-        self.port = server.port
+    def __init__(self, api, processes=WRITER_PROCESSES):
+        self.api = api.name
+        self.host = api.server.host
+        self.port = api.server.port
         self.processes = processes
         self._pool = concurrent.futures.ProcessPoolExecutor(
             processes, mp_context=multiprocessing.get_context('spawn'))
@@ -59,8 +57,8 @@ class Writer(object):
         for operation in operations:
             shard = zlib.crc32(operation[1].encode()) % self.processes
             shards[shard].append(operation)
-        futures = [self._pool.submit(_apply_shard, self.host, self.port,
-                                     shard)
+        futures = [self._pool.submit(_apply_shard, self.api, self.host,
+                                     self.port, shard)
                    for shard in shards if shard]
         return max([f.result() for f in futures] or [0])
 
