@@ -10,7 +10,7 @@
 Every subcommand takes ``--etcd HOST:PORT[,HOST:PORT...]`` (default
 ``$ETCDWATCH_ETCD``, else ``127.0.0.1:2379``; ``demo`` runs on an in-memory
 etcd unless given one), ``--api v2|v3`` (default ``$ETCDWATCH_API``, else
-v2; v3 takes one address) and ``--help``.
+v2) and ``--help``.
 
 Exit status: 0 success; 1 what the subcommand calls a failure (``leader``:
 there is no leader); 2 a usage error (one line on stderr); 3 etcd could not
@@ -356,14 +356,8 @@ def _import_etcd3gw() -> Any:
 
 
 def _make_v3_client(args: argparse.Namespace, protocol: str) -> Any:
-    endpoints = args.etcd
-    if len(endpoints) > 1:
-        raise CliError('--etcd: --api v3 takes one address, not %d '
-                       '(etcd3gw talks to one endpoint): use a load '
-                       'balancer or DNS name in front of the members'
-                       % len(endpoints), EXIT_USAGE)
-    kwargs: Dict[str, Any] = {'host': endpoints[0].host,
-                              'port': endpoints[0].port,
+    kwargs: Dict[str, Any] = {'endpoints': [(e.host, e.port)
+                                            for e in args.etcd],
                               'protocol': protocol,
                               'timeout': args.timeout}
     if args.cacert:
@@ -373,12 +367,12 @@ def _make_v3_client(args: argparse.Namespace, protocol: str) -> Any:
         # the key too is given as both.
         kwargs['cert_cert'] = args.cert
         kwargs['cert_key'] = args.key or args.cert
-    # Sends nothing yet: probe() is the first request.
-    client = _import_etcd3gw().client(**kwargs)
-    # Else requests lets $REQUESTS_CA_BUNDLE replace --cacert (and uses
-    # proxies from the environment, which python-etcd does not).
-    client.session.trust_env = False
-    return client
+    _import_etcd3gw()
+    from etcdwatch import v3client
+    # Sends nothing yet: probe() is the first request.  Knows every
+    # member, and ignores $REQUESTS_CA_BUNDLE and proxy variables, as
+    # python-etcd does.
+    return v3client.client(**kwargs)
 
 
 def make_client(args: argparse.Namespace) -> Any:

@@ -58,11 +58,12 @@ _OPTS = [
                     "API); v3 works on every etcd >= 3.4 and needs "
                     "etcd3gw (%s).  The two APIs do not share data: keys "
                     "written through one are invisible to the other.  "
-                    "With v3, host names one endpoint (use a load "
-                    "balancer or DNS name for a cluster), username and "
-                    "password cannot be used (etcd3gw cannot "
-                    "authenticate; use client certificates) and "
-                    "allow_reconnect does nothing." % _V3_INSTALL),
+                    "With v3, several hosts give a client that moves on "
+                    "to the next member when one is down "
+                    "(etcdwatch.v3client; allow_reconnect is not used), "
+                    "and username and password cannot be used (etcd3gw "
+                    "cannot authenticate; use client certificates)."
+                    % _V3_INSTALL),
     cfg.StrOpt('host', default='127.0.0.1', deprecated_name='etcd_host',
                help='The etcd members to connect to: a comma-separated list '
                     'of host or host:port entries, such as '
@@ -368,11 +369,6 @@ class EtcdClientFactory(object):
                               'not installed: %s' % _V3_INSTALL)
         self.api_version = api_version
         self.hosts = parse_hosts(host, port)
-        if api_version == 'v3' and len(self.hosts) > 1:
-            raise ConfigError('host', 'lists %d members, but api_version v3 '
-                              'talks to one endpoint (etcd3gw has no '
-                              'failover): use a load balancer or DNS name '
-                              'in front of the cluster' % len(self.hosts))
         if protocol not in ('http', 'https'):
             raise ConfigError('protocol', "must be 'http' or 'https', not %r"
                               % (protocol,))
@@ -430,7 +426,8 @@ class EtcdClientFactory(object):
         if not isinstance(allow_reconnect, bool):
             raise ConfigError('allow_reconnect', 'must be True or False, '
                               'not %r' % (allow_reconnect,))
-        if len(self.hosts) > 1 and not allow_reconnect:
+        if len(self.hosts) > 1 and not allow_reconnect and (
+                api_version == 'v2'):
             raise ConfigError('allow_reconnect', 'host lists %d members, '
                               'which python-etcd uses only with '
                               'allow_reconnect' % len(self.hosts))
@@ -470,11 +467,12 @@ class EtcdClientFactory(object):
         ``include_password`` the password is replaced by ``'***'``: for
         logs and tests.
 
-        For 'v3', those of ``etcd3gw.client()``: ``host`` (an IPv6 address
-        without brackets), ``port``, ``protocol``, ``timeout``
-        (read_timeout) and, as set, ``ca_cert``, ``cert_cert`` and
-        ``cert_key`` (cert_file again when it holds the key: etcd3gw
-        ignores a certificate without a key).  There is never a password.
+        For 'v3', those of :func:`etcdwatch.v3client.client`:
+        ``endpoints`` (``(host, port)`` pairs, IPv6 addresses without
+        brackets), ``protocol``, ``timeout`` (read_timeout) and, as set,
+        ``ca_cert``, ``cert_cert`` and ``cert_key`` (cert_file again when
+        it holds the key: etcd3gw ignores a certificate without a key).
+        There is never a password.
         """
         if self.api_version == 'v3':
             return self._etcd3gw_kwargs()
@@ -497,10 +495,10 @@ class EtcdClientFactory(object):
         return kwargs
 
     def _etcd3gw_kwargs(self):
-        host, port = self.hosts[0]
-        kwargs = {'host': host[1:-1] if host.startswith('[') else host,
-                  'port': port, 'protocol': self.protocol,
-                  'timeout': self.read_timeout}
+        kwargs = {'endpoints': [
+                      (host[1:-1] if host.startswith('[') else host, port)
+                      for host, port in self.hosts],
+                  'protocol': self.protocol, 'timeout': self.read_timeout}
         if self.ca_cert is not None:
             kwargs['ca_cert'] = self.ca_cert
         if self.cert_file is not None:
@@ -516,22 +514,21 @@ class EtcdClientFactory(object):
         allow_reconnect, python-etcd asks etcd for its members here and
         raises ``etcd.EtcdException`` if none of the hosts answers.
 
-        For 'v3', an etcd3gw ``Etcd3Client``, which sends nothing until
-        used.  Its ``requests`` session ignores the environment
-        (``$REQUESTS_CA_BUNDLE``, which requests would otherwise use
-        instead of ca_cert; proxies; ``.netrc``), as python-etcd does.
+        For 'v3', a :class:`~etcdwatch.v3client.FailoverEtcd3Client` (an
+        etcd3gw ``Etcd3Client`` that knows every host and moves on when
+        one is down), which sends nothing until used.  Its ``requests``
+        session ignores the environment (``$REQUESTS_CA_BUNDLE``, which
+        requests would otherwise use instead of ca_cert; proxies;
+        ``.netrc``), as python-etcd does.
         etcd3gw is imported here, not before (it imports eventlet, whose
         deprecation warning Python then shows once); if it cannot be,
         :class:`ConfigError` names ``api_version``.
         """
         LOG.debug('etcd: connecting with %r', self)
         if self.api_version == 'v3':
-            client = _import_etcd3gw().client(**self._etcd3gw_kwargs())
-            # Else requests lets $REQUESTS_CA_BUNDLE (or $CURL_CA_BUNDLE)
-            # replace ca_cert, and routes through $HTTPS_PROXY: the
-            # settings alone decide, as with python-etcd.
-            client.session.trust_env = False
-            return client
+            _import_etcd3gw()
+            from etcdwatch import v3client
+            return v3client.client(**self._etcd3gw_kwargs())
         return etcd.Client(**self.client_kwargs(include_password=True))
 
     def _hosts_text(self):

@@ -55,6 +55,13 @@ class FailoverEtcd3Client(Etcd3Client):
     ``host`` and ``port`` are those of the member in use.  :meth:`failover`
     moves to the next member (round robin); the v3 backend calls it when
     a request to the member in use finds it unavailable.  Thread-safe.
+
+    Unlike a bare etcd3gw client: a ``cert_cert`` without ``cert_key`` is
+    taken to hold its key too (etcd3gw would drop it), and the session it
+    makes ignores the environment (requests would let
+    ``$REQUESTS_CA_BUNDLE`` override ``ca_cert``, and use proxies from the
+    environment), as python-etcd does.  A ``session`` you pass is used as
+    it is.
     """
 
     def __init__(self, endpoints: Sequence[Union[str, Sequence[Any]]],
@@ -71,9 +78,14 @@ class FailoverEtcd3Client(Etcd3Client):
         self.endpoints: List[Endpoint] = parsed
         self._current = 0
         self._failover_lock = threading.Lock()
+        if kwargs.get('cert_cert') and not kwargs.get('cert_key'):
+            kwargs['cert_key'] = kwargs['cert_cert']
+        own_session = kwargs.get('session') is None
         host, port = parsed[0]
         super(FailoverEtcd3Client, self).__init__(host=host, port=port,
                                                   **kwargs)
+        if own_session:
+            self.session.trust_env = False
 
     def failover(self, failed_url: Optional[str] = None) -> str:
         """Move to the next member; return the new ``base_url``.

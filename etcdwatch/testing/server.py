@@ -308,7 +308,8 @@ def make_tls_files(directory, hosts=('127.0.0.1', 'localhost'),
 
     The server certificate names every one of ``hosts`` (IP addresses
     and DNS names) as a subject alternative name, so clients verify it
-    against any of them; the client certificate's common name is
+    against any of them, and allows client authentication as well (etcd's
+    v3 gateway connects to etcd with it); the client certificate's common name is
     ``client_name``.  Every call makes a new CA, so the files of two calls
     never trust each other: that is how a test gets a *wrong* CA.
     Returns a :class:`TLSFiles` of absolute paths.  Needs the
@@ -399,8 +400,13 @@ def make_tls_files(directory, hosts=('127.0.0.1', 'localhost'),
                        (x509.BasicConstraints(ca=False, path_length=None),
                         True),
                        (leaf_usage(), True),
+                       # clientAuth too: etcd's HTTP gateway for the v3
+                       # API connects to etcd with this certificate, which
+                       # client-cert-auth otherwise refuses (every v3
+                       # request then fails with 503 "bad certificate").
                        (x509.ExtendedKeyUsage(
-                           [ExtendedKeyUsageOID.SERVER_AUTH]), False),
+                           [ExtendedKeyUsageOID.SERVER_AUTH,
+                            ExtendedKeyUsageOID.CLIENT_AUTH]), False),
                        (x509.SubjectAlternativeName(alt_names), False)])
 
     client_key = ec.generate_private_key(ec.SECP256R1())

@@ -50,51 +50,10 @@ def tls_server():
         yield server
 
 
-def tls_files_for_v3(directory):
-    """make_tls_files(), with a server certificate that may act as a client.
-
-    etcd's HTTP gateway for the v3 API connects to etcd with the server
-    certificate; with client-cert-auth, etcd refuses it (every v3 request
-    then fails with 503 "bad certificate") unless it allows clientAuth.
-    make_tls_files() issues it for serverAuth only.
-    """
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives import serialization
-    from cryptography import x509
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    files = make_tls_files(directory)
-
-    def load(path, loader):
-        with open(path, 'rb') as f:
-            return loader(f.read())
-    ca = load(files.ca_cert, x509.load_pem_x509_certificate)
-    ca_key = load(files.ca_key, lambda data: (
-        serialization.load_pem_private_key(data, None)))
-    old = load(files.server_cert, x509.load_pem_x509_certificate)
-    builder = (x509.CertificateBuilder()
-               .subject_name(old.subject).issuer_name(ca.subject)
-               .public_key(old.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(old.not_valid_before_utc)
-               .not_valid_after(old.not_valid_after_utc))
-    for extension in old.extensions:
-        value = extension.value
-        if isinstance(value, x509.ExtendedKeyUsage):
-            value = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                           ExtendedKeyUsageOID.CLIENT_AUTH])
-        builder = builder.add_extension(value, extension.critical)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    with open(files.server_cert, 'wb') as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    return files
-
-
 @pytest.fixture(scope='module')
-def tls_v3_server(tmp_path_factory):
+def tls_v3_server():
     """TLS and client-cert-auth, the v2 API disabled: v3 clients only."""
-    files = tls_files_for_v3(tmp_path_factory.mktemp('tls-v3'))
-    with EtcdServer(name='tls-v3', tls=files, enable_v2=False) as server:
+    with EtcdServer(name='tls-v3', tls=True, enable_v2=False) as server:
         yield server
 
 

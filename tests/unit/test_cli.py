@@ -168,30 +168,26 @@ def listener():
         sock.close()
 
 
-@pytest.mark.parametrize('argv', [
-    ['leader', 'x'],
-    ['watch', '/p'],
-    ['elect', 'x', '--', sys.executable, '-c', 'pass'],
-    ['demo'],
-])
-def test_several_endpoints_with_api_v3_are_a_usage_error(capsys, listener,
-                                                         argv):
-    status, out, err = run_main(capsys, argv[0], '--api', 'v3', '--etcd',
-                                '%s,%s' % (listener, listener), *argv[1:])
-    assert (status, out) == (2, '')
-    assert err.splitlines() == [
-        'etcdwatch %s: --etcd: --api v3 takes one address, not 2 (etcd3gw '
-        'talks to one endpoint): use a load balancer or DNS name in front '
-        'of the members' % argv[0]]
+def test_several_endpoints_with_api_v3_give_a_failover_client(listener):
+    from etcdwatch import v3client
+    args = cli.parse_args(['watch', '/p', '--api', 'v3', '--etcd',
+                           '%s,[::1]:2,h3' % listener, '--timeout', '4'])
+    client = cli.make_client(args)          # sends nothing yet
+    assert isinstance(client, v3client.FailoverEtcd3Client)
+    host, port = listener.split(':')
+    assert client.endpoints == [(host, int(port)), ('::1', 2),
+                                ('h3', 2379)]
+    assert client.timeout == 4 and client.session.trust_env is False
 
 
-def test_several_endpoints_from_the_environment_with_v3(capsys, listener,
-                                                        monkeypatch):
+def test_api_v3_from_the_environment_with_several_endpoints(
+        listener, monkeypatch):
+    from etcdwatch import v3client
     monkeypatch.setenv('ETCDWATCH_API', 'v3')
-    monkeypatch.setenv('ETCDWATCH_ETCD', '%s,%s' % (listener, listener))
-    status, _, err = run_main(capsys, 'leader', 'x')
-    assert status == 2
-    assert len(err.splitlines()) == 1 and '--api v3' in err
+    client = cli.make_client(cli.parse_args(
+        ['leader', 'x', '--etcd', '%s,%s' % (listener, listener)]))
+    assert isinstance(client, v3client.FailoverEtcd3Client)
+    assert len(client.endpoints) == 2
 
 
 def test_v3_client_gets_the_address_and_tls_options(tmp_path):

@@ -53,6 +53,8 @@ def no_v3_client(monkeypatch):
         raise AssertionError('etcd3gw client built')
     monkeypatch.setattr(etcd3gw, 'client', refuse)
     monkeypatch.setattr(etcd3gw, 'Etcd3Client', refuse)
+    from etcdwatch import v3client
+    monkeypatch.setattr(v3client.FailoverEtcd3Client, '__init__', refuse)
 
 
 @pytest.fixture
@@ -176,10 +178,6 @@ def _bad_settings(tls, tmp_path):
         ('api_version', dict(api_version=3)),
         ('api_version', dict(api_version=None)),
         # What cannot work on v3, and v3 checked like v2.
-        ('host', dict(api_version='v3', host='a,b')),
-        ('host', dict(api_version='v3', host=['a:1', 'a:2'])),
-        ('host', dict(api_version='v3', host='a,b',
-                      allow_reconnect=False)),
         ('username', dict(api_version='v3', username='app',
                           password=PASSWORD)),
         ('username', dict(https, api_version='v3', username='app',
@@ -289,7 +287,7 @@ def test_v3_kwargs_and_real_etcd3gw_client(tls):
                                 key_file=tls.client_key, read_timeout=3,
                                 api_version='v3')
     assert factory.client_kwargs() == {
-        'host': '::1', 'port': 2380, 'protocol': 'https', 'timeout': 3,
+        'endpoints': [('::1', 2380)], 'protocol': 'https', 'timeout': 3,
         'ca_cert': tls.ca_cert, 'cert_cert': tls.client_cert,
         'cert_key': tls.client_key}
     # Nothing listens on [::1]:2380: the client sends nothing yet.
@@ -303,6 +301,18 @@ def test_v3_kwargs_and_real_etcd3gw_client(tls):
     assert client.session.trust_env is False
     assert factory.client() is not client
     assert 'api_version=v3' in repr(factory)
+
+
+def test_v3_several_hosts_give_a_client_that_fails_over():
+    from etcdwatch import v3client
+    factory = EtcdClientFactory(host='a:1,[fd00::2]:2,c', port=3,
+                                api_version='v3', allow_reconnect=False)
+    client = factory.client()
+    assert isinstance(client, v3client.FailoverEtcd3Client)
+    assert client.endpoints == [('a', 1), ('fd00::2', 2), ('c', 3)]
+    assert client.base_url == 'http://a:1'
+    assert client.failover() == 'http://[fd00::2]:2'
+    assert client.session.trust_env is False
 
 
 def test_v3_plain_http_defaults():
@@ -354,7 +364,7 @@ def test_v3_imports_etcd3gw_only_in_client():
         'warnings.resetwarnings()\n'
         'warnings.simplefilter("ignore")\n'
         'client = factory.client()\n'
-        'assert type(client).__module__ == "etcd3gw.client"\n'
+        'assert type(client).__module__ == "etcdwatch.v3client"\n'
         'print("ok")\n')
     result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
@@ -383,14 +393,13 @@ def test_v3_from_conf(tmp_path, tls):
 def test_v3_conf_errors_name_group_and_option(tmp_path, no_v3_client):
     conf_file = tmp_path / 'agent.conf'
     conf_file.write_text('[ml2_etcd]\napi_version = v3\n'
-                         'host = 10.0.0.1,10.0.0.2\n')
+                         'username = app\n')
     conf = cfg.ConfigOpts()
     config.register_opts(conf, 'ml2_etcd')
     conf(['--config-file', str(conf_file)])
     with pytest.raises(ConfigError) as info:
         config.client_from_conf(conf, 'ml2_etcd')
-    assert str(info.value).startswith('etcd option [ml2_etcd] host: ')
-    assert 'load balancer or DNS name' in str(info.value)
+    assert str(info.value).startswith('etcd option [ml2_etcd] username: ')
 
 
 def test_v3_user_and_password_refused_without_showing_it(caplog,
