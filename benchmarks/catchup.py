@@ -51,6 +51,8 @@ DELETE_SHARE = 0.2
 #: Steps a follower may take beyond K before we call it stuck.
 STEP_MARGIN = 10
 RANDOM_SEED = 6
+#: etcd's loop for unsynced watchers (v3) runs every this many seconds.
+ETCD_ROUND = 0.1
 #: Goals from the issue (v2, against the seed's walk).
 GOAL_SPEEDUP_K = 900
 GOAL_SPEEDUP = 10.0
@@ -139,9 +141,16 @@ class _Probe(object):
             api.server.host, api.server.port, child))
         self.proc.start()
         self.conn.recv()
+        self.phase = random.Random(RANDOM_SEED)
 
     def start(self, revision):
-        """Open the probe's stream at ``revision``; the time it was asked."""
+        """Open the probe's stream at ``revision``; the time it was asked.
+
+        First waits a random part of etcd's round: followers timed one
+        after another would each start just after the round that ended
+        the last one, and wait most of a round.
+        """
+        time.sleep(self.phase.uniform(0, ETCD_ROUND))
         asked = time.monotonic()
         self.conn.send(revision)
         return asked
@@ -414,20 +423,23 @@ def plot_series(results):
 #: (v3: the time after etcd's first events, which every follower waits
 #: for alike) and the largest K a walk covers in one go (v2: etcd's
 #: 1000-event window; v3: etcd sends a late stream 1000 revisions per
-#: 100 ms round).
+#: 100 ms round): the walk's cost per event is fitted up to there.
+#: A threshold within this factor of the break-even lag is about right.
+_TOLERANCE = 3
 _THRESHOLD_BASIS = {apis.V2: ('seed', 'seconds', 1000),
                     apis.V3: ('walk', 'after', 1000)}
 
 
-def _walk_fit(by_count, counts, impl, field):
-    """(fixed ms, ms per event) of ``impl``'s walk: least squares."""
+def _walk_cost(by_count, counts, impl, field):
+    """ms per event of ``impl``'s walk: least squares through the origin.
+
+    The fixed part of a walk (a stream to open) is left out: it is within
+    the noise of these figures, and a re-read has one too.
+    """
     points = [(count, _median_of(by_count[count], impl, field) * 1e3)
               for count in counts]
-    mean_k = sum(k for k, _t in points) / len(points)
-    mean_t = sum(t for _k, t in points) / len(points)
-    spread = sum((k - mean_k) ** 2 for k, _t in points)
-    slope = sum((k - mean_k) * (t - mean_t) for k, t in points) / spread
-    return mean_t - slope * mean_k, slope
+    return (sum(k * t for k, t in points) /
+            sum(k * k for k, _t in points))
 
 
 def _reread_ms(by_count, counts, field):
@@ -442,9 +454,9 @@ def _reread_ms(by_count, counts, field):
 def threshold_findings(results):
     """Whether etcdwatch's re-read threshold picks the cheaper way.
 
-    A walk costs a fixed part plus a part per event (fitted over the K
-    that one walk covers in one go); a re-read about what etcdwatch took
-    at the smallest K where it re-read.  They cross at the break-even lag.
+    A walk costs about the same per event (fitted over the K that one
+    walk covers in one go); a re-read about what etcdwatch took at the
+    smallest K where it re-read.  They cross at the break-even lag.
     """
     tree_part = TREE_SIZE // etcdwatch.EtcdWatcher.CATCHUP_TREE_FRACTION
     threshold = max(etcdwatch.EtcdWatcher.CATCHUP_MIN_LAG, tree_part)
@@ -454,48 +466,57 @@ def threshold_findings(results):
         counts = [k for k in KS[api] if k <= span and k in results[api]]
         if len(counts) < 2:
             continue
-        fixed, per_event = _walk_fit(results[api], counts, walk, field)
+        per_event = _walk_cost(results[api], counts, walk, field)
         at, reread = _reread_ms(results[api], counts, field)
         if reread is None or per_event <= 0:
             continue
-        even = max(1.0, (reread - fixed) / per_event)
+        even = max(1.0, reread / per_event)
         said.append(
             'Re-read or walk on %s%s: walking costs %.3f ms per missed '
-            'event (plus %.1f ms), a re-read of the %d-key tree %.1f ms '
-            '(etcdwatch at K=%d), so a walk is cheaper up to about %.0f '
-            'events (tree/%.0f).  etcdwatch re-reads past max('
-            'CATCHUP_MIN_LAG=%d, tree/CATCHUP_TREE_FRACTION=%d) = %d '
-            'events: %s' % (
+            'event, a re-read of the %d-key tree %.1f ms (etcdwatch at '
+            'K=%d), so a walk is cheaper up to about %.0f events '
+            '(tree/%.0f).  etcdwatch re-reads past max(CATCHUP_MIN_LAG=%d, '
+            'tree/CATCHUP_TREE_FRACTION=%d) = %d events: %s' % (
                 apis.TITLES[api], '' if field == 'seconds' else
-                ', counted from etcd\'s first events', per_event, fixed,
-                TREE_SIZE, reread, at, even, TREE_SIZE / even,
+                ', counted from etcd\'s first events (to within about a '
+                'millisecond)', per_event, TREE_SIZE, reread, at, even,
+                TREE_SIZE / even,
                 etcdwatch.EtcdWatcher.CATCHUP_MIN_LAG, tree_part, threshold,
                 _verdict(api, threshold, even, results[api], counts)))
     return said
 
 
 def _verdict(api, threshold, even, by_count, counts):
-    walk, field, _span = _THRESHOLD_BASIS[api]
+    walk, field, span = _THRESHOLD_BASIS[api]
     compared = []
     for count in counts:
         trials = by_count[count]
-        compared.append('K=%d: etcdwatch %s in %.1f ms, the walk %.1f ms' % (
+        compared.append('K=%d: etcdwatch %s in %s, the walk %s' % (
             count, {'yes': 're-read', 'no': 'walked'}.get(
                 _all(trials, 'etcdwatch', 'resynced'), 'sometimes re-read'),
-            _median_of(trials, 'etcdwatch', field) * 1e3,
-            _median_of(trials, walk, field) * 1e3))
-    if threshold / 2 <= even <= threshold * 2:
-        verdict = 'the right choice here'
-    elif even > threshold * 2:
+            _ms(_median_of(trials, 'etcdwatch', field)),
+            _ms(_median_of(trials, walk, field))))
+    if threshold / _TOLERANCE <= even <= threshold * _TOLERANCE:
+        verdict = ('about right here (within %dx of the break-even, where '
+                   'both cost about the same)' % _TOLERANCE)
+    elif even > threshold:
+        suggest = min(even, span)
         verdict = ('too early here: it re-reads where a walk is cheaper, '
                    'by about %.0fx in lag; a threshold near %.0f events '
-                   '(CATCHUP_TREE_FRACTION about %.0f for this tree) fits '
-                   'these figures' % (even / threshold, even,
-                                      TREE_SIZE / even))
+                   '(tree/%.1f) fits these figures%s' % (
+                       even / threshold, suggest, TREE_SIZE / suggest,
+                       '' if suggest == even else ', as a walk of more '
+                       'than %d events waits for more of etcd\'s rounds '
+                       '(below)' % span))
     else:
         verdict = ('too late here: it walks where a re-read is cheaper, by '
                    'about %.0fx in lag' % (threshold / even))
-    return '%s (%s).' % (verdict, '; '.join(compared))
+    return '%s.  Medians: %s.' % (verdict, '; '.join(compared))
+
+
+def _ms(seconds):
+    """Milliseconds for the text; under 1 ms is within the noise."""
+    return '%.1f ms' % (seconds * 1e3) if seconds >= 1e-3 else 'under 1 ms'
 
 
 def findings(results):
@@ -515,8 +536,9 @@ def findings(results):
                 '; the seed\'s in %s (it reports every watch event, '
                 'rewrites of the same value included)' % _count(
                     mine, 'seed', 'exact') if api == apis.V2 else
-                '; the one that never re-reads in %s' % _count(
-                    mine, 'walk', 'exact')))
+                '; the one that never re-reads in %s (a walk reports each '
+                'change it passes: a key changed twice among the K events, '
+                'twice)' % _count(mine, 'walk', 'exact')))
     return said
 
 

@@ -68,9 +68,9 @@ def machine_info(servers):
         'implementation': platform.python_implementation(),
         'etcd': ', '.join(sorted({s.version for s in servers.values()})),
         'servers': '; '.join(
-            '%s: %s' % (api, 'its own etcd, v2 API disabled'
+            '%s: %s' % (api, 'an etcd of its own, v2 API disabled'
                         if not server.enable_v2 else
-                        'its own etcd, --enable-v2')
+                        'an etcd of its own, ``--enable-v2``')
             for api, server in sorted(servers.items())),
         'python_etcd': getattr(etcd, '__version__', '0.4.5'),
         'etcd3gw': _version('etcd3gw'),
