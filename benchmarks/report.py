@@ -9,6 +9,7 @@ import math
 import os
 import time
 
+from benchmarks import apis
 from benchmarks import catchup
 from benchmarks import load
 from benchmarks import throughput
@@ -24,7 +25,10 @@ MACHINE_FIELDS = (
     ('python', 'Python'),
     ('implementation', 'Python implementation'),
     ('etcd', 'etcd'),
+    ('servers', 'etcd servers'),
     ('python_etcd', 'python-etcd'),
+    ('etcd3gw', 'etcd3gw'),
+    ('source', 'etcdwatch measured at commit'),
     ('platform', 'platform'),
     ('load_at_start', 'load average at start (1, 5, 15 min)'),
     ('load_at_end', 'load average at end'),
@@ -44,45 +48,45 @@ _IMPL_LABELS = {
 
 _LOAD_LABELS = {'bare': 'bare client.read() into a dict'}
 
-#: What causes a missed goal, by (case, metric prefix); shown only when the
-#: run missed it.
+#: What causes a missed goal, by (case, metric prefix, API or None for
+#: either); shown only when the run missed it.
 CAUSES = {
-    ('catch-up', 'time'): (
+    ('catch-up', 'time', apis.V2): (
         'For small K etcdwatch walks like the seed, one watch request per '
         'event, and adds its own per-event cost (error translation, the '
         'Event tuple, the lock and the delivery queue): a few percent of a '
         'loopback round trip, about the size of the noise.  Past '
         '``max(CATCHUP_MIN_LAG=16, tree/64)`` events it re-reads instead.'),
-    ('throughput', 'converge'): (
+    ('throughput', 'converge', apis.V2): (
         'After the writers stop, etcdwatch walks whatever lag it has left '
         'as long as the lag is under ``max(CATCHUP_MIN_LAG=16, tree/64)`` '
         'events (at most 16 round trips), then re-reads; one read of these '
         'trees costs a few round trips, so the walk can exceed it.'),
-    ('throughput', 'events'): (
+    ('throughput', 'events', None): (
         'Events applied per second cannot exceed what the writers wrote in '
         'that trial, and the writers\' rate moved by up to 2x between '
         'trials of the same setting (two cores shared with etcd, the '
         'writers, the follower and other test runs: see "writes/s" in the '
         'notes).  The share of written events applied, measured within each '
         'trial, does not depend on it.'),
-    ('throughput', 'share'): (
-        'See the CPU per 1000 events in the notes: it says whether the '
-        'follower or etcd paid for the difference.'),
-    ('initial load', 'EtcdWatcher time'): (
+    ('throughput', 'share', None): (
+        'See the follower CPU per 1000 events, and etcd\'s in its notes: '
+        'they say whether the follower or etcd paid for the difference.'),
+    ('initial load', 'EtcdWatcher time', None): (
         'At 1000 keys one read takes a few milliseconds and the watcher\'s '
         'fixed costs (backend, handler, locks) show; the difference is a '
         'fraction of a millisecond.'),
-    ('initial load', 'change-watcher'): (
+    ('initial load', 'change-watcher', None): (
         'The goal (< 5 % of a read) is this benchmark\'s own bar; the issue '
         'sets none.  ``EtcdChangeWatcher.do_all_work`` reconciles only the '
         'keys that differ, but still compares every value once, because a '
         'v2 read cannot say which keys changed; at 100k keys that is about '
         'a tenth of the read.'),
-    ('latency', 'write'): (
+    ('latency', 'write', apis.V2): (
         'etcdwatch sends the same single watch request per event as the '
         'bare loop; a difference in the tail is scheduling noise on a '
         'shared machine (the p99 of 500 samples is the 5th-worst one).'),
-    ('fan-out', 'idle'): (
+    ('fan-out', 'idle', None): (
         'Idle watchers sit in a blocking read; CPU is spent only when a '
         'heartbeat expires and the watch is re-issued on a new connection '
         '(see the notes for the cost of each).'),
@@ -240,10 +244,17 @@ def _goal_lines(table):
 
 
 def _cause(row):
-    for (case, prefix), text in CAUSES.items():
-        if row.case == case and row.metric.startswith(prefix):
+    for (case, prefix, api), text in CAUSES.items():
+        if (row.case == case and row.metric.startswith(prefix) and
+                api in (None, _api_of(row))):
             return text
     return None
+
+
+def _api_of(row):
+    """The API a row was measured on, or None (both, or v2-only cases)."""
+    head = row.param.split(',')[0]
+    return head if head in apis.NAMES else None
 
 
 def _finding_lines(cases, measured):
@@ -256,6 +267,51 @@ def _finding_lines(cases, measured):
     if not lines:
         return []
     return ['Findings', '--------', ''] + lines + ['']
+
+
+#: The baselines of the v3 rows that the v3 section compares with.
+_V3_BASELINES = ('bare etcd3gw loop', 'bare etcd3gw walk',
+                 'bare etcd3gw lock')
+
+
+def _v3_lines(cases, measured, table):
+    """etcdwatch on v3 against the bare etcd3gw code and etcdwatch on v2."""
+    rows = []
+    for row in table:
+        if (_api_of(row) != apis.V3 or
+                row.baseline_name not in _V3_BASELINES):
+            continue
+        param = row.param.split(', ', 1)[1]
+        v2 = _matching(table, row.case, '%s, %s' % (apis.V2, param),
+                       row.metric)
+        rows.append([row.case, param, '%s (%s)' % (row.metric, row.unit),
+                     _fmt(row.ours), _fmt(row.baseline), _fmt(row.ratio, 2),
+                     _fmt(v2.ours) if v2 else '-',
+                     _fmt(row.ours / v2.ours, 2) if v2 and v2.ours else '-'])
+    if not rows:
+        return []
+    title = 'v3 against v2'
+    lines = [title, '-' * len(title), '',
+             'What etcdwatch costs on v3, against the least code that does '
+             'the same with etcd3gw alone, and against etcdwatch on v2 in '
+             'the same run (the rows of the cases below, side by side; "-" '
+             'where v2 has no such row).', '']
+    lines += _rst_table(rows, ['case', 'param', 'metric', 'etcdwatch v3',
+                               'bare etcd3gw', 'ours/bare', 'etcdwatch v2',
+                               'v3/v2'])
+    said = []
+    for name, module in cases:
+        if name in measured and hasattr(module, 'v3_findings'):
+            said += module.v3_findings(measured[name]['results'])
+    lines += ['- ' + finding for finding in said]
+    return lines + ([''] if said else [])
+
+
+def _matching(table, case, param, metric):
+    for row in table:
+        if (row.case, row.param, row.metric) == (case, param, metric):
+            return row
+    return None
 
 
 #: The first run's proposals, adopted since; the figures are the ones that
@@ -296,14 +352,22 @@ _CASE_TITLES = {
 
 _INTRO = '''\
 Every figure below was measured in one run of ``python
-benchmarks/run.py`` (``tox -e bench``) against one etcd that the run
-started itself, side by side with its baseline: the seed's approach (the
-original module: one ``client.watch(path, index=i, recursive=True)`` call
-per event, a full read only when etcd says the index was cleared) or a bare
-python-etcd loop (the least code that follows a prefix: a recursive read
-into a dict, then watch with ``waitIndex``).  Figures are medians over the
-repeats (p99 where it says so); a ratio compares etcdwatch with the
-baseline.
+benchmarks/run.py`` (``tox -e bench``) on both of etcd's APIs, each
+against an etcd that the run started itself: v2 (python-etcd) on one with
+``--enable-v2``, v3 (etcd3gw, through etcd's JSON gateway) on a second one
+with the v2 API disabled.  Each figure stands side by side with a baseline
+on the same API, measured in the same run.  On v2: the seed's approach
+(the original module: one ``client.watch(path, index=i, recursive=True)``
+call per event, a full read only when etcd says the index was cleared) or
+a bare python-etcd loop (the least code that follows a prefix: a recursive
+read into a dict, then watch with ``waitIndex``).  On v3: a bare etcd3gw
+loop (the least correct code with etcd3gw alone: one range read of the
+prefix, for its revision, then ``client.watch_prefix(prefix,
+start_revision=revision + 1)``, applying each event it yields), and for
+elections etcd3gw's ``Lock`` with lease keepalives and ``watch_once``.
+Figures are medians over the repeats (p99 where it says so); a ratio
+compares etcdwatch with the baseline.  "v3 against v2" puts the two APIs
+side by side.  Initial load and fan-out are measured on v2 only.
 
 These are benchmarks, not tests.  The machine has two cores that etcd, the
 followers, the writers and other engineers' test runs share, so figures of
@@ -327,6 +391,7 @@ def write_rst(path, machine, cases, measured, table, plots):
               for key, label in MACHINE_FIELDS if key in machine]
     lines += ['', 'Goals', '-----', '']
     lines += _goal_lines(table)
+    lines += _v3_lines(cases, measured, table)
     for name, module in cases:
         if name in measured:
             lines += _case_lines(_CASE_TITLES[name], module.__doc__,
