@@ -15,9 +15,10 @@ events (K=900 fits, K=5000 does not); v3 keeps every revision until a
 compaction, and nothing here compacts.  On v3 every follower opens a
 stream at a past revision, which etcd first answers 0-100 ms later (see
 the findings); a probe process opens one next to each follower's, so the
-rows "time after etcd's first events" leave that wait out (to within
-about a millisecond: the two streams are answered in the same round, not
-at the same instant).
+rows "time after etcd's first events" leave that wait out, to within a
+millisecond or two: the two streams are answered in the same round, not at
+the same instant (so small figures can come out below zero), and now and
+then in two rounds (a median shrugs that off).
 """
 
 import collections
@@ -475,11 +476,11 @@ def threshold_findings(results):
             'Re-read or walk on %s%s: walking costs %.3f ms per missed '
             'event, a re-read of the %d-key tree %.1f ms (etcdwatch at '
             'K=%d), so a walk is cheaper up to about %.0f events '
-            '(tree/%.0f).  etcdwatch re-reads past max(CATCHUP_MIN_LAG=%d, '
+            '(tree/%.1f).  etcdwatch re-reads past max(CATCHUP_MIN_LAG=%d, '
             'tree/CATCHUP_TREE_FRACTION=%d) = %d events: %s' % (
                 apis.TITLES[api], '' if field == 'seconds' else
-                ', counted from etcd\'s first events (to within about a '
-                'millisecond)', per_event, TREE_SIZE, reread, at, even,
+                ', counted from etcd\'s first events (to within a '
+                'millisecond or two)', per_event, TREE_SIZE, reread, at, even,
                 TREE_SIZE / even,
                 etcdwatch.EtcdWatcher.CATCHUP_MIN_LAG, tree_part, threshold,
                 _verdict(api, threshold, even, results[api], counts)))
