@@ -452,6 +452,19 @@ def _reread_ms(by_count, counts, field):
     return None, None
 
 
+def catchup_defaults(api):
+    """(CATCHUP_MIN_LAG, CATCHUP_TREE_FRACTION) etcdwatch uses on ``api``.
+
+    A watcher's own values, if a subclass sets them; else its backend's.
+    """
+    from etcdwatch.backends import v2
+    from etcdwatch.backends import v3
+    backend = {apis.V2: v2.V2Backend, apis.V3: v3.V3Backend}[api]
+    watcher = etcdwatch.EtcdWatcher
+    return (watcher.CATCHUP_MIN_LAG or backend.catchup_min_lag,
+            watcher.CATCHUP_TREE_FRACTION or backend.catchup_tree_fraction)
+
+
 def threshold_findings(results):
     """Whether etcdwatch's re-read threshold picks the cheaper way.
 
@@ -459,10 +472,11 @@ def threshold_findings(results):
     walk covers in one go); a re-read about what etcdwatch took at the
     smallest K where it re-read.  They cross at the break-even lag.
     """
-    tree_part = TREE_SIZE // etcdwatch.EtcdWatcher.CATCHUP_TREE_FRACTION
-    threshold = max(etcdwatch.EtcdWatcher.CATCHUP_MIN_LAG, tree_part)
     said = []
     for api in _apis(results):
+        min_lag, fraction = catchup_defaults(api)
+        tree_part = TREE_SIZE // fraction
+        threshold = max(min_lag, tree_part)
         walk, field, span = _THRESHOLD_BASIS[api]
         counts = [k for k in KS[api] if k <= span and k in results[api]]
         if len(counts) < 2:
@@ -481,8 +495,7 @@ def threshold_findings(results):
                 apis.TITLES[api], '' if field == 'seconds' else
                 ', counted from etcd\'s first events (to within a '
                 'millisecond or two)', per_event, TREE_SIZE, reread, at, even,
-                TREE_SIZE / even,
-                etcdwatch.EtcdWatcher.CATCHUP_MIN_LAG, tree_part, threshold,
+                TREE_SIZE / even, min_lag, tree_part, threshold,
                 _verdict(api, threshold, even, results[api], counts)))
     return said
 

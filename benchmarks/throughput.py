@@ -345,10 +345,10 @@ def v3_findings(results):
         'v2 %s; the bare loops have none.  On v3 a re-read restarts the '
         'watch stream at a past revision, which etcd answers at its next '
         'round for late watchers (every 100 ms) with the events of that '
-        'round at once, already more than CATCHUP_MIN_LAG behind its '
-        'newest revision under these writes: so once etcdwatch re-reads '
-        'while the writes go on, it re-reads about every 100 ms until '
-        'they stop.' % (
+        'round at once: with v2\'s threshold (16 events) an earlier run '
+        're-read about every 100 ms for as long as 4 or 8 writers wrote '
+        '(up to 40 re-reads in 4 s); v3\'s own defaults (re-read only '
+        'past max(1000, tree size) events) walk the stream instead.' % (
             ' / '.join(str(c) for c in counts),
             _reread_summary(results[apis.V3], counts),
             _reread_summary(results[apis.V2], counts)),

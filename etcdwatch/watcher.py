@@ -104,14 +104,15 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
     #: First and longest wait before retrying a callback that raised.
     CALLBACK_RETRY_MIN: float = 0.1
     CALLBACK_RETRY_MAX: float = 10.0
-    #: Re-read the whole tree instead of walking the missed events one
-    #: watch call at a time when etcd is more than this many events ahead
-    #: (or more than 1/CATCHUP_TREE_FRACTION of the tree's size, whichever
-    #: is more): one read costs one round trip, a walk one per event.  On
-    #: loopback a round trip costs about what reading 60-100 keys does
-    #: (docs/performance.rst), hence these defaults.
-    CATCHUP_MIN_LAG: int = 16
-    CATCHUP_TREE_FRACTION: int = 64
+    #: Re-read the whole tree instead of walking the missed events when
+    #: etcd is more than CATCHUP_MIN_LAG events ahead (or more than
+    #: 1/CATCHUP_TREE_FRACTION of the tree's size, whichever is more).
+    #: None (the default) takes the API's own values, measured in
+    #: docs/performance.rst: on v2 (16, 64), for a walk costs one round
+    #: trip per event and a read about one per 60-100 keys; on v3 (1000,
+    #: 1), for a stream delivers missed events in batches.
+    CATCHUP_MIN_LAG: Optional[int] = None
+    CATCHUP_TREE_FRACTION: Optional[int] = None
 
     def __init__(self, etcd_client: Any, name: str, watch_path: str,
                  election_path: Optional[str] = None,
@@ -417,8 +418,13 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
             return False
         lag = event.current_index - event.index
         tree = len(self.etcd_data or ())
-        return lag > max(self.CATCHUP_MIN_LAG,
-                         tree // self.CATCHUP_TREE_FRACTION)
+        min_lag = self.CATCHUP_MIN_LAG
+        if min_lag is None:
+            min_lag = self._backend.catchup_min_lag
+        fraction = self.CATCHUP_TREE_FRACTION
+        if fraction is None:
+            fraction = self._backend.catchup_tree_fraction
+        return lag > max(min_lag, tree // fraction)
 
     def _apply(self, event):
         """Fold one event into etcd_data and queue its notifications."""

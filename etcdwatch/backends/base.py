@@ -50,7 +50,16 @@ class Backend(abc.ABC):
     Every method raises :class:`~etcdwatch.exceptions.EtcdUnavailable` when
     etcd cannot be reached in time and
     :class:`~etcdwatch.exceptions.BackendError` for any other failure.
+
+    ``catchup_min_lag`` and ``catchup_tree_fraction``: a watcher more than
+    ``max(catchup_min_lag, tree size // catchup_tree_fraction)`` events
+    behind re-reads the tree rather than walk the events, on this API
+    (what each costs differs: see docs/performance.rst).
     """
+
+    #: Defaults for a watcher's CATCHUP_MIN_LAG / CATCHUP_TREE_FRACTION.
+    catchup_min_lag = 16
+    catchup_tree_fraction = 64
 
     def __init__(self, client):
         self.client = client

@@ -309,9 +309,10 @@ def make_tls_files(directory, hosts=('127.0.0.1', 'localhost'),
     The server certificate names every one of ``hosts`` (IP addresses
     and DNS names) as a subject alternative name, so clients verify it
     against any of them, and allows client authentication as well (etcd's
-    v3 gateway connects to etcd with it); the client certificate's common name is
-    ``client_name``.  Every call makes a new CA, so the files of two calls
-    never trust each other: that is how a test gets a *wrong* CA.
+    v3 gateway connects to etcd with it); the client certificate's common
+    name is ``client_name``.  Every call makes a new CA, so the files of
+    two calls never trust each other: that is how a test gets a *wrong*
+    CA.
     Returns a :class:`TLSFiles` of absolute paths.  Needs the
     ``cryptography`` package (a test requirement, not a runtime one).
     """

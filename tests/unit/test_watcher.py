@@ -237,6 +237,24 @@ def test_far_behind_catches_up_with_one_read(client):
     assert len(w.changes) == 20
 
 
+@pytest.mark.parametrize('backend_min_lag,resyncs,events', [
+    (16, 2, 0),         # v2's defaults: 200 events behind, one re-read
+    (1000, 1, 200),     # v3's: a stream walks 200 events cheaply
+])
+def test_catch_up_thresholds_default_to_the_apis(client, backend_min_lag,
+                                                 resyncs, events):
+    w = make(client)
+    assert w.CATCHUP_MIN_LAG is None and w.CATCHUP_TREE_FRACTION is None
+    assert (w._backend.catchup_min_lag,
+            w._backend.catchup_tree_fraction) == (16, 64)
+    w._backend.catchup_min_lag = backend_min_lag
+    for i in range(200):
+        client.write(P + '/k%d' % (i % 20), str(i))
+    with Runner(w):
+        wait_until(lambda: converged(w, client))
+    assert (w.stats()['resyncs'], w.stats()['events']) == (resyncs, events)
+
+
 def test_a_etcd_errors_are_logged_and_the_loop_goes_on(client, caplog):
     flaky = FlakyClient(client)
     w = make(flaky)
