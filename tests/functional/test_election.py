@@ -45,7 +45,7 @@ def count_calls(obj, method):
 
 def test_refreshes_wake_no_follower(backend_client, etcd_prefix):
     d, path = backend_client, etcd_prefix + '/el'
-    span = 20       # seconds: twenty TTLs of 1 s (v3: ten leases of 2 s)
+    span = 12       # seconds: twelve TTLs of 1 s (v3: six leases of 2 s)
     leader = EtcdElection(d.client, unique_name(), path, work_time=1)
     refreshes = count_calls(leader._backend, 'refresh')
     leader.wait_until_elected()

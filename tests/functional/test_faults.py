@@ -228,12 +228,15 @@ def test_a_callback_failing_every_third_call_for_a_minute(backend_client,
                 raise RuntimeError('every third call fails')
             super(Flaky, self).key_change(action, key, value)
 
+    # A minute on v2; half that on v3, where the retry path is the same
+    # code and only the events' source differs (it keeps CI in budget).
+    seconds = 60 if d.name == 'v2' else 30
     w = Flaky(d.client, 'flaky', p, heartbeat=1)
     with caplog.at_level(logging.ERROR, logger='etcdwatch'):
         thread = run_in_thread(w)
         try:
             cpu, start, i = time.process_time(), time.monotonic(), 0
-            while time.monotonic() - start < 60:
+            while time.monotonic() - start < seconds:
                 d.put('%s/k%d' % (p, i % 40), str(i))
                 if i % 7 == 0:
                     d.delete('%s/k%d' % (p, (i * 3) % 40))

@@ -1,11 +1,11 @@
-"""A bounded soak: about a minute of everything at once, on each API.
+"""A bounded soak: 45 s of everything at once, on each API.
 
 3 electing processes and 5 watcher processes (two of them eventlet-patched)
 under a mixed write load; the leader is killed every 10 s (and replaced by
 a fresh process), and etcd itself is killed and restarted once.  At the end:
 every watcher reported exactly what etcd holds, and no two terms overlapped.
-Runs on etcd's v2 API and on its v3 API (``fresh_backend``): two minutes
-in all.
+Runs on etcd's v2 API and on its v3 API (``fresh_backend``): about a
+minute and a half in all.
 """
 
 import random
@@ -19,9 +19,9 @@ from tests.functional.test_faults import reported
 from tests.functional.test_faults import terms_never_overlap
 from tests.helpers import wait_until
 
-DURATION = 60           # seconds of load, plus start-up and convergence
+DURATION = 45           # seconds of load, plus start-up and convergence
 LEADER_KILL_EVERY = 10
-RESTART_ETCD_AT = 3     # the third kill is etcd's
+RESTART_ETCD_AT = 2     # the second kill is etcd's
 
 
 def _writer(driver, prefix, stop, counts):
@@ -98,5 +98,5 @@ def test_soak(fresh_backend):
         print('\n%s soak: %d writes (%d refused while etcd was down), %d '
               'leader kills, %d terms, etcd restarted once'
               % (d.name, counts['ok'], counts['failed'], kills - 1, terms))
-        assert restarted_etcd and kills - 1 >= 4
-        assert terms >= 4 and counts['ok'] > 1000
+        assert restarted_etcd and kills - 1 >= 3
+        assert terms >= 3 and counts['ok'] > 1000
