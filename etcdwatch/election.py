@@ -11,6 +11,7 @@ as soon as it goes.
 import contextlib
 import os
 import socket
+import threading
 import time
 import uuid
 import weakref
@@ -53,10 +54,24 @@ def _release_if_held(backend, key, value, held):
     if not held[0]:
         return
     held[0] = False
+    if threading.main_thread().is_alive():
+        # Collected as garbage.  The collector runs in whichever thread
+        # happened to allocate, maybe in the middle of a call to this very
+        # client (holding a lock the release needs: a FakeEtcdClient's
+        # deadlocked so): release from a thread of its own.  Not a daemon:
+        # an interpreter that is exiting waits for it.
+        threading.Thread(target=_release, args=(backend, key, value),
+                         name='etcdwatch-release').start()
+    else:
+        # At exit (every other thread has been joined): here and now.
+        _release(backend, key, value)
+
+
+def _release(backend, key, value):
     try:
         backend.delete_if(key, value)
     except exceptions.BackendError:
-        LOG.debug('could not release %s at exit', key, exc_info=True)
+        LOG.debug('could not release %s', key, exc_info=True)
 
 
 def _make_id():

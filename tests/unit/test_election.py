@@ -142,7 +142,27 @@ def test_k_a_leader_that_is_collected_releases_its_key(client):
     assert holder(client) == e.thread_id
     del e
     gc.collect()
-    assert holder(client) is None
+    wait_until(lambda: holder(client) is None)
+
+
+def test_k_a_leader_collected_inside_a_call_to_its_client(client):
+    # The collector runs in whichever thread allocates, maybe in the
+    # middle of a call to the very client, which then holds a lock the
+    # release needs (a FakeEtcdClient's is not reentrant): the finalizer
+    # must not wait for it there, or that thread hangs for good.
+    e = elector(client)
+    e.wait_until_elected()
+    release = (e._backend, e.master_key, e.thread_id, e._held)
+    done = threading.Event()
+
+    def finalizer_inside_a_call():
+        with client._lock:
+            election_mod._release_if_held(*release)
+        done.set()
+    thread = threading.Thread(target=finalizer_inside_a_call, daemon=True)
+    thread.start()
+    assert done.wait(10), 'the finalizer deadlocked on the client'
+    wait_until(lambda: holder(client) is None)
 
 
 def test_k_a_follower_that_is_collected_deletes_nothing(client):
