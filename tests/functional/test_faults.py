@@ -200,8 +200,10 @@ def test_elected_worker_killed_and_terminated(backend_client):
             workers.start(*d.worker_args('lead', name, 2, 0.5, 0.1))
 
         def leaders():
+            # Leading *and* working: a term counts (terms_never_overlap)
+            # by its 'work' lines, which follow 'elected' a moment later.
             return [w for w in workers.all if w.proc.poll() is None and
-                    w.events('elected') and not w.events('lost')]
+                    w.events('work') and not w.events('lost')]
         first = wait_until(leaders, timeout=30)[0]
         first.kill()
         second = wait_until(lambda: [w for w in leaders()
