@@ -327,12 +327,12 @@ class EtcdElection(object):
             return True
         while stop is None or not stop.is_set():
             try:
-                if self._try_lead():
-                    self._campaign_outage.succeeded()
+                won = self._try_lead()
+                self._campaign_outage.succeeded()
+                if won:
                     self._alive_until = time.monotonic() + self.work_time
                     self._ensure_keepalive()
                     return True
-                self._campaign_outage.succeeded()
                 self._wait_for_vacancy()
             except exceptions.BackendError as e:
                 if self.multi_worker_ok:

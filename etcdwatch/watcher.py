@@ -276,15 +276,15 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
                             break
                     self.do_watch()
                     self._outage.succeeded()
-                except exceptions.EtcdUnavailable as e:
+                except Exception as e:
                     self._stats['errors'] += 1
-                    self._outage.failed(e, self.DANGER_PAUSE)
-                    self._stop.wait(self.DANGER_PAUSE)
-                except Exception:
-                    self._stats['errors'] += 1
-                    LOG.exception('%s: watching %s failed; retrying in %ss',
-                                  self.name, self.watch_path,
-                                  self.DANGER_PAUSE)
+                    if isinstance(e, exceptions.EtcdUnavailable):
+                        # Once per outage, not once per retry.
+                        self._outage.failed(e, self.DANGER_PAUSE)
+                    else:
+                        LOG.exception('%s: watching %s failed; retrying '
+                                      'in %ss', self.name, self.watch_path,
+                                      self.DANGER_PAUSE)
                     self._stop.wait(self.DANGER_PAUSE)
         finally:
             if self.etcd_elector is not None:
