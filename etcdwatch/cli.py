@@ -152,7 +152,7 @@ def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
     group.add_argument(
         '--etcd', metavar='HOST:PORT[,HOST:PORT...]', type=_endpoints_arg,
         default=default,
-        help='etcd client address(es), only one with --api v3; also '
+        help='etcd client address(es), every member of a cluster; also '
              'http(s)://HOST:PORT (default: $%s, else %s)'
              % (ENV_ETCD, DEFAULT_ETCD))
     group.add_argument(
@@ -363,10 +363,9 @@ def _make_v3_client(args: argparse.Namespace, protocol: str) -> Any:
     if args.cacert:
         kwargs['ca_cert'] = args.cacert
     if args.cert:
-        # etcd3gw ignores a certificate without a key: a --cert that holds
-        # the key too is given as both.
+        # Without --key, FailoverEtcd3Client takes --cert to hold the key.
         kwargs['cert_cert'] = args.cert
-        kwargs['cert_key'] = args.key or args.cert
+        kwargs['cert_key'] = args.key
     _import_etcd3gw()
     from etcdwatch import v3client
     # Sends nothing yet: probe() is the first request.  Knows every

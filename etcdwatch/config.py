@@ -334,8 +334,8 @@ class EtcdClientFactory(object):
     """Checked etcd connection settings; :meth:`client` builds clients.
 
     :param host: ``"10.0.0.1:2379,10.0.0.2:2379"`` or a list of entries
-        (see :func:`parse_hosts`); a single entry with ``api_version``
-        'v3'.
+        (see :func:`parse_hosts`); with ``api_version`` 'v3', a client
+        that moves on to the next of them when one is down.
     :param port: the port of entries that give none.
     :param protocol: 'http' or 'https'.
     :param username: etcd v2 user, sent with ``password`` as HTTP basic
