@@ -328,22 +328,22 @@ def test_v3_command_line_over_tls(tls_v3_server, prefix, tmp_path):
     url = 'https://' + address(tls_v3_server)
     path = prefix + '/elections'
     other = make_tls_files(tmp_path / 'other')
+
+    def leader(cacert, env_ca):
+        # --cacert given; requests' CA variables naming env_ca.
+        env = dict(os.environ, REQUESTS_CA_BUNDLE=env_ca,
+                   CURL_CA_BUNDLE=env_ca)
+        return _command(
+            'leader', '--api', 'v3', '--etcd', url, '--cacert', cacert,
+            '--cert', files.client_cert, '--key', files.client_key,
+            '--election-path', path, 'job', env=env)
     # Reached (no leader: status 1), through v3 with a client certificate,
     # though requests' variable names another CA.
-    env = dict(os.environ, REQUESTS_CA_BUNDLE=other.ca_cert,
-               CURL_CA_BUNDLE=other.ca_cert)
-    status, out, err = _command(
-        'leader', '--api', 'v3', '--etcd', url, '--cacert', files.ca_cert,
-        '--cert', files.client_cert, '--key', files.client_key,
-        '--election-path', path, 'job', env=env)
+    status, out, err = leader(files.ca_cert, other.ca_cert)
     assert (status, out, err) == (1, '', 'etcdwatch leader: job has no '
                                          'leader\n')
-    env = dict(os.environ, REQUESTS_CA_BUNDLE=files.ca_cert,
-               CURL_CA_BUNDLE=files.ca_cert)
-    status, out, err = _command(
-        'leader', '--api', 'v3', '--etcd', url, '--cacert', other.ca_cert,
-        '--cert', files.client_cert, '--key', files.client_key,
-        '--election-path', path, 'job', env=env)
+    # And the wrong CA is refused, though the variable names the right one.
+    status, out, err = leader(other.ca_cert, files.ca_cert)
     assert (status, out) == (3, '')
     assert len(err.splitlines()) == 1
     assert err.startswith('etcdwatch leader: cannot reach etcd at %s: '

@@ -44,6 +44,17 @@ def no_client(monkeypatch):
     monkeypatch.setattr(config.etcd, 'Client', refuse)
 
 
+def assert_prints_ok_in_a_fresh_interpreter(code):
+    """Run ``code`` in a new Python; it must print ``ok`` and exit 0.
+
+    A new one, because this one may have imported anything already.
+    """
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == 'ok'
+
+
 @pytest.fixture
 def no_v3_client(monkeypatch):
     """Fails the test if anything builds an etcd3gw client."""
@@ -366,10 +377,7 @@ def test_v3_imports_etcd3gw_only_in_client():
         'client = factory.client()\n'
         'assert type(client).__module__ == "etcdwatch.v3client"\n'
         'print("ok")\n')
-    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == 'ok'
+    assert_prints_ok_in_a_fresh_interpreter(code)
 
 
 def test_v3_from_conf(tmp_path, tls):
@@ -582,7 +590,4 @@ def test_nothing_registered_on_the_global_conf_at_import():
         'assert sorted(cfg.CONF) == before, (before, sorted(cfg.CONF))\n'
         'assert "etcd" not in cfg.CONF\n'
         'print("ok")\n')
-    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == 'ok'
+    assert_prints_ok_in_a_fresh_interpreter(code)
