@@ -32,3 +32,15 @@ class HistoryGone(BackendError):
         super(HistoryGone, self).__init__(message or 'history gone')
         #: etcd's index when it said so, if it told us.
         self.current_index = current_index
+
+
+class ClusterRewound(HistoryGone):
+    """etcd stands at an index below one we already saw, or is another
+    cluster.
+
+    The data was wiped, or restored from an older snapshot, on the same
+    address, or the client now talks to a different cluster.  Every index
+    known from before means nothing there: a watcher re-reads the whole
+    tree (it is a :class:`HistoryGone`), so keys the new etcd lacks are
+    reported deleted and restored values changed.
+    """

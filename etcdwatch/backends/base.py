@@ -110,6 +110,24 @@ class Backend(abc.ABC):
     def delete_if(self, key, value):
         """Delete ``key`` if it still holds ``value``; True if deleted."""
 
+    def check_current(self, path, index):
+        """Prove that etcd is alive, in a quorum, and not behind ``index``.
+
+        A watcher calls it after a watch of ``path`` saw nothing for a whole
+        heartbeat: a member cut off from its cluster (or paused) can keep a
+        watch open and silent forever, and a wiped or restored etcd can
+        wait for an index it will not reach for a long time.
+
+        Makes one linearizable (quorum) read, bounded by the client's
+        timeout, and returns etcd's current index.  Raises
+        :class:`~etcdwatch.exceptions.EtcdUnavailable` if the member cannot
+        show a quorum in time (a client that knows other members is moved
+        to the next one first), and
+        :class:`~etcdwatch.exceptions.ClusterRewound` if etcd's index is
+        below ``index``, or its cluster ID changed.
+        """
+        raise NotImplementedError
+
     def close(self):
         """Release what the backend keeps open between calls.
 
