@@ -46,6 +46,7 @@ from oslo_log import log as logging
 
 from etcdwatch import backends
 from etcdwatch.backends import base
+from etcdwatch import backoff
 from etcdwatch import election
 from etcdwatch import exceptions
 from etcdwatch import handlers
@@ -95,12 +96,28 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
     ``watch_path``, and every change has been delivered to a callback that
     returned without raising.  A callback that raises is logged and retried
     with capped exponential backoff; later events wait behind it (in order)
-    and are never dropped.  etcd errors are logged and retried after
-    ``DANGER_PAUSE`` seconds (an outage is logged once, not per retry).
+    and are never dropped.  etcd errors are logged and retried with
+    jittered backoff from ``DANGER_PAUSE`` up to ``DANGER_PAUSE_MAX``
+    seconds (an outage is logged once, not per retry).
+
+    Faults of a cluster: a watch that stays silent for a whole heartbeat
+    is followed by a quorum read (:meth:`Backend.check_current
+    <etcdwatch.backends.base.Backend.check_current>`), so a member cut off
+    from its cluster, or paused, is left for another within a heartbeat
+    plus the client's timeout; and an etcd whose index went back (wiped,
+    restored from a snapshot, replaced) is re-read in full, so keys it no
+    longer holds are reported deleted.
     """
 
-    #: Seconds to wait after an etcd error before trying again.
+    #: Ceiling of the first wait after an etcd error; each consecutive
+    #: error doubles it up to DANGER_PAUSE_MAX, and each wait is drawn at
+    #: random from the upper half of its ceiling, so watchers that failed
+    #: together (an etcd restart) do not all come back together.
     DANGER_PAUSE: float = 2
+    #: The largest ceiling; None (the default) is 8 * DANGER_PAUSE.  An
+    #: elected watcher never waits longer than DANGER_PAUSE (its term's
+    #: work_time counts on it).
+    DANGER_PAUSE_MAX: Optional[float] = None
     #: First and longest wait before retrying a callback that raised.
     CALLBACK_RETRY_MIN: float = 0.1
     CALLBACK_RETRY_MAX: float = 10.0
@@ -167,10 +184,17 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         self._term: Optional[int] = None
         self._stats: Dict[str, Any] = {
             'events': 0, 'resyncs': 0, 'errors': 0, 'callback_errors': 0,
-            'unparsable': 0, 'last_event_time': None}
+            'unparsable': 0, 'checks': 0, 'rewinds': 0,
+            'last_event_time': None}
 
         self._outage = outage.OutageLog(
             LOG, '%s: watching %s' % (self.name, self.watch_path))
+        self._backoff = backoff.Backoff(self.DANGER_PAUSE,
+                                        self.DANGER_PAUSE)
+        # Whether a callback runs now, and so whether stop() must leave
+        # the release of an election to the loop (guarded by the lock).
+        self._handover_lock = self._handler.lock()
+        self._in_callback = False
 
         if self.etcd_elector is None:
             # The seed's contract: the tree is loaded (and do_all_work run)
@@ -260,8 +284,9 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
     def watch_forever(self) -> None:
         """Watch until :meth:`stop`; never raises for etcd or callbacks.
 
-        Errors pause the loop for ``DANGER_PAUSE`` seconds, so a dead etcd
-        cannot spin the CPU.  An outage (etcd unreachable) is logged when
+        Errors pause the loop (``DANGER_PAUSE`` at first, growing with
+        consecutive errors, jittered), so a dead etcd cannot spin the CPU.
+        An outage (etcd unreachable) is logged when
         it starts, every minute while it lasts, and when it ends (each
         attempt at DEBUG); any other error is logged with its traceback.
         Returns within one ``heartbeat`` (plus one callback) of
@@ -276,16 +301,18 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
                             break
                     self.do_watch()
                     self._outage.succeeded()
+                    self._backoff.succeeded()
                 except Exception as e:
                     self._stats['errors'] += 1
+                    pause = self._pause_after_error()
                     if isinstance(e, exceptions.EtcdUnavailable):
                         # Once per outage, not once per retry.
-                        self._outage.failed(e, self.DANGER_PAUSE)
+                        self._outage.failed(e, round(pause, 1))
                     else:
                         LOG.exception('%s: watching %s failed; retrying '
-                                      'in %ss', self.name, self.watch_path,
-                                      self.DANGER_PAUSE)
-                    self._stop.wait(self.DANGER_PAUSE)
+                                      'in %.1fs', self.name,
+                                      self.watch_path, pause)
+                    self._stop.wait(pause)
         finally:
             if self.etcd_elector is not None:
                 self.etcd_elector.clean()
@@ -295,13 +322,19 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
     def stop(self) -> None:
         """Ask :meth:`watch_forever` to return (within one heartbeat).
 
-        An elected watcher resigns at once, so another worker takes over
-        without waiting for this one's watch to time out; it delivers
-        nothing after that.
+        Returns at once.  No callback starts after it.  An elected watcher
+        resigns as soon as no callback of its runs: at once if none does,
+        else right after the running one returns (also when stop() is
+        called from inside that callback).  So another worker takes over
+        without waiting for this one's watch to time out, and never while
+        this one still acts on a change.
         """
         self._stop.set()
         if self.etcd_elector is not None:
-            self.etcd_elector.resign()
+            with self._handover_lock:
+                busy = self._in_callback
+            if not busy:
+                self.etcd_elector.resign()
         # Wakes a watch blocked in the backend (v3 streams), so the loop
         # returns now rather than after its heartbeat.
         self._backend.close()
@@ -319,7 +352,8 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         """Counters, as a new dict.
 
         events, resyncs, errors, callback_errors, unparsable (values the
-        codec refused), index (the last index applied), last_event_time
+        codec refused), checks (quorum reads after a silent heartbeat),
+        rewinds (re-reads because etcd's index went back), index (the last index applied), last_event_time
         (time.time() of the last event applied), synced, pending (callbacks
         waiting for a retry).
         """
@@ -343,12 +377,22 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         try:
             event = self._backend.watch_tree(self.watch_path, self.tick,
                                              self.heartbeat)
+            if event is None:
+                # Silence proves nothing: a member cut off from its
+                # cluster, or an etcd rebuilt below our index, is silent.
+                self._backend.check_current(self.watch_path, self.tick - 1)
+                self._stats['checks'] += 1
+                return
+        except exceptions.ClusterRewound as e:
+            LOG.warning('%s: %s; re-reading %s', self.name, e,
+                        self.watch_path)
+            self._stats['rewinds'] += 1
+            self.refresh_all_data()
+            return
         except exceptions.HistoryGone:
             LOG.info('%s: etcd history no longer reaches index %s; '
                      're-reading %s', self.name, self.tick, self.watch_path)
             self.refresh_all_data()
-            return
-        if event is None:
             return
         if self._far_behind(event):
             LOG.debug('%s: %s events behind; re-reading instead',
@@ -408,6 +452,17 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
                 # re-read's do_all_work().
                 self._pending.clear()
         return True
+
+    def _pause_after_error(self):
+        # From the attributes as they are now: tests and subclasses set
+        # DANGER_PAUSE on the instance after construction.
+        initial = self.DANGER_PAUSE
+        if self.etcd_elector is not None:
+            maximum = initial
+        else:
+            maximum = max(initial, self.DANGER_PAUSE_MAX or 8 * initial)
+        self._backoff.initial, self._backoff.maximum = initial, maximum
+        return self._backoff.failed()
 
     def _leading(self):
         elector = self.etcd_elector
@@ -502,6 +557,10 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
                     # more; it re-reads everything when elected again.
                     return False
                 item = self._pending[0]
+                with self._handover_lock:
+                    if self._stop.is_set():
+                        return False
+                    self._in_callback = True
                 try:
                     if item is _ALL_WORK:
                         self.do_all_work()
@@ -517,11 +576,22 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
                                   self._describe(item),
                                   self._callback_failures)
                     return False
+                finally:
+                    self._callback_returned()
                 self._pending.popleft()
                 self._callback_failures = 0
         if not self._synced.is_set():
             self._synced.set()
         return True
+
+    def _callback_returned(self):
+        with self._handover_lock:
+            self._in_callback = False
+            stopping = self._stop.is_set()
+        if stopping and self.etcd_elector is not None:
+            # stop() came while the callback ran and left the release to
+            # us: only now may another worker act as leader.
+            self.etcd_elector.resign()
 
     def _short_keys(self):
         for key in list(self.etcd_data):
