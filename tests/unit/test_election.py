@@ -401,3 +401,112 @@ def test_an_elected_watcher_that_loses_stops_then_reloads(client):
         wait_until(lambda: w.loads == 2)
         assert w.etcd_elector.fencing_token > token
         assert w.etcd_data == {'/data/a': '1', '/data/b': '2'}
+
+
+@pytest.mark.parametrize('change', ['delete', 'take'])
+def test_a_leader_sees_its_key_deleted_or_taken_at_once(client, change):
+    lost = []
+    a = elector(client, work_time=30,
+                on_lost=lambda t: lost.append(time.monotonic()))
+    a.wait_until_elected()
+    client.wait_for_watches(1)          # the guard watches the key
+    changed = time.monotonic()
+    if change == 'delete':
+        client.delete(E + '/master_svc')
+    else:
+        client.write(E + '/master_svc', 'intruder')
+    # work_time 30: the keepalive would not renew for 10 s.
+    wait_until(lambda: not a.is_elected, timeout=5)
+    wait_until(lambda: lost, timeout=5)
+    assert lost[0] - changed < 1.0
+    with pytest.raises(EtcdElectionLost):
+        a.check_in()
+    assert not a.is_elected
+
+
+def test_a_renewal_that_hangs_does_not_delay_the_loss(client):
+    # A member cut off from its cluster: the renewal blocks for the
+    # client's whole timeout.  The term must end at the lease deadline,
+    # which comes before the key can expire on the server.
+    release = threading.Event()
+
+    class Hanging(FlakyClient):
+        def __getattr__(self, name):
+            target = super(Hanging, self).__getattr__(name)
+            if name != 'write':
+                return target
+
+            def write(*args, **kwargs):
+                if kwargs.get('refresh'):
+                    release.wait(30)
+                return target(*args, **kwargs)
+            return write
+
+    lost = []
+    a = elector(Hanging(client), work_time=4,
+                on_lost=lambda t: lost.append(time.monotonic()))
+    try:
+        sent = time.monotonic()
+        a.wait_until_elected()
+        wait_until(lambda: lost, timeout=10)
+        # The local deadline: 4 s after the create was sent, minus a 1 s
+        # margin; the key expires on the server 4 s after it.
+        assert 2.9 < lost[0] - sent < 3.6
+        assert not a.is_elected
+    finally:
+        release.set()
+
+
+class Timed(EtcdWatcher):
+    """Logs when each callback starts and returns; can hold one open."""
+
+    def __init__(self, *args, **kwargs):
+        self.log = []
+        self.hold = threading.Event()
+        self.holding = threading.Event()
+        self.on_callback = None
+        super(Timed, self).__init__(*args, **kwargs)
+
+    def do_all_work(self):
+        self.do_work('all', None, None)
+
+    def do_work(self, action, key, value):
+        self.log.append(('start', key, time.monotonic()))
+        if key == '/data/slow':
+            self.holding.set()
+            if self.on_callback is not None:
+                self.on_callback()
+            assert self.hold.wait(30)
+        self.log.append(('end', key, time.monotonic()))
+
+
+@pytest.mark.parametrize('stop_from', ['another thread', 'the callback'])
+def test_a_stopped_leader_releases_after_its_running_callback(client,
+                                                              stop_from):
+    a = Timed(client, 'w', '/data', election_path=E,
+              wait_until_elected=True, heartbeat=0.2, recovery_time=0.2)
+    with Runner(a):
+        wait_until(lambda: a.synced)
+        b = Timed(client, 'w', '/data', election_path=E,
+                  wait_until_elected=True, heartbeat=0.2, recovery_time=0.2)
+        with Runner(b):
+            if stop_from == 'the callback':
+                a.on_callback = a.stop
+            client.write('/data/slow', '1')
+            assert a.holding.wait(10)
+            if stop_from == 'another thread':
+                started = time.monotonic()
+                a.stop()
+                assert time.monotonic() - started < 1.0, 'stop() blocked'
+            # a still holds the key while its callback runs.
+            time.sleep(0.5)     # what b would need to take over (no wait)
+            assert not b.log and b.etcd_elector.leader() == \
+                a.etcd_elector.thread_id
+            returned = time.monotonic()
+            a.hold.set()
+            wait_until(lambda: b.log, timeout=10)
+            assert b.log[0][2] > returned
+            assert a.log[-1][0] == 'end'
+            # Nothing started on a after its stop.
+            starts = [key for what, key, _t in a.log if what == 'start']
+            assert starts[-1] == '/data/slow'
