@@ -21,6 +21,7 @@ from oslo_log import log as logging
 
 from etcdwatch import backends
 from etcdwatch.backends import base
+from etcdwatch import backoff
 from etcdwatch import exceptions
 from etcdwatch import handlers
 from etcdwatch import keys
@@ -119,7 +120,10 @@ class EtcdElection(object):
         ``2 * work_time``.
     :param recovery_time: the longest a follower sleeps between two looks
         at the key, in case a watch notification is lost.  A follower is
-        normally woken the moment the key goes.
+        normally woken the moment the key goes.  After an etcd error a
+        candidate retries after a random wait in the upper half of
+        ``recovery_time``, doubling with each consecutive error up to
+        ``2 * recovery_time``.
     :param multi_worker_ok: what to prefer when etcd cannot be reached.
         False (the default): *at most one* leader.  A worker only believes it
         leads after etcd confirmed it, and stops believing it once the lease
@@ -171,6 +175,10 @@ class EtcdElection(object):
         self._lock = self._handler.rlock()
         self._campaign_outage = outage.OutageLog(
             LOG, '%s: campaigning for %s' % (name, self.master_key))
+        # Candidates that failed together (an etcd restart) must not all
+        # come back together: jittered, growing to twice recovery_time.
+        self._campaign_backoff = backoff.Backoff(recovery_time,
+                                                 2 * recovery_time)
         #: The current :class:`Term`, or None.
         self.term: Optional[Term] = None
         # Monotonic time after which we no longer believe we lead: when the
@@ -331,6 +339,7 @@ class EtcdElection(object):
             try:
                 won = self._try_lead()
                 self._campaign_outage.succeeded()
+                self._campaign_backoff.succeeded()
                 if won:
                     self._alive_until = time.monotonic() + self.work_time
                     self._ensure_keepalive()
@@ -344,14 +353,15 @@ class EtcdElection(object):
                     return True
                 if not self.is_elected:
                     self._end_term('etcd unreachable past the lease')
+                pause = self._campaign_backoff.failed()
                 if isinstance(e, exceptions.EtcdUnavailable):
                     # Once per outage, not once per retry.
-                    self._campaign_outage.failed(e, self.recovery_time)
+                    self._campaign_outage.failed(e, round(pause, 1))
                 else:
                     LOG.warning('%s: election failed on an etcd error; '
-                                'retrying in %ss', self.name,
-                                self.recovery_time, exc_info=True)
-                self._sleep(stop, self.recovery_time)
+                                'retrying in %.1fs', self.name, pause,
+                                exc_info=True)
+                self._sleep(stop, pause)
         return False
 
     def _try_lead(self):
