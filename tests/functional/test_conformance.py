@@ -23,6 +23,7 @@ import time
 import etcd
 import pytest
 
+from etcdwatch.backends import v2
 from etcdwatch.testing.fake import FakeClock
 from etcdwatch.testing.fake import FakeEtcdClient
 
@@ -530,6 +531,29 @@ def case_timeouts(t):
     t.do('read wait times out', c.read, p + '/k', wait=True, timeout=0.3)
 
 
+def case_quorum_reads(t):
+    """Quorum reads, V2Backend.check_current's missing key included.
+
+    Its "not found" (or "not a directory") must carry etcd's index.
+    """
+    c, p = t.client, t.prefix
+    t.do('file', c.write, p + '/f', 'v')
+    t.do('dir', c.write, p + '/d/x', 'x')
+    t.do('hidden', c.write, p + '/_h', 'h')
+    t.do('quorum missing', c.read, p + '/nope', quorum=True)
+    t.do('quorum under missing', c.read, p + '/nope/x/y', quorum=True)
+    t.do('quorum under file', c.read, p + '/f/_q', quorum=True)
+    t.do('quorum hidden', c.read, p + '/_h', quorum=True)
+    t.do('quorum dir', c.read, p + '/d', quorum=True)
+    t.do('quorum recursive', c.read, p, recursive=True, quorum=True)
+    t.do('quorum check key', c.read, p + '/d/' + v2._QUORUM_KEY,
+         quorum=True)
+    t.do('bad quorum', c.read, p + '/f', quorum='maybe')
+    backend = v2.V2Backend(c)
+    t.note('check_current', [t.index(backend.check_current(path, 0))
+                             for path in (p, p + '/d', p + '/f', '/')])
+
+
 def case_two_watches(t):
     """Two blocked watches on one key both see the same write."""
     c, p = t.client, t.prefix
@@ -543,7 +567,7 @@ def case_two_watches(t):
 @pytest.mark.parametrize('case', [
     case_keys, case_directories, case_compare, case_ttl, case_expire,
     case_watch_history, case_watch_live, case_timeouts,
-    case_two_watches,
+    case_two_watches, case_quorum_reads,
 ], ids=lambda case: case.__name__[5:])
 def test_case(case, etcd_client, etcd_prefix):
     check(case, etcd_client, etcd_prefix)

@@ -145,6 +145,26 @@ def test_errors_carry_python_etcds_payload(client):
     assert client.index == 1
 
 
+def test_quorum_reads_answer_as_plain_reads(client):
+    # On etcd a quorum read goes through raft but answers the same, its
+    # "not found" included (test_conformance holds this to a real etcd).
+    client.write('/a/b', 'v')
+    client.write('/a/c', 'w')
+    assert client.read('/a/b', quorum=True).value == 'v'
+    with pytest.raises(etcd.EtcdKeyNotFound) as e:
+        client.read('/a/missing', quorum=True)
+    assert e.value.payload == {
+        'errorCode': 100, 'message': 'Key not found',
+        'cause': '/a/missing', 'index': 2, 'status': 404}
+    with pytest.raises(etcd.EtcdNotDir) as e:
+        client.read('/a/b/_q', quorum=True)
+    assert e.value.payload['index'] == 2
+    with pytest.raises(etcd.EtcdValueError) as e:
+        client.read('/a/b', quorum='maybe')
+    assert e.value.payload['errorCode'] == 209
+    assert client.index == 2
+
+
 def test_update_of_a_directory_is_a_raft_error_as_on_etcd_3_5(client):
     client.write('/d', None, dir=True)
     with pytest.raises(etcd.EtcdException) as e:
