@@ -91,7 +91,8 @@ def fold_changes(changes):
     """What a sequence of (action, key, value) notifications adds up to.
 
     Fails on an 'add' of a known key, a 'change' or 'delete' of an unknown
-    one: a change watcher must never send those.
+    one, and a 'change' to the value already reported: a change watcher
+    must never send those.
     """
     state = {}
     for action, key, value in changes:
@@ -101,6 +102,8 @@ def fold_changes(changes):
         else:
             assert (action == 'add') == (key not in state), (
                 '%s of %s' % (action, key))
+            assert action == 'add' or state[key] != value, (
+                'change of %s to the value it had: %r' % (key, value))
             state[key] = value
     return state
 

@@ -14,7 +14,9 @@ Every line printed is one JSON object, flushed at once:
 * lead: like elect, but works in units of UNIT seconds and prints
   {"event": "work", "t": ...} for each unit it starts while ``is_elected``
   (t is taken *before* checking), and {"event": "lost"} when it notices the
-  loss.  HOSTS may list several members (h:p,h:p) for a reconnecting client.
+  loss; {"event": "term_lost", "term": ...} when the election's on_lost
+  fires.  HOSTS may list several members (h:p,h:p) for a reconnecting
+  client.
 * watch: {"event": "synced"} then {"action", "key", "value"} per change.
 
 SIGTERM exits cleanly (atexit handlers run, so an elected worker releases
@@ -82,9 +84,11 @@ def base_uri(client):
 
 def lead(address, name, work_time, recovery_time, unit):
     client = client_for(address)
-    elector = etcdwatch.EtcdElection(client, name, '/elections',
-                                     work_time=float(work_time),
-                                     recovery_time=float(recovery_time))
+    elector = etcdwatch.EtcdElection(
+        client, name, '/elections', work_time=float(work_time),
+        recovery_time=float(recovery_time),
+        on_lost=lambda term: say(event='term_lost',
+                                 term=term.fencing_token))
     say(event='campaigning', id=elector.thread_id)
     while True:
         elector.wait_until_elected()
