@@ -20,7 +20,9 @@ import base64
 import collections
 import json
 import math
+import selectors
 import socket
+import ssl
 import threading
 import time
 
@@ -48,6 +50,16 @@ _MIN_SILENCE = 0.5
 # gRPC status codes that mean "try again later" rather than "wrong".
 _GRPC_UNAVAILABLE = frozenset([4, 14])      # DEADLINE_EXCEEDED, UNAVAILABLE
 _HTTP_UNAVAILABLE = frozenset([408, 502, 503, 504])
+# RESOURCE_EXHAUSTED: before etcd 3.4.17 the gateway refuses any message
+# over 4 MiB, on every retry alike.
+_GRPC_TOO_LARGE = 8
+
+#: Sent with every watch: etcd then cancels the watch ("etcdserver: no
+#: leader") when the member loses its raft leader, instead of keeping it
+#: open and silent on a member cut off from its cluster (etcd #10819).
+_WATCH_HEADERS = {'Grpc-Metadata-hasleader': 'true',
+                  # Lines must arrive as etcd flushes them.
+                  'Accept-Encoding': 'identity'}
 
 
 def _b64(text):
@@ -125,23 +137,59 @@ class _Translate(object):
         raise exceptions.BackendError('%s: %s' % (self.what, exc)) from exc
 
 
-def _raise_for(what, status, body, current_index=None):
-    """Raise the etcdwatch error for a gateway error answer."""
-    if isinstance(body, dict) and isinstance(body.get('error'), dict):
-        # Errors inside a stream: {"error": {"grpc_code": ..., ...}}.
-        body = dict(body['error'], code=body['error'].get('grpc_code'))
+class _TooLarge(exceptions.BackendError):
+    """The gateway refused a message over its size limit (gRPC code 8)."""
+
+
+def _gateway_error(body):
+    """``(gRPC code or None, message)`` of a gateway error body.
+
+    Unary answers: ``{"error": text, "code": N, "message": text}``.  Errors
+    inside a stream: ``{"error": {"grpc_code": N, "http_code": ...,
+    "message": ...}}`` up to etcd 3.5 (grpc-gateway v1), ``{"error":
+    {"code": N, "message": ...}}`` from 3.6 (grpc-gateway v2).
+    """
     if not isinstance(body, dict):
-        body = {}
+        return None, 'no detail'
+    if isinstance(body.get('error'), dict):
+        body = body['error']
+        code = body.get('grpc_code', body.get('code'))
+    else:
+        code = body.get('code')
     message = body.get('message') or body.get('error') or 'no detail'
-    code = body.get('code')
-    if 'required revision has been compacted' in str(message):
+    try:
+        code = None if code is None else int(code)
+    except (TypeError, ValueError):
+        code = None
+    return code, str(message)
+
+
+def _raise_for(what, status, body, current_index=None, stream=False):
+    """Raise the etcdwatch error for a gateway error answer.
+
+    ``stream``: the error came inside a watch stream, where a message too
+    large for the gateway means the watch cannot go on (HistoryGone: the
+    caller re-reads) rather than a request to make smaller.
+    """
+    code, message = _gateway_error(body)
+    if 'required revision has been compacted' in message:
         raise exceptions.HistoryGone('%s: %s' % (what, message),
                                      current_index)
-    if status in _HTTP_UNAVAILABLE or code in _GRPC_UNAVAILABLE:
+    if code == _GRPC_TOO_LARGE:
+        if stream:
+            raise exceptions.HistoryGone(
+                '%s: a watch message was too large for etcd\'s gateway '
+                '(RESOURCE_EXHAUSTED; etcd before 3.4.17 refuses messages '
+                'over 4 MiB), so the events cannot be walked: %s'
+                % (what, message), current_index)
+        raise _TooLarge('%s: answer too large for etcd\'s gateway: %s'
+                        % (what, message))
+    if (status in _HTTP_UNAVAILABLE or code in _GRPC_UNAVAILABLE or
+            'no leader' in message):
         raise exceptions.EtcdUnavailable('%s: etcd unavailable (%s): %s'
-                                         % (what, status, message))
+                                         % (what, status or code, message))
     raise exceptions.BackendError('%s: etcd answered %s: %s'
-                                  % (what, status, message))
+                                  % (what, status or code, message))
 
 
 def _socket_of(raw):
@@ -161,66 +209,177 @@ def _socket_of(raw):
         return None
 
 
-class _Stream(object):
-    """One open ``/watch`` response: JSON messages, one per line."""
+class _ChunkedDecoder(object):
+    """Decodes an HTTP/1.1 chunked body fed in pieces of any size.
 
-    def __init__(self, response, timeout):
+    :meth:`feed` returns the body bytes the piece completes (possibly
+    none); ``done`` turns True after the last chunk and its trailers.
+    Chunk extensions and trailers are skipped.  Malformed framing raises
+    ValueError.
+    """
+
+    _MAX_LINE = 4096
+
+    def __init__(self):
+        self._pending = b''
+        self._state = 'size'        # size, data, crlf, trailer, done
+        self._left = 0
+        self.done = False
+
+    def feed(self, data):
+        self._pending += data
+        out = []
+        while self._state != 'done':
+            if self._state == 'data':
+                if not self._pending:
+                    break
+                piece = self._pending[:self._left]
+                self._pending = self._pending[len(piece):]
+                self._left -= len(piece)
+                out.append(piece)
+                if not self._left:
+                    self._state = 'crlf'
+                continue
+            line, newline, rest = self._pending.partition(b'\n')
+            if not newline:
+                if len(self._pending) > self._MAX_LINE:
+                    raise ValueError('chunked body: framing line too long')
+                break
+            self._pending = rest
+            line = line.rstrip(b'\r')
+            if self._state == 'size':
+                size = line.split(b';', 1)[0].strip()
+                if not size or size.strip(b'0123456789abcdefABCDEF'):
+                    raise ValueError('chunked body: bad size %r' % line)
+                self._left = int(size, 16)
+                self._state = 'data' if self._left else 'trailer'
+            elif self._state == 'crlf':
+                if line:
+                    raise ValueError('chunked body: chunk overruns its size')
+                self._state = 'size'
+            elif not line:          # the blank line after the trailers
+                self._state = 'done'
+                self.done = True
+        return b''.join(out)
+
+
+def _no_decoder(data):
+    return data
+
+
+class _Stream(object):
+    """One open ``/watch`` response: JSON messages, one per line.
+
+    Reads only what has arrived: the socket is made non-blocking, and a
+    read that finds nothing waits for readability with a selector (green
+    under eventlet's monkey patching) until the caller's deadline.  So a
+    deadline passing never harms the stream: the next call continues it.
+    Every wait follows a read that found nothing, so bytes TLS has already
+    decrypted (``sock.pending()``) are never waited for.  The HTTP body is
+    decoded here, chunked or not.
+    """
+
+    def __init__(self, response, timeout, url=None):
         self.response = response
         #: The timeout of the last watch call that used it (for reaping).
         self.timeout = timeout
         self.last_used = time.monotonic()
+        #: The member's base URL, for moving off it when it fails.
+        self.url = url
         self.aborted = False
-        self._buffer = b''
-        self._sock = _socket_of(response.raw)
+        self._ended = False
+        self._selector = None
+        self._text = b''
         raw = response.raw
-        if raw.chunked and raw.supports_chunked_reads():
-            # Chunk by chunk as the gateway flushes them; read(n) would
-            # wait for n bytes.
-            self._chunks = raw.read_chunked(None, decode_content=True)
+        self._sock = _socket_of(raw)
+        reader = getattr(getattr(raw, '_fp', None), 'fp', None)
+        if self._sock is None or reader is None:
+            raise exceptions.BackendError(
+                'watch: cannot reach the socket of this transport')
+        encoding = response.headers.get('Content-Encoding', 'identity')
+        if encoding.lower() != 'identity':
+            raise exceptions.BackendError(
+                'watch: unexpected Content-Encoding %r' % encoding)
+        if raw.chunked:
+            self._decoder = _ChunkedDecoder()
+            self._decode = self._decoder.feed
         else:
-            read = getattr(raw, 'read1', None) or (lambda n: raw.read(1))
-            self._chunks = iter(lambda: read(65536), b'')
+            self._decoder, self._decode = None, _no_decoder
+        self._sock.setblocking(False)
+        # What the HTTP reader buffered past the headers; from now on
+        # the socket is read directly.
+        try:
+            first = reader.read1(1 << 20)
+        except (BlockingIOError, ssl.SSLWantReadError,
+                ssl.SSLWantWriteError):
+            first = b''
+        self._add(first)
+
+    def _add(self, data):
+        self._text += self._decode(data)
+        if self._decoder is not None and self._decoder.done:
+            self._ended = True
 
     def next_message(self, deadline):
         """The next message, or None if ``deadline`` passes first.
 
-        A timeout of the socket leaves the stream unusable (the caller
-        closes it); running out of time between two reads does not.
-        Raises StopIteration at the end of the stream and transport
-        errors as they come.
+        ``deadline`` is a ``time.monotonic()`` value, or None to wait for
+        ever.  Returning None leaves the stream usable.  Raises
+        StopIteration at the end of the stream (or after :meth:`abort`),
+        and transport errors as they come.
         """
         while True:
-            line, newline, rest = self._buffer.partition(b'\n')
+            line, newline, rest = self._text.partition(b'\n')
             if newline:
-                self._buffer = rest
+                self._text = rest
                 if line.strip():
                     return json.loads(line.decode('utf-8'))
                 continue
-            if deadline is None:
-                remaining = None
-            else:
+            if self._ended:
+                raise StopIteration
+            if not self._fill(deadline):
+                return None
+            if deadline is not None and time.monotonic() >= deadline and (
+                    b'\n' not in self._text):
+                return None
+
+    def _fill(self, deadline):
+        """Read what has arrived; False if ``deadline`` passed first."""
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                    ssl.SSLWantWriteError):
+                data = None
+            if data is not None:
+                if not data:
+                    self._ended = True
+                self._add(data)
+                return True
+            remaining = None
+            if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return None
-            if self._sock is not None:
-                self._sock.settimeout(remaining)
-            # else each read is bounded by the read timeout the stream was
-            # opened with (the timeout of the call that opened it).
-            self._buffer += next(self._chunks)
+                    return False
+            if self._selector is None:
+                self._selector = selectors.DefaultSelector()
+                self._selector.register(self._sock, selectors.EVENT_READ)
+            self._selector.select(remaining)
 
     def abort(self):
         """Wake a read blocked in another thread; the reader closes."""
         self.aborted = True
-        if self._sock is not None:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
 
     def close(self):
         # Never returned to the pool half read: closing the response
         # closes its connection.
         try:
+            if self._selector is not None:
+                self._selector.close()
             self.response.close()
         except Exception:  # noqa: broad; closing must not fail the caller
             pass
@@ -293,16 +452,31 @@ class V3Backend(base.Backend):
     Watches: v3 watches are streams.  A watch call reads the stream it
     left open last time if the caller continues where that one stopped
     (and has not re-read the tree since), else opens one at ``from_index``.
-    Each read waits at most until the call's own deadline; when that passes
-    with nothing read the call returns None, and if the socket timed out
-    the stream is closed (the next call opens a new one from where it
-    stood, so a silent stream never lives longer than one call's timeout).
-    A ``compact_revision`` answer closes the stream and raises
+    A call whose deadline passes with nothing read returns None and leaves
+    the stream open: the next call goes on reading it, so a quiet prefix
+    on a busy etcd keeps one stream (no replay of the whole keyspace's
+    history, no "compacted" answer to a reopening).  Streams ask for
+    progress notifications: one tells that every event up to its revision
+    has arrived, so a stream opened later starts there.  Streams carry
+    ``Grpc-Metadata-hasleader: true``: a member that loses its raft leader
+    cancels them ("no leader"), which raises
+    :class:`~etcdwatch.exceptions.EtcdUnavailable` and moves a client that
+    knows other members to the next one.  A ``compact_revision`` answer,
+    or a message too large for the gateway, closes the stream and raises
     :class:`~etcdwatch.exceptions.HistoryGone`; any other cancellation
     raises :class:`~etcdwatch.exceptions.BackendError`.  No thread is ever
     started.  :meth:`close` closes every stream; a stream left idle for
     twice its last call's timeout (plus a second) is closed by the next
     call on this backend.
+
+    A rewound or replaced etcd: every answer's header is checked.  A watch
+    message whose revision is below the index the watch stands at (the
+    data was wiped or restored), or a cluster ID other than the one seen
+    before (the client reaches another cluster), raises
+    :class:`~etcdwatch.exceptions.ClusterRewound`; for a new cluster ID,
+    once for each watched key or prefix whose position was learnt before
+    the change (and in :meth:`check_current`), then the new ID is the one
+    expected.
 
     Thread-safe.  Requests other than watches wait at most the etcd3gw
     client's ``timeout``, or :data:`DEFAULT_TIMEOUT` if it has none.
@@ -327,6 +501,12 @@ class V3Backend(base.Backend):
         # (key, value) -> the lease we bound the key to, to save a read on
         # each refresh.  Always checked against the key itself.
         self._leases = {}
+        # The cluster ID etcd's answers carry, and how many times it has
+        # changed (the epoch); per watched (key, range_end), the epoch in
+        # which its caller learnt its position.
+        self._cluster_id = None
+        self._epoch = 0
+        self._epochs = {}
 
     # -- plumbing -----------------------------------------------------------
 
@@ -351,7 +531,8 @@ class V3Backend(base.Backend):
         :class:`~etcdwatch.v3client.FailoverEtcd3Client` has), and not for
         a stream that :meth:`close` cut on purpose.
         """
-        url = self.client.base_url
+        url = stream.url if stream is not None and stream.url else (
+            self.client.base_url)
 
         def unavailable():
             if stream is None or not stream.aborted:
@@ -396,7 +577,43 @@ class V3Backend(base.Backend):
             if 'result' in body and 'header' not in body:
                 # Stream endpoints (keepalive) wrap their one answer.
                 body = body['result']
+            self._observe(body)
             return body
+
+    def _observe(self, result):
+        """Note the cluster ID of an answer; return the current epoch."""
+        header = result.get('header') if isinstance(result, dict) else None
+        cluster = (header or {}).get('cluster_id')
+        with self._lock:
+            if cluster and cluster != self._cluster_id:
+                if self._cluster_id is not None:
+                    self._epoch += 1
+                    LOG.warning('etcd cluster ID changed from %s to %s: '
+                                'another cluster answers',
+                                self._cluster_id, cluster)
+                self._cluster_id = cluster
+            return self._epoch
+
+    def _learnt(self, ident, epoch):
+        """The caller of ``ident`` now stands on what epoch ``epoch`` said."""
+        with self._lock:
+            self._epochs[ident] = epoch
+
+    def _check_cluster(self, ident, what):
+        """Raise ClusterRewound, once, if the cluster changed under ident.
+
+        That is, if etcd's cluster ID changed since the caller of
+        ``ident`` (a watched (key, range_end)) learnt its position.
+        """
+        with self._lock:
+            known = self._epochs.setdefault(ident, self._epoch)
+            if known == self._epoch:
+                return
+            self._epochs[ident] = self._epoch
+            cluster = self._cluster_id
+        raise exceptions.ClusterRewound(
+            '%s: another etcd cluster (ID %s) answers now; indexes from '
+            'before mean nothing there' % (what, cluster))
 
     def _range(self, key, what, **extra):
         payload = dict(key=_b64(key), **extra)
@@ -441,26 +658,42 @@ class V3Backend(base.Backend):
         over (three times at most).
         """
         prefix = path + '/'
+        ident = (prefix, path + '0')
         # The watch of this tree must not continue a half-returned index
         # that this snapshot already covers.
-        self._forget_cursor((prefix, path + '0'))
-        for attempt in range(3):
+        self._forget_cursor(ident)
+        page, attempts = PAGE_SIZE, 0
+        while True:
             try:
-                return self._read_pages(path, prefix)
+                return self._read_pages(path, prefix, page, ident)
+            except _TooLarge as e:
+                if page == 1:
+                    raise exceptions.BackendError(
+                        'read %s: even one key is too large for etcd\'s '
+                        'gateway: %s' % (path, e)) from e
+                page = max(1, page // 2)
+                LOG.warning('read %s: page too large for etcd\'s gateway; '
+                            'reading %d keys at a time', path, page)
             except exceptions.HistoryGone:
-                if attempt == 2:
+                attempts += 1
+                if attempts == 3:
                     raise
 
-    def _read_pages(self, path, prefix):
+    def _read_pages(self, path, prefix, page, ident):
+        """Read the tree in pages of ``page`` keys, at one revision.
+
+        A page too large for the gateway raises :class:`_TooLarge`.
+        """
         items = {}
         start, revision = prefix, None
         while True:
-            extra = {'range_end': _b64(path + '0'), 'limit': PAGE_SIZE}
+            extra = {'range_end': _b64(path + '0'), 'limit': page}
             if revision is not None:
                 extra['revision'] = revision
             result = self._range(start, 'read %s' % path, **extra)
             if revision is None:
                 revision = _revision(result)
+                self._learnt(ident, self._observe(result))
             kvs = result.get('kvs') or ()
             for kv in kvs:
                 items[_text(kv['key'])] = _text(kv.get('value'))
@@ -471,12 +704,51 @@ class V3Backend(base.Backend):
 
     def read_key(self, key):
         kv, revision = self._get(key)
+        self._learnt((key, None), self._epoch)
         if kv is None:
             return None, revision
         return (base.KeyState(_text(kv.get('value')),
                               int(kv['create_revision']),
                               int(kv['mod_revision'])),
                 revision)
+
+    def check_current(self, path, index):
+        """One linearizable count of the keys below ``path + '/'``.
+
+        Returns etcd's revision; raises
+        :class:`~etcdwatch.exceptions.ClusterRewound` if it is below
+        ``index``, or if the cluster ID changed (seen by this read, or by
+        another call since ``path``'s watch learnt its position), and
+        :class:`~etcdwatch.exceptions.EtcdUnavailable` (moving a
+        :class:`~etcdwatch.v3client.FailoverEtcd3Client` to the next
+        member) if no quorum answers within the client's timeout.
+        """
+        what = 'check %s' % path
+        before = self._epoch
+        result = self._call('kv/range', {
+            'key': _b64(path + '/'), 'range_end': _b64(path + '0'),
+            'count_only': True}, what)
+        revision = _revision(result)
+        if revision is None:
+            raise exceptions.BackendError('%s: no revision in the answer'
+                                          % what)
+        changed = before != self._epoch
+        tree, key = (path + '/', path + '0'), (path, None)
+        rewound = None
+        for ident in [i for i in (tree, key) if i in self._epochs] or [tree]:
+            if changed:
+                self._learnt(ident, before)
+            try:
+                self._check_cluster(ident, what)
+            except exceptions.ClusterRewound as e:
+                rewound = e
+        if rewound is not None:
+            raise rewound
+        if revision < index:
+            raise exceptions.ClusterRewound(
+                '%s: etcd is at revision %d, below %d seen before: its data '
+                'was wiped or restored' % (what, revision, index), revision)
+        return revision
 
     # -- watches ----------------------------------------------------------
 
@@ -496,12 +768,15 @@ class V3Backend(base.Backend):
 
     def _watch(self, path, key, range_end, from_index, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
+        ident = (key, range_end)
         cursor = self._cursor(key, range_end, from_index)
         if not cursor.lock.acquire(
                 timeout=-1 if timeout is None else max(0, timeout)):
             return None
+        what = 'watch %s' % path
         try:
             cursor.position(from_index)
+            self._check_cluster(ident, what)
             while True:
                 event = cursor.pop()
                 if event is not None:
@@ -514,12 +789,32 @@ class V3Backend(base.Backend):
                 message = self._next_message(path, cursor, deadline)
                 if message is None:
                     return None
-                self._take(path, cursor, message)
+                stream = cursor.stream
+                try:
+                    self._take(path, cursor, message)
+                except exceptions.BackendError as e:
+                    # Take all of a message or none of it: the next stream
+                    # starts after the last revision taken.
+                    cursor.close_stream()
+                    if isinstance(e, exceptions.EtcdUnavailable):
+                        self._member_unavailable(stream.url)
+                    raise
+                self._check_cluster(ident, what)
+        except exceptions.ClusterRewound:
+            self._drop_cursor(ident, cursor)
+            raise
         finally:
             if cursor.stream is not None:
                 cursor.stream.last_used = time.monotonic()
                 cursor.stream.timeout = timeout
             cursor.lock.release()
+
+    def _drop_cursor(self, ident, cursor):
+        """Forget a cursor whose positions mean nothing (lock held)."""
+        cursor.close_stream()
+        with self._lock:
+            if self._cursors.get(ident) is cursor:
+                del self._cursors[ident]
 
     def _open(self, path, cursor, deadline, timeout):
         """A new stream from where the cursor stands; None if out of time."""
@@ -528,17 +823,20 @@ class V3Backend(base.Backend):
         if remaining is not None and remaining <= 0:
             return None
         request = {'key': _b64(cursor.key),
-                   'start_revision': cursor.start_revision()}
+                   'start_revision': cursor.start_revision(),
+                   'progress_notify': True}
         if cursor.range_end is not None:
             request['range_end'] = _b64(cursor.range_end)
         what = 'watch %s' % path
         connect = self.timeout if remaining is None else min(remaining,
                                                              self.timeout)
+        url = self.client.base_url
         with self._translate(what):
             try:
                 resp = self._session.post(
                     self._url('watch'), json={'create_request': request},
-                    stream=True, timeout=(connect, remaining))
+                    headers=_WATCH_HEADERS, stream=True,
+                    timeout=(connect, remaining))
             except requests.exceptions.ReadTimeout:
                 if remaining is not None and remaining < _MIN_SILENCE:
                     # Too short a wait to blame etcd for.
@@ -550,31 +848,27 @@ class V3Backend(base.Backend):
                 raise exceptions.EtcdUnavailable(
                     '%s: etcd did not answer within %.1fs'
                     % (what, remaining))
-            if resp.status_code != 200:
-                try:
+            try:
+                if resp.status_code != 200:
                     try:
                         body = json.loads(resp.raw.read(65536))
                     except ValueError:
                         body = None
+                    # A member without a leader answers 503 and a stream
+                    # error: {"error": {"grpc_code": 14, ...}}.
                     _raise_for(what, resp.status_code, body)
-                finally:
-                    resp.close()
-            return _Stream(resp, timeout)
+                return _Stream(resp, timeout, url)
+            except BaseException:
+                resp.close()
+                raise
 
     def _next_message(self, path, cursor, deadline):
+        """The stream's next message, or None (deadline, or aborted)."""
         stream = cursor.stream
         try:
             with self._translate('watch %s' % path, stream):
                 try:
                     message = stream.next_message(deadline)
-                except (urllib3.exceptions.ReadTimeoutError,
-                        socket.timeout):
-                    if stream.aborted:
-                        raise
-                    # The socket is unusable after a timeout; etcd keeps
-                    # the events for the next stream.
-                    cursor.close_stream()
-                    return None
                 except StopIteration:
                     raise exceptions.EtcdUnavailable(
                         'watch %s: etcd ended the stream' % path)
@@ -589,47 +883,57 @@ class V3Backend(base.Backend):
         return message
 
     def _take(self, path, cursor, message):
-        """Fold one stream message into the cursor."""
+        """Fold one stream message into the cursor.
+
+        Checks the header first: a revision below where the cursor stands
+        raises ClusterRewound.  A progress notification (a header and
+        nothing else) moves ``received`` up to its revision: etcd has sent
+        every event up to it.  A "created" answer moves nothing (history
+        may follow it).  Raises without changing the cursor.
+        """
         what = 'watch %s' % path
         result = message.get('result') if isinstance(message, dict) else None
         if not isinstance(result, dict):
-            cursor.close_stream()
-            _raise_for(what, None, message)
+            _raise_for(what, None, message, stream=True)
         current = _revision(result)
+        self._observe(result)
+        stands = max(cursor.floor - 1, cursor.received)
+        if current is not None and current < stands:
+            raise exceptions.ClusterRewound(
+                '%s: etcd is at revision %d, below %d where this watch '
+                'stands: its data was wiped or restored'
+                % (what, current, stands), current)
         compacted = int(result.get('compact_revision', 0))
         if compacted:
-            start = cursor.start_revision()
-            cursor.close_stream()
             raise exceptions.HistoryGone(
                 '%s: etcd compacted its history up to revision %d; this '
-                'watch needed it from %d' % (what, compacted, start),
-                current)
+                'watch needed it from %d'
+                % (what, compacted, cursor.start_revision()), current)
         if result.get('canceled'):
-            cursor.close_stream()
+            reason = result.get('cancel_reason') or 'no reason given'
+            if 'no leader' in reason:
+                raise exceptions.EtcdUnavailable(
+                    '%s: etcd canceled the watch: %s' % (what, reason))
             raise exceptions.BackendError(
-                '%s: etcd canceled the watch: %s'
-                % (what, result.get('cancel_reason') or 'no reason given'))
+                '%s: etcd canceled the watch: %s' % (what, reason))
         events = []
-        try:
-            with _Translate(what):
-                for event in result.get('events') or ():
-                    kv = event['kv']
-                    removal = event.get('type') == 'DELETE'
-                    events.append(base.Event(
-                        kind=base.DELETE if removal else base.PUT,
-                        key=_text(kv['key']),
-                        value=None if removal else _text(kv.get('value')),
-                        index=int(kv['mod_revision']), is_dir=False,
-                        current_index=current))
-        except exceptions.BackendError:
-            # Take all of a message or none of it: the next stream starts
-            # after the last revision taken.
-            cursor.close_stream()
-            raise
+        with _Translate(what):
+            for event in result.get('events') or ():
+                kv = event['kv']
+                removal = event.get('type') == 'DELETE'
+                events.append(base.Event(
+                    kind=base.DELETE if removal else base.PUT,
+                    key=_text(kv['key']),
+                    value=None if removal else _text(kv.get('value')),
+                    index=int(kv['mod_revision']), is_dir=False,
+                    current_index=current))
         for event in events:
             cursor.received = max(cursor.received, event.index)
             if event.index >= cursor.floor:
                 cursor.events.append(event)
+        if not events and not result.get('created') and current is not None:
+            # A progress notification.
+            cursor.received = max(cursor.received, current)
 
     def _cursor(self, key, range_end, from_index):
         ident = (key, range_end)

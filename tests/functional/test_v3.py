@@ -202,9 +202,11 @@ def test_watch_returns_in_time_idle_paused_and_closed(fresh_etcd_v3_server):
         result = be.watch_tree(*args)
         return result, time.monotonic() - began
 
-    # Idle: None after the timeout.
+    # Idle: None after the timeout, and the stream stays open.
     result, took = timed('/w', start + 1, 1)
     assert result is None and 0.9 <= took <= 1 + SLACK, took
+    assert be.open_streams() == 1
+    be.close()
     # Paused with no stream yet: etcd does not answer, which is an error
     # (as on v2), raised within the call's timeout.
     server.pause()
