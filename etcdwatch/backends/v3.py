@@ -336,6 +336,10 @@ class _Stream(object):
                     return json.loads(line.decode('utf-8'))
                 continue
             if self._ended:
+                # The gateway ends a stream error without a newline.
+                line, self._text = self._text, b''
+                if line.strip():
+                    return json.loads(line.decode('utf-8'))
                 raise StopIteration
             if not self._fill(deadline):
                 return None

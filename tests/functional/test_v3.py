@@ -20,6 +20,9 @@ from etcdwatch import backends
 from etcdwatch.backends import v3
 from etcdwatch import EtcdElection
 from etcdwatch import exceptions
+from etcdwatch.testing.server import EtcdCluster
+from etcdwatch.testing.server import EtcdServer
+from etcdwatch import v3client
 from tests import drivers
 from tests.helpers import campaign_in_thread
 from tests.helpers import ChangeRecorder as Recorder
@@ -335,3 +338,181 @@ def test_two_electors_share_one_client(etcd3_client, etcd_prefix):
     finally:
         thread.join(WAIT)
         b.clean()
+
+
+# -- streams across calls, progress, rewound and leaderless etcds ----------
+
+def _count_opens(be):
+    """Streams ``be`` opens from now on (a list that grows)."""
+    opens, original = [], be._open
+
+    def counting(*args):
+        stream = original(*args)
+        if stream is not None:
+            opens.append(stream)
+        return stream
+    be._open = counting
+    return opens
+
+
+def _busy(writer, errors, compacted, count=2000):
+    """Write ``count`` keys outside /quiet, compacting every 500."""
+    try:
+        for i in range(count):
+            writer.put('/busy/k%d' % (i % 50), str(i))
+            if i % 500 == 499:
+                compacted.append(drivers.compact(writer))
+    except Exception as e:      # noqa: broad; reported by the test
+        errors.append(e)
+
+
+@pytest.mark.parametrize('interval', ['1s', None])
+def test_a_quiet_prefix_keeps_one_stream_on_a_busy_etcd(interval):
+    args = ['--experimental-watch-progress-notify-interval=' + interval
+            ] if interval else []
+    with EtcdServer(name='busy-v3', enable_v2=False,
+                    extra_args=args) as server:
+        be = backends.for_client(drivers.v3_client(server))
+        writer = drivers.v3_client(server)
+        opens = _count_opens(be)
+        start = be.read_tree('/quiet').index
+        errors, compactions = [], []
+        thread = threading.Thread(target=_busy,
+                                  args=(writer, errors, compactions))
+        thread.start()
+        calls = 0
+        deadline = time.monotonic() + 10 * WAIT
+        while thread.is_alive() or calls < 3:
+            assert time.monotonic() < deadline
+            assert be.watch_tree('/quiet', start + 1, 0.5) is None
+            calls += 1
+        thread.join()
+        assert not errors and len(compactions) == 4
+        compacted = compactions[-1]
+        [cursor] = be._cursors.values()
+        if interval:
+            # Progress notifications carry the stream past the compaction.
+            wait_until(lambda: be.watch_tree('/quiet', start + 1, 0.5) is
+                       None and cursor.received >= compacted,
+                       timeout=WAIT, interval=0)
+        assert len(opens) == 1 and be.open_streams() == 1
+        # A stream opened again starts where the last notification said.
+        be.close()
+        if interval:
+            assert be.watch_tree('/quiet', start + 1, 0.5) is None
+            assert len(opens) == 2
+        else:
+            with pytest.raises(exceptions.HistoryGone):
+                be.watch_tree('/quiet', start + 1, 0.5)
+            start = be.read_tree('/quiet').index
+        writer.put('/quiet/a', 'x')
+        event = be.watch_tree('/quiet', start + 1, WAIT)
+        assert (event.key, event.value) == ('/quiet/a', 'x')
+        be.close()
+
+
+def test_etcd_behind_the_watch_is_a_rewound_cluster(fresh_etcd_v3_server):
+    # What a wiped or restored etcd looks like: asked from revision 500 it
+    # answers "created" at its own revision, far below.
+    be = backends.for_client(drivers.v3_client(fresh_etcd_v3_server))
+    now = be.read_tree('/r').index
+    assert now < 400
+    with pytest.raises(exceptions.ClusterRewound) as info:
+        be.watch_tree('/r', 500, WAIT)
+    assert info.value.current_index == now
+    assert be.open_streams() == 0 and not be._cursors
+    with pytest.raises(exceptions.ClusterRewound):
+        be.watch_key('/r/k', 500, WAIT)
+    with pytest.raises(exceptions.ClusterRewound):
+        be.check_current('/r', 500)
+    assert be.check_current('/r', now) == now
+    assert be.watch_tree('/r', now + 1, 0.2) is None
+
+
+def test_another_cluster_is_a_rewound_cluster_once():
+    with EtcdServer(name='one', enable_v2=False) as one, \
+            EtcdServer(name='two', enable_v2=False) as two:
+        for i in range(5):
+            drivers.v3_client(two).put('/c/k%d' % i, 'two')
+        client = v3client.client(['%s:%d' % (s.host, s.port)
+                                  for s in (one, two)], timeout=WAIT)
+        be = backends.for_client(client)
+        tree = be.read_tree('/c').index
+        key_at = be.read_key('/e')[1]
+        assert be.check_current('/c', tree) == tree
+        assert be.watch_tree('/c', tree + 1, 0.2) is None
+        # One goes; the client moves on to two, as if to the same
+        # member, wiped and rebuilt as another cluster.
+        one.kill()
+        with pytest.raises(exceptions.EtcdUnavailable):
+            be.watch_tree('/c', tree + 1, WAIT)
+        assert client.base_url == two.client_url
+        # Two's revision is above one's: only the cluster ID tells.
+        with pytest.raises(exceptions.ClusterRewound):
+            be.watch_tree('/c', tree + 1, WAIT)
+        with pytest.raises(exceptions.ClusterRewound):
+            be.watch_key('/e', key_at + 1, WAIT)
+        assert be.check_current('/c', tree) > tree
+        snapshot = be.read_tree('/c')
+        assert len(snapshot.items) == 5
+        assert be.watch_tree('/c', snapshot.index + 1, 0.2) is None
+        be.close()
+
+
+def test_a_stream_through_an_etcd_restart(fresh_etcd_v3_server):
+    server = fresh_etcd_v3_server
+    be = backends.for_client(drivers.v3_client(server))
+    opens = _count_opens(be)
+    start = be.read_tree('/k').index
+    assert be.watch_tree('/k', start + 1, 0.5) is None
+    server.kill()
+    began = time.monotonic()
+    try:
+        assert be.watch_tree('/k', start + 1, 1) is None
+    except exceptions.EtcdUnavailable:
+        pass
+    assert time.monotonic() - began <= 1 + SLACK
+    server.start()
+    drivers.v3_client(server).put('/k/a', '1')
+    got = []
+
+    def arrived():
+        try:
+            got.append(be.watch_tree('/k', start + 1, 1))
+        except exceptions.EtcdUnavailable:
+            pass
+        return got and got[-1] is not None
+    wait_until(arrived, timeout=WAIT, interval=POLL)
+    assert got[-1].key == '/k/a' and len(opens) == 2
+    be.close()
+
+
+def test_a_member_without_leader_cancels_the_watch():
+    with EtcdCluster(size=3, enable_v2=False) as cluster:
+        lone, other = cluster.member(0), cluster.member(1)
+        client = v3client.client(['%s:%d' % (m.host, m.port)
+                                  for m in (lone, other)], timeout=WAIT)
+        be = backends.for_client(client)
+        start = be.read_tree('/n').index
+        assert be.watch_tree('/n', start + 1, 0.2) is None
+        cluster.member(1).kill()
+        cluster.member(2).kill()
+        # The open stream: etcd cancels it once the member has seen no
+        # leader for a while (about 3 election timeouts).
+        with pytest.raises(exceptions.EtcdUnavailable, match='no leader'):
+            wait_until(lambda: be.watch_tree('/n', start + 1, 1),
+                       timeout=WAIT, interval=0)
+        assert client.base_url == other.client_url
+        # A new watch on the member: refused at once.
+        client.failover()
+        assert client.base_url == lone.client_url
+        began = time.monotonic()
+        with pytest.raises(exceptions.EtcdUnavailable, match='no leader'):
+            be.watch_tree('/n', start + 1, WAIT)
+        assert time.monotonic() - began < 5
+        assert client.base_url == other.client_url
+        # And the quorum read cannot prove anything.
+        client.failover()
+        with pytest.raises(exceptions.EtcdUnavailable):
+            be.check_current('/n', start)
+        assert client.base_url == other.client_url
