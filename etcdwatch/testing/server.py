@@ -61,6 +61,7 @@ __all__ = [
     'EtcdServerFixture',
     'EtcdClusterFixture',
     'find_etcd_binary',
+    'find_etcd_tool',
     'make_tls_files',
     'TLSFiles',
 ]
@@ -146,6 +147,37 @@ def find_etcd_binary():
     if path:
         return path
     raise EtcdBinaryNotFound("No etcd binary found. " + _INSTALL_HINT)
+
+
+def find_etcd_tool(name, binary=None):
+    """Path of ``etcdctl`` or ``etcdutl`` (``name``) for the etcd ``binary``.
+
+    Looked up beside ``binary`` (default :func:`find_etcd_binary`; a
+    symbolic link is followed too), then on ``$PATH``.  Raises
+    :class:`EtcdBinaryNotFound` when there is none.
+    """
+    binary = binary or find_etcd_binary()
+    for directory in (os.path.dirname(binary),
+                      os.path.dirname(os.path.realpath(binary))):
+        path = os.path.join(directory, name)
+        if _is_executable(path):
+            return path
+    path = shutil.which(name)
+    if path:
+        return path
+    raise EtcdBinaryNotFound('No %s beside %s nor on $PATH. %s'
+                             % (name, binary, _INSTALL_HINT))
+
+
+def _run_tool(argv, timeout=60):
+    """Run an etcd command-line tool; RuntimeError with output on failure."""
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError('%s failed with status %s:\n%s%s'
+                           % (' '.join(argv), proc.returncode, proc.stdout,
+                              proc.stderr))
+    return proc.stdout
 
 
 # Ports handed to servers of this process and not yet released, so two of
@@ -243,6 +275,7 @@ class _Resources(object):
         self.base_dir = None
         self.owns_dir = False
         self.ports = ()
+        self.owns_ports = True     # False for fixed ports: never reserved
 
     def release(self):
         proc, self.proc = self.proc, None
@@ -255,7 +288,8 @@ class _Resources(object):
         if self.base_dir and self.owns_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
         self.base_dir = None
-        _release_ports(self.ports)
+        if self.owns_ports:
+            _release_ports(self.ports)
         self.ports = ()
 
 
@@ -467,12 +501,21 @@ class EtcdServer(_StartedInWith):
     (the default) etcd refuses every client without a certificate signed
     by the CA.  Peers always speak plain HTTP.  :meth:`client` and the
     readiness probes present the CA and the client certificate.
+
+    ``ports``: a fixed ``(client, peer)`` pair instead of free ones (for a
+    host of its own, as :mod:`etcdwatch.testing.netns` gives each member);
+    a start that finds them taken fails instead of moving.
+    ``command_prefix``: argv put before etcd's, e.g. ``('ip', 'netns',
+    'exec', NAME)``; it must exec etcd, so that :attr:`pid` is etcd's.
+
+    :meth:`snapshot`, :meth:`restore`, :meth:`wipe`, :meth:`backup_data`
+    and :meth:`restore_data` rewind or rebuild etcd on the same address.
     """
 
     def __init__(self, binary=None, data_dir=None, name='etcd0',
                  enable_v2=True, extra_args=(), host='127.0.0.1',
                  startup_timeout=30, stop_timeout=10, tls=None,
-                 client_cert_auth=True):
+                 client_cert_auth=True, ports=None, command_prefix=()):
         if not (tls is None or tls is True or isinstance(tls, TLSFiles)):
             raise ValueError('tls must be None, True or a TLSFiles, not %r'
                              % (tls,))
@@ -488,7 +531,12 @@ class EtcdServer(_StartedInWith):
         self.stop_timeout = stop_timeout
         self._host = host
         self._user_data_dir = data_dir
+        self._fixed_ports = tuple(ports) if ports else None
+        if self._fixed_ports is not None and len(self._fixed_ports) != 2:
+            raise ValueError('ports must be (client_port, peer_port)')
+        self.command_prefix = tuple(command_prefix)
         self._res = _Resources()
+        self._res.owns_ports = self._fixed_ports is None
         self._finalizer = weakref.finalize(self, self._res.release)
         self._paused = False
         self._version = None
@@ -603,7 +651,7 @@ class EtcdServer(_StartedInWith):
         if self.is_running:
             return self
         for attempt in range(_PORT_RETRIES + 1):
-            fresh = not self._res.ports
+            fresh = not self._res.ports and self._fixed_ports is None
             self._spawn()
             if not wait:
                 return self
@@ -698,6 +746,121 @@ class EtcdServer(_StartedInWith):
         self.stop()
         return self.start(wait=wait)
 
+    # -- data: snapshots, wipes, copies --------------------------------------
+
+    def snapshot(self, path=None):
+        """Save a snapshot with ``etcdctl snapshot save``; return its path.
+
+        The server must be running.  ``path`` defaults to a new file in the
+        working directory (so :meth:`cleanup` deletes it).  The snapshot
+        holds the v3 key space, its revision and the membership; it does
+        *not* hold etcd 3.5's v2 store (see :meth:`restore`).
+        """
+        self._require_running()
+        if path is None:
+            path = os.path.join(self.data_dir,
+                                'snapshot-%s.db' % uuid.uuid4().hex[:8])
+        argv = [find_etcd_tool('etcdctl', self.binary),
+                '--endpoints', self.client_url]
+        files = self._tls_files
+        if self.tls and files is not None:
+            argv += ['--cacert', files.ca_cert, '--cert', files.client_cert,
+                     '--key', files.client_key]
+        _run_tool(argv + ['snapshot', 'save', path])
+        return path
+
+    def restore(self, path):
+        """Rewind etcd to the snapshot at ``path``, on the same address.
+
+        Stops etcd, rebuilds its data directory with ``etcdutl snapshot
+        restore`` (same name, peer URL, initial cluster and token, hence the
+        same member and cluster IDs), starts it and waits until it is ready
+        (``--enable-v2`` is kept).  The v3 key space and revision are the
+        snapshot's.  The v2 store is *empty* afterwards: etcd 3.5 keeps v2
+        keys in the WAL and its own snapshots, not in the v3 database, so
+        every v2 key is gone (older ones too) and the v2 index starts again
+        near 0.  To rewind v2 data use :meth:`backup_data` and
+        :meth:`restore_data`.  Returns self.
+        """
+        self.stop()
+        self._restore_snapshot(path)
+        return self.start()
+
+    def wipe(self):
+        """Stop etcd, delete its data, start it empty on the same address.
+
+        Same name, URLs and token: the new member and cluster IDs equal the
+        old ones, while the v2 index and v3 revision start again from the
+        beginning.  Returns self once it is ready.
+        """
+        self.stop()
+        self._replace_data(None)
+        return self.start()
+
+    def backup_data(self, path=None):
+        """Copy etcd's data directory, taken while etcd is stopped.
+
+        A running server is stopped for the copy and started again (and
+        waited for) afterwards.  The copy holds both the v2 store and the
+        v3 key space.  ``path`` (which must not exist) defaults to a new
+        directory in the working directory.  Returns the copy's path, for
+        :meth:`restore_data`.
+        """
+        if self.data_dir is None:
+            raise RuntimeError('%s has no data: start() it first' % self.name)
+        running = self.is_running
+        self.stop()
+        if path is None:
+            path = os.path.join(self.data_dir,
+                                'backup-%s' % uuid.uuid4().hex[:8])
+        shutil.copytree(os.path.join(self.data_dir, 'data'), path,
+                        symlinks=True)
+        if running:
+            self.start()
+        return path
+
+    def restore_data(self, copy):
+        """Stop etcd, replace its data by ``copy``, start, wait until ready.
+
+        ``copy`` is what :meth:`backup_data` returned for this same server
+        (another member's data would name other peer URLs); it is copied,
+        not moved, so it can be restored again.  Both APIs go back to the
+        copy: v2 keys and index, v3 keys and revision.  Returns self.
+        """
+        self.stop()
+        self._replace_data(copy)
+        return self.start()
+
+    def _replace_data(self, copy):
+        """Replace the stopped etcd's data by a copy of ``copy``, or none."""
+        if self.data_dir is None:
+            raise RuntimeError('%s has no data: start() it first' % self.name)
+        data = os.path.join(self.data_dir, 'data')
+        if copy is not None:
+            staged = data + '.new'
+            shutil.rmtree(staged, ignore_errors=True)
+            shutil.copytree(copy, staged, symlinks=True)
+        shutil.rmtree(data, ignore_errors=True)
+        if copy is not None:
+            os.rename(staged, data)
+
+    def _restore_snapshot(self, path):
+        """``etcdutl snapshot restore`` into the stopped etcd's data dir."""
+        if self.data_dir is None or self._cluster_token is None:
+            raise RuntimeError('%s has no data: start() it first' % self.name)
+        staged = os.path.join(self.data_dir, 'restoring')
+        shutil.rmtree(staged, ignore_errors=True)
+        _run_tool([find_etcd_tool('etcdutl', self.binary),
+                   'snapshot', 'restore', os.fspath(path),
+                   '--name', self.name,
+                   '--data-dir', staged,
+                   '--initial-cluster', (self._initial_cluster or '%s=%s' % (
+                       self.name, self.peer_url)),
+                   '--initial-cluster-token', self._cluster_token,
+                   '--initial-advertise-peer-urls', self.peer_url])
+        self._replace_data(None)
+        os.rename(staged, os.path.join(self.data_dir, 'data'))
+
     def cleanup(self):
         """Kill etcd, delete the temporary directory, release the ports.
 
@@ -723,7 +886,7 @@ class EtcdServer(_StartedInWith):
     def _command(self):
         initial_cluster = (self._initial_cluster or
                            '%s=%s' % (self.name, self.peer_url))
-        cmd = [
+        cmd = list(self.command_prefix) + [
             self.binary,
             '--name', self.name,
             '--data-dir', os.path.join(self.data_dir, 'data'),
@@ -765,7 +928,8 @@ class EtcdServer(_StartedInWith):
                 hosts=(self._host, 'localhost'))
             self._ssl_context = None
         if not res.ports:
-            res.ports = tuple(_allocate_ports(self._host, 2))
+            res.ports = (self._fixed_ports or
+                         tuple(_allocate_ports(self._host, 2)))
             # Data from another server object remembers other peer URLs,
             # which defeats the identity check in _probe_ready().
             self._foreign_data = os.path.isdir(
