@@ -3,7 +3,9 @@
 ``FakeEtcdClient`` is an in-memory etcd v2 for fast unit tests (held to a
 real etcd by etcdwatch's conformance suite); ``EtcdServer`` and
 ``EtcdCluster`` start real etcd processes with the v2 API enabled, with
-faults (kill, stop, pause, resume, restart) on each member.
+faults (kill, stop, pause, resume, restart) on each member, and
+``NetnsCluster`` (root only) puts each member in a network namespace of
+its own, so that a test can cut one off from the others.
 
 The server helpers import ``fixtures`` only for the fixture classes, so
 importing this package needs nothing beyond etcdwatch's own requirements.
@@ -14,9 +16,10 @@ from etcdwatch.testing.fake import FakeEtcdClient
 
 __all__ = ['FakeClock', 'FakeEtcdClient', 'EtcdServer', 'EtcdCluster',
            'EtcdServerFixture', 'EtcdClusterFixture', 'find_etcd_binary',
-           'EtcdBinaryNotFound']
+           'EtcdBinaryNotFound', 'NetnsCluster', 'netns_available']
 
-_SERVER_NAMES = frozenset(__all__[2:])
+_SERVER_NAMES = frozenset(__all__[2:-2])
+_NETNS_NAMES = frozenset(__all__[-2:])
 
 
 def __getattr__(name):
@@ -26,4 +29,7 @@ def __getattr__(name):
     if name in _SERVER_NAMES:
         from etcdwatch.testing import server
         return getattr(server, name)
+    if name in _NETNS_NAMES:
+        from etcdwatch.testing import netns
+        return getattr(netns, name)
     raise AttributeError(name)

@@ -545,17 +545,21 @@ class NetnsCluster(EtcdCluster):
             m._restore_snapshot(path)
         return self.start()
 
-    def wipe(self):
+    def wipe(self, new_token=False):
         """Kill every member, delete its data, start an empty cluster.
 
         Same names, URLs and token, so etcd derives the same member and
         cluster IDs; the v2 index and v3 revision start again from the
-        beginning.  Returns self once healthy.
+        beginning.  With ``new_token`` the token changes, and with it both
+        IDs: another cluster answers at the same addresses.  Returns self
+        once healthy.
         """
+        if new_token:
+            self._token = 'etcdwatch-' + uuid.uuid4().hex
         for m in self._members:
             m.kill()
-        for m in self._members:
             m._replace_data(None)
+            m._cluster_token = self._token
         return self.start()
 
     def cleanup(self):

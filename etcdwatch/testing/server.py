@@ -786,15 +786,19 @@ class EtcdServer(_StartedInWith):
         self._restore_snapshot(path)
         return self.start()
 
-    def wipe(self):
+    def wipe(self, new_token=False):
         """Stop etcd, delete its data, start it empty on the same address.
 
         Same name, URLs and token: the new member and cluster IDs equal the
         old ones, while the v2 index and v3 revision start again from the
-        beginning.  Returns self once it is ready.
+        beginning.  With ``new_token`` the cluster token changes, and with
+        it both IDs: another cluster answers at the same address.  Returns
+        self once it is ready.
         """
         self.stop()
         self._replace_data(None)
+        if new_token:
+            self._cluster_token = 'etcdwatch-' + uuid.uuid4().hex
         return self.start()
 
     def backup_data(self, path=None):
