@@ -536,8 +536,9 @@ class NetnsCluster(EtcdCluster):
         snapshot restore`` (same name, peer URL, initial cluster and token:
         same member and cluster IDs), starts them and waits until healthy.
         The v3 key space and revision are the snapshot's; the v2 store is
-        empty (etcd 3.5 does not put it in v3 snapshots).  Partitions and
-        netem stay as they are.  Returns self.
+        empty (etcd 3.5 does not put it in v3 snapshots: use
+        :meth:`backup_data` for v2).  Partitions and netem stay as they
+        are.  Returns self.
         """
         for m in self._members:
             m.kill()
@@ -560,6 +561,34 @@ class NetnsCluster(EtcdCluster):
             m.kill()
             m._replace_data(None)
             m._cluster_token = self._token
+        return self.start()
+
+    def backup_data(self):
+        """Copy every member's data directory, all members stopped.
+
+        Stops every member gracefully, copies each data directory (v2 store
+        and v3 key space alike), starts the cluster again and waits until
+        it is healthy.  Returns the copies' paths, member by member (in the
+        members' working directories), for :meth:`restore_data`.
+        """
+        for m in self._members:
+            m.stop()
+        copies = [m.backup_data() for m in self._members]
+        self.start()
+        return copies
+
+    def restore_data(self, copies):
+        """Kill every member, put back :meth:`backup_data`'s copies, start.
+
+        Both APIs go back to the copies: v2 keys and index, v3 keys and
+        revision, same cluster ID.  The copies stay, to be used again.
+        Returns self once healthy.
+        """
+        if len(copies) != len(self._members):
+            raise ValueError('one copy per member, please')
+        for m, copy in zip(self._members, copies):
+            m.kill()
+            m._replace_data(copy)
         return self.start()
 
     def cleanup(self):
