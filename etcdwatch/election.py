@@ -144,6 +144,10 @@ class EtcdElection(object):
     raise ``ValueError`` naming the argument.
     """
 
+    # The longest a thread that noticed a loss second waits for the
+    # on_lost that the first is running.
+    _CALLBACK_WAIT = 10.0
+
     def __init__(self, etcd_client: Any, name: str, election_path: str,
                  work_time: float, recovery_time: float = 5,
                  multi_worker_ok: bool = False, handler: HandlerArg = None,
@@ -191,6 +195,9 @@ class EtcdElection(object):
         self._alive_until = 0.0
         self._keepalive: Optional[handlers.Task] = None
         self._guard: Optional[handlers.Task] = None
+        # (term, thread, event set once its on_lost returned) of the term
+        # that ended last.
+        self._ending: Optional[Any] = None
         # True once etcd said the key is someone else's (not merely that
         # it could not be reached); cleared by a new term.
         self._refused = False
@@ -383,10 +390,12 @@ class EtcdElection(object):
         sent = time.monotonic()
         if self._backend.refresh(self.master_key, self.thread_id, ttl):
             with self._lock:
-                self._lease_deadline = sent + ttl - self._lease_margin
                 self._held[0] = True
                 if self.term is not None:
+                    self._lease_deadline = sent + ttl - self._lease_margin
                     return True
+                # A term that ended while the refresh was on its way (the
+                # guard saw the key taken) must not be revived by it.
             # Ours, but from a term we did not record: take it up.
             state, _index = self._backend.read_key(self.master_key)
             if state is not None and state.value == self.thread_id:
@@ -410,16 +419,34 @@ class EtcdElection(object):
         self._callback(self.on_elected, self.term)
 
     def _end_term(self, why):
+        """End the current term, if any; on_lost has run when this returns.
+
+        The keepalive, the guard and the caller's own thread can each
+        notice a loss.  Whichever comes second waits for the first's
+        on_lost to return, so a caller that sees EtcdElectionLost knows its
+        on_lost ran (unless on_lost itself is what is running here).
+        """
         with self._lock:
             term, self.term = self.term, None
             self._lease_deadline = None
             if term is None:
-                return
-            term.lost.set()
-        level = logging.INFO if why == 'resigned' else logging.WARNING
-        LOG.log(level, '%s: %s no longer leads (term %s): %s', self.name,
-                self.thread_id, term.fencing_token, why)
-        self._callback(self.on_lost, term)
+                ended = self._ending
+            else:
+                term.lost.set()
+                self._ending = ended = (term, threading.get_ident(),
+                                        self._handler.event())
+        if term is None:
+            if ended is not None and ended[1] != threading.get_ident():
+                # Bounded: a callback that never returns must not hang us.
+                ended[2].wait(self._CALLBACK_WAIT)
+            return
+        try:
+            level = logging.INFO if why == 'resigned' else logging.WARNING
+            LOG.log(level, '%s: %s no longer leads (term %s): %s',
+                    self.name, self.thread_id, term.fencing_token, why)
+            self._callback(self.on_lost, term)
+        finally:
+            ended[2].set()
 
     def _callback(self, func, term):
         if func is None:
