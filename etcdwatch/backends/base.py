@@ -40,6 +40,13 @@ appear); the tree is exactly as of ``index``, so a watch from ``index + 1``
 misses nothing.
 """
 
+#: Upper bound, in seconds, on :meth:`Backend.check_current`'s read (or
+#: the client's own timeout, if shorter).  A quorum read takes milliseconds
+#: on a healthy cluster; a member without a quorum answers only when etcd's
+#: own request timeout (7 s with default flags) runs out.  Giving up sooner
+#: moves a watcher off such a member sooner.
+CHECK_TIMEOUT = 3.0
+
 KeyState = collections.namedtuple(
     'KeyState', ['value', 'created_index', 'modified_index'])
 
@@ -118,8 +125,9 @@ class Backend(abc.ABC):
         watch open and silent forever, and a wiped or restored etcd can
         wait for an index it will not reach for a long time.
 
-        Makes one linearizable (quorum) read, bounded by the client's
-        timeout, and returns etcd's current index.  Raises
+        Makes one linearizable (quorum) read, bounded by
+        :data:`CHECK_TIMEOUT` (or the client's timeout, if shorter), and
+        returns etcd's current index.  Raises
         :class:`~etcdwatch.exceptions.EtcdUnavailable` if the member cannot
         show a quorum in time (a client that knows other members is moved
         to the next one first), and

@@ -35,8 +35,6 @@ from etcdwatch import exceptions
 
 LOG = logging.getLogger(__name__)
 
-#: Upper bound, in seconds, on :meth:`V2Backend.check_current`'s read.
-QUORUM_TIMEOUT = 5.0
 
 # What check_current reads.  It is never written: a quorum read of a key
 # that does not exist is cheap, whatever the size of the tree it would sit
@@ -322,14 +320,15 @@ class V2Backend(base.Backend):
         (``<path>/_etcdwatch-quorum-check``) with ``quorum=true``, so it
         goes through raft: its "not found" carries etcd's index, and it
         costs the same for any size of tree.  Bounded by the client's read
-        timeout or :data:`QUORUM_TIMEOUT`, whichever is shorter (on a read
+        timeout or :data:`~etcdwatch.backends.base.CHECK_TIMEOUT`,
+        whichever is shorter (on a read
         timeout, a python-etcd client with ``allow_reconnect`` tries its
         other members by itself).
         """
         key = path.rstrip('/') + '/' + _QUORUM_KEY
         read_timeout = getattr(self.client, 'read_timeout', None)
-        timeout = (min(read_timeout, QUORUM_TIMEOUT) if read_timeout
-                   else QUORUM_TIMEOUT)
+        timeout = (min(read_timeout, base.CHECK_TIMEOUT) if read_timeout
+                   else base.CHECK_TIMEOUT)
         try:
             with self._translate('quorum read %s' % key, etcd.EtcdKeyError):
                 result = self.client.read(key, quorum=True, timeout=timeout)

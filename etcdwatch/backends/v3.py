@@ -566,12 +566,17 @@ class V3Backend(base.Backend):
             return '/v3beta/'
         return '/v3alpha/'
 
-    def _call(self, path, payload, what):
-        """POST one request; return the answer's JSON."""
+    def _call(self, path, payload, what, timeout=None):
+        """POST one request; return the answer's JSON.
+
+        Within ``timeout`` seconds, or the backend's timeout if shorter.
+        """
         self._reap_idle()
+        timeout = self.timeout if timeout is None else min(timeout,
+                                                           self.timeout)
         with self._translate(what):
             resp = self._session.post(self._url(path), json=payload,
-                                      timeout=self.timeout)
+                                      timeout=timeout)
             try:
                 body = resp.json()
             except ValueError:
@@ -725,13 +730,15 @@ class V3Backend(base.Backend):
         another call since ``path``'s watch learnt its position), and
         :class:`~etcdwatch.exceptions.EtcdUnavailable` (moving a
         :class:`~etcdwatch.v3client.FailoverEtcd3Client` to the next
-        member) if no quorum answers within the client's timeout.
+        member) if no quorum answers within
+        :data:`~etcdwatch.backends.base.CHECK_TIMEOUT` (or the client's
+        timeout, if shorter).
         """
         what = 'check %s' % path
         before = self._epoch
         result = self._call('kv/range', {
             'key': _b64(path + '/'), 'range_end': _b64(path + '0'),
-            'count_only': True}, what)
+            'count_only': True}, what, timeout=base.CHECK_TIMEOUT)
         revision = _revision(result)
         if revision is None:
             raise exceptions.BackendError('%s: no revision in the answer'

@@ -6,6 +6,7 @@ import threading
 import etcd
 import pytest
 
+from etcdwatch.backends import base
 from etcdwatch.backends import v2
 from etcdwatch import exceptions
 from etcdwatch.testing import FakeEtcdClient
@@ -129,7 +130,7 @@ class Spy(FakeEtcdClient):
 
 
 @pytest.mark.parametrize('read_timeout,expected', [
-    (60, v2.QUORUM_TIMEOUT), (2, 2), (0, v2.QUORUM_TIMEOUT)])
+    (60, base.CHECK_TIMEOUT), (2, 2), (0, base.CHECK_TIMEOUT)])
 def test_check_current_is_one_bounded_quorum_read(read_timeout, expected):
     client = Spy(read_timeout=read_timeout)
     v2.V2Backend(client).check_current('/p', 0)

@@ -317,10 +317,12 @@ class _ScriptedSession(object):
     def __init__(self, answer):
         self.answer = answer
         self.calls = []
+        self.timeouts = []
 
     def post(self, url, json=None, timeout=None, **kwargs):
         path = url.split('/v3/', 1)[1]
         self.calls.append((path, json))
+        self.timeouts.append(timeout)
         result = self.answer(path, json)
         if isinstance(result, Exception):
             raise result
@@ -403,6 +405,8 @@ def test_check_current_without_an_answer_moves_to_the_next_member():
     with pytest.raises(exceptions.EtcdUnavailable):
         be.check_current('/p', 5)
     assert client.base_url.startswith('http://192.0.2.2:2379')
+    # Sooner than etcd's own request timeout (7 s) on such a member.
+    assert session.timeouts == [base.CHECK_TIMEOUT]
 
 
 # -- chunked bodies ----------------------------------------------------------
