@@ -417,7 +417,7 @@ def test_reap_stale_removes_what_dead_processes_left():
     try:
         with NetnsCluster(size=1) as alive:
             stale = _leave_stale_network()
-            assert sorted(reap_stale()) == sorted(stale)
+            assert set(stale) <= set(reap_stale())   # others may be stale too
             assert leftovers(stale) == []
             # A live harness's network is left alone.
             assert len(leftovers(cluster_names(alive))) == 3
