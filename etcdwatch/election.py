@@ -195,6 +195,10 @@ class EtcdElection(object):
         self._alive_until = 0.0
         self._keepalive: Optional[handlers.Task] = None
         self._guard: Optional[handlers.Task] = None
+        # The highest etcd index seen, and until when (monotonic) not to
+        # campaign because etcd's index went back below it.
+        self._seen_index: Optional[int] = None
+        self._hold_until = 0.0
         # (term, thread, event set once its on_lost returned) of the term
         # that ended last.
         self._ending: Optional[Any] = None
@@ -344,6 +348,8 @@ class EtcdElection(object):
             return True
         while stop is None or not stop.is_set():
             try:
+                if self._holding_off(stop):
+                    continue
                 won = self._try_lead()
                 self._campaign_outage.succeeded()
                 self._campaign_backoff.succeeded()
@@ -352,6 +358,8 @@ class EtcdElection(object):
                     self._ensure_keepalive()
                     return True
                 self._wait_for_vacancy()
+            except exceptions.ClusterRewound as e:
+                self._rewound(e)
             except exceptions.BackendError as e:
                 if self.multi_worker_ok:
                     LOG.warning('%s: etcd unreachable; working anyway '
@@ -378,6 +386,11 @@ class EtcdElection(object):
         sent = time.monotonic()
         index = self._backend.create(self.master_key, self.thread_id,
                                      self.work_time)
+        if index is not None and self._went_back(index):
+            # Won on an etcd that forgot its past: give the key back and
+            # hold off (see _rewound).
+            self._backend.delete_if(self.master_key, self.thread_id)
+            return False
         if index is not None:
             self._begin_term(index, sent + self.work_time)
             return True
@@ -459,13 +472,56 @@ class EtcdElection(object):
     def _wait_for_vacancy(self):
         """Sleep until the key changes, or at most recovery_time."""
         state, index = self._backend.read_key(self.master_key)
-        if state is None:
+        if self._went_back(index) or state is None:
             return
         try:
-            self._backend.watch_key(self.master_key, index + 1,
-                                    self.recovery_time)
+            event = self._backend.watch_key(self.master_key, index + 1,
+                                            self.recovery_time)
+        except exceptions.ClusterRewound:
+            raise
         except exceptions.HistoryGone:
-            pass
+            return
+        if event is not None:
+            self._went_back(event.index)
+
+    # -- etcd going back in time ------------------------------------------
+
+    def _went_back(self, index):
+        """Note an index etcd answered with; True if it went back."""
+        if index is None:
+            return False
+        seen = self._seen_index
+        self._seen_index = index if seen is None else max(seen, index)
+        if seen is None or index >= seen:
+            return False
+        self._rewound(exceptions.ClusterRewound(
+            'etcd answered at index %d, below %d seen before' % (index, seen),
+            index))
+        self._seen_index = index
+        return True
+
+    def _rewound(self, exc):
+        """etcd was wiped, restored or replaced: hold off for work_time.
+
+        The rewound etcd no longer holds the key of whoever led before, so
+        the key is free at once, while that leader still believes it leads
+        until its local lease deadline, at most ``work_time`` after it last
+        reached etcd.  Waiting that long before taking the key keeps terms
+        from overlapping.
+        """
+        self._seen_index = exc.current_index
+        self._hold_until = time.monotonic() + self.work_time
+        LOG.warning('%s: %s; not campaigning for %ss, until any leader of '
+                    'the etcd before has seen its term end', self.name, exc,
+                    self.work_time)
+
+    def _holding_off(self, stop):
+        """Sleep out a hold after a rewind; True if there was one."""
+        remaining = self._hold_until - time.monotonic()
+        if remaining <= 0 or self.term is not None:
+            return False
+        self._sleep(stop, remaining)
+        return True
 
     def _sleep(self, stop, seconds):
         if stop is None:
@@ -562,6 +618,10 @@ def _guard_loop(elector_ref, term):
         try:
             if index is None:
                 state, index = backend.read_key(key)
+                elector = elector_ref()
+                if elector is not None:
+                    elector._went_back(index)
+                del elector
                 if state is None or state.value != me:
                     why = _holder(state)
             else:
@@ -574,6 +634,12 @@ def _guard_loop(elector_ref, term):
                     if event.kind == base.DELETE or event.value != me:
                         why = _holder(None if event.kind == base.DELETE
                                       else event)
+        except exceptions.ClusterRewound as e:
+            index = None
+            elector = elector_ref()
+            if elector is not None:
+                elector._rewound(e)
+            del elector
         except exceptions.HistoryGone:
             index = None
         except exceptions.BackendError:
