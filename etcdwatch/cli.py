@@ -786,8 +786,12 @@ class Supervisor(object):
                         self.command[0], self.grace)
             self._signal_child(signal.SIGTERM)
             self._kill_at = time.monotonic() + self.grace
-        # Ours or not, the key is not to be renewed by us any more.
-        self.elector.resign()
+        else:
+            self.elector.resign()
+        # Else the key (if it is still ours: the term may have ended on a
+        # lease deadline while etcd was out of reach) is released when
+        # COMMAND has exited, never while it may still act as leader; the
+        # keepalive no longer renews it meanwhile.
 
     def _on_exited(self, arg: Tuple['subprocess.Popen[bytes]', int]
                    ) -> Optional[int]:
@@ -804,6 +808,7 @@ class Supervisor(object):
             self._losing = False
             LOG.info('%s ended (status %d); campaigning again',
                      self.command[0], status)
+            self.elector.resign()
             self._campaign()
             return None
         LOG.info('%s exited with status %d; resigning', self.command[0],

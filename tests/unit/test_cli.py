@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 
+import etcd
 import pytest
 
 from etcdwatch import cli
@@ -525,4 +526,54 @@ def test_elect_command_not_found_is_127(tmp_path):
                          [str(tmp_path / 'no-such-command')], ttl=1.0,
                          recovery_time=1.0, grace=1.0)
     assert sup.run() == 127
+    assert sup.elector.leader() is None
+
+
+def test_elect_keeps_the_key_until_the_command_has_exited(tmp_path):
+    # The term ends on the lease deadline (renewals hang: a member cut off
+    # from its cluster) while the key is still ours on the server.  The
+    # command may still run for --grace: the key must not be released
+    # (so that another worker starts) before it has exited.
+    client = FakeEtcdClient()
+    release = threading.Event()
+    hanging = {'on': False}
+
+    class Hanging(object):
+        def __getattr__(self, name):
+            target = getattr(client, name)
+            if name != 'write':
+                return target
+
+            def write(*args, **kwargs):
+                if kwargs.get('refresh') and hanging['on']:
+                    release.wait(30)
+                return target(*args, **kwargs)
+            return write
+
+    path = str(tmp_path / 'notes')
+    command = [sys.executable, '-c', CHILD, path, 'stubborn']
+    sup = cli.Supervisor(Hanging(), 'job', '/elections', command, ttl=6.0,
+                         recovery_time=1.0, grace=2.0)
+    held_while_running = []
+
+    def drive():
+        wait_until(lambda: notes(path), timeout=30)
+        hanging['on'] = True
+        # The lease deadline passes: SIGTERM, which the command ignores.
+        wait_until(lambda: 'ignored' in ''.join(notes(path)), timeout=30)
+        try:
+            held_while_running.append(
+                client.read('/elections/master_job').value)
+        except etcd.EtcdKeyNotFound:
+            held_while_running.append(None)
+        release.set()
+        wait_until(lambda: len(notes(path)) >= 3, timeout=30)
+        os.kill(os.getpid(), signal.SIGTERM)
+    driver = in_thread(drive)
+    try:
+        assert sup.run() == 128 + signal.SIGKILL
+    finally:
+        release.set()
+        driver.join(10)
+    assert held_while_running == [sup.elector.thread_id]
     assert sup.elector.leader() is None
