@@ -359,6 +359,8 @@ _CASE_TITLES = {
     'latency': 'Event latency',
     'election': 'Election handover and failover',
     'fanout': 'Fan-out in one eventlet process',
+    'quiet': 'Quiet prefixes on a busy etcd',
+    'restart': 'Coming back after an etcd restart',
 }
 
 _INTRO = '''\
@@ -378,7 +380,8 @@ start_revision=revision + 1)``, applying each event it yields), and for
 elections etcd3gw's ``Lock`` with lease keepalives and ``watch_once``.
 Figures are medians over the repeats (p99 where it says so); a ratio
 compares etcdwatch with the baseline.  "v3 against v2" puts the two APIs
-side by side.  Initial load and fan-out are measured on v2 only.
+side by side.  Initial load and fan-out are measured on v2 only,
+quiet prefixes on a busy etcd on v3 only.
 
 These are benchmarks, not tests.  The machine has two cores that etcd, the
 followers, the writers and other engineers' test runs share, so figures of

@@ -34,7 +34,9 @@ from benchmarks import failover  # noqa: E402
 from benchmarks import fanout  # noqa: E402
 from benchmarks import latency  # noqa: E402
 from benchmarks import load  # noqa: E402
+from benchmarks import quiet  # noqa: E402
 from benchmarks import report  # noqa: E402
+from benchmarks import restart  # noqa: E402
 from benchmarks import throughput  # noqa: E402
 from etcdwatch.testing import server as etcd_server  # noqa: E402
 
@@ -46,6 +48,8 @@ CASES = (
     ('latency', latency),
     ('election', failover),
     ('fanout', fanout),
+    ('quiet', quiet),
+    ('restart', restart),
 )
 DOCS = os.path.join(ROOT, 'docs')
 #: The last run's rows as JSON, and everything it measured, so that the
