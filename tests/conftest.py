@@ -17,7 +17,8 @@ The etcd binary is found by :func:`etcdwatch.testing.server.
 find_etcd_binary` (``$ETCD_BINARY`` overrides it).  Without one, these
 fixtures error out rather than skip: a missing etcd must not pass CI.
 
-Every test under ``tests/functional`` is marked ``functional``.
+Every test under ``tests/functional`` is marked ``functional``, and runs
+after every unit test.
 """
 
 import pathlib
@@ -35,10 +36,15 @@ _FUNCTIONAL_DIR = pathlib.Path(__file__).parent / 'functional'
 
 
 def pytest_collection_modifyitems(config, items):
+    functional = set()
     for item in items:
         path = pathlib.Path(item.path).resolve()
         if _FUNCTIONAL_DIR.resolve() in path.parents:
             item.add_marker(pytest.mark.functional)
+            functional.add(item.nodeid)
+    # Unit tests first: they fail in seconds, the functional ones take
+    # minutes (a stable sort keeps each group's own order).
+    items.sort(key=lambda item: item.nodeid in functional)
 
 
 @pytest.fixture(scope='session')
