@@ -35,8 +35,7 @@ class HistoryGone(BackendError):
 
 
 class ClusterRewound(HistoryGone):
-    """etcd stands at an index below one we already saw, or is another
-    cluster.
+    """etcd went back below an index we saw, or is another cluster.
 
     The data was wiped, or restored from an older snapshot, on the same
     address, or the client now talks to a different cluster.  Every index

@@ -353,9 +353,9 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
 
         events, resyncs, errors, callback_errors, unparsable (values the
         codec refused), checks (quorum reads after a silent heartbeat),
-        rewinds (re-reads because etcd's index went back), index (the last index applied), last_event_time
-        (time.time() of the last event applied), synced, pending (callbacks
-        waiting for a retry).
+        rewinds (re-reads because etcd's index went back), index (the
+        last index applied), last_event_time (time.time() of the last
+        event applied), synced, pending (callbacks waiting for a retry).
         """
         result = dict(self._stats)
         result['index'] = None if self.tick is None else self.tick - 1

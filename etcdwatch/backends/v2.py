@@ -20,7 +20,6 @@ Faults of a cluster, as etcd v2 and python-etcd show them:
 """
 
 import http.client
-import logging
 import math
 import socket
 import threading
@@ -29,6 +28,8 @@ import weakref
 import etcd
 import urllib3.exceptions
 import urllib3.util
+
+from oslo_log import log as logging
 
 from etcdwatch.backends import base
 from etcdwatch import exceptions
@@ -136,7 +137,8 @@ def _no_quorum(exc):
 
 # Every member ever seen per python-etcd client, in the order the client
 # is moved through them.  Rotations are rare, so one lock serves all.
-_members = weakref.WeakKeyDictionary()
+_members: 'weakref.WeakKeyDictionary[object, list]' = (
+    weakref.WeakKeyDictionary())
 _members_lock = threading.Lock()
 
 

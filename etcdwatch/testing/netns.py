@@ -502,12 +502,8 @@ class NetnsCluster(EtcdCluster):
             self._net.create()
             for i, m in enumerate(self._members):
                 m._host = self._net.address(i)
-                m._prepare()
-            initial = ','.join('%s=%s' % (m.name, m.peer_url)
-                               for m in self._members)
+            self._introduce_members()
             for m in self._members:
-                m._initial_cluster = initial
-                m._cluster_token = self._token
                 m._spawn()
             self._wait_all()
         except BaseException:

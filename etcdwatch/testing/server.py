@@ -1139,13 +1139,7 @@ class EtcdCluster(_StartedInWith):
         for attempt in range(_PORT_RETRIES + 1):
             fresh = not any(m.port for m in self._members)
             if fresh:
-                for m in self._members:
-                    m._prepare()
-                initial = ','.join('%s=%s' % (m.name, m.peer_url)
-                                   for m in self._members)
-                for m in self._members:
-                    m._initial_cluster = initial
-                    m._cluster_token = self._token
+                self._introduce_members()
             spawned = [m for m in self._members if not m.is_running]
             try:
                 for m in spawned:
@@ -1160,6 +1154,16 @@ class EtcdCluster(_StartedInWith):
                     raise
                 for m in self._members:
                     m._forget_ports()
+
+    def _introduce_members(self):
+        """Give every member its directory, ports, peers and our token."""
+        for m in self._members:
+            m._prepare()
+        initial = ','.join('%s=%s' % (m.name, m.peer_url)
+                           for m in self._members)
+        for m in self._members:
+            m._initial_cluster = initial
+            m._cluster_token = self._token
 
     def _wait_all(self):
         deadline = time.monotonic() + self.startup_timeout

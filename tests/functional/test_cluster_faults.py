@@ -163,6 +163,20 @@ def netns_cluster(request):
         yield cluster, request.param
 
 
+def _seeded(cluster, api, prefix, first):
+    """20 keys written through a member other than ``first``.
+
+    Returns that member's driver, the worker address of every member with
+    ``first`` first (where a client starts), and the API's worker flags.
+    """
+    others = [i for i in range(len(cluster.members)) if i != first]
+    writer = make_driver(api, cluster.member(others[0]))
+    for i in range(20):
+        writer.put('%s/k%d' % (prefix, i), 'v%d' % i)
+    return (writer, addresses(cluster, [first] + others),
+            list(writer.worker_flags))
+
+
 def _changes(writer, prefix, start, count):
     """count new keys, a change of two old ones, a delete of one."""
     for i in range(start, start + count):
@@ -184,13 +198,8 @@ def test_partition_of_the_watchers_member(netns_cluster):
     prefix = '/cf/part-watch'
     leader = cluster.wait_for_leader()
     cut = next(i for i in range(3) if i != leader)
-    majority = [i for i in range(3) if i != cut]
-    writer = make_driver(api, cluster.member(majority[0]))
-    for i in range(20):
-        writer.put('%s/k%d' % (prefix, i), 'v%d' % i)
-    flags = list(writer.worker_flags)
+    writer, hosts, flags = _seeded(cluster, api, prefix, first=cut)
     with Workers() as workers:
-        hosts = addresses(cluster, [cut] + majority)
         watchers = [workers.start('watch', hosts, prefix, HEARTBEAT, *flags),
                     workers.start('watch', hosts, prefix, HEARTBEAT,
                                   '--eventlet', *flags)]
@@ -263,12 +272,8 @@ def test_partition_of_the_raft_leader(netns_cluster):
     prefix, name = '/cf/part-raft', 'svc' + uuid.uuid4().hex[:8]
     leader = cluster.wait_for_leader()
     rest = [i for i in range(3) if i != leader]
-    writer = make_driver(api, cluster.member(rest[0]))
-    for i in range(20):
-        writer.put('%s/k%d' % (prefix, i), 'v%d' % i)
-    flags = list(writer.worker_flags)
+    writer, hosts, flags = _seeded(cluster, api, prefix, first=leader)
     with Workers() as workers:
-        hosts = addresses(cluster, [leader] + rest)
         watchers = [workers.start('watch', hosts, prefix, HEARTBEAT, *flags)]
         leads = [workers.start('lead', hosts, name, 3, 1, 0.1, *flags)
                  for _ in range(3)]
