@@ -790,8 +790,9 @@ class Supervisor(object):
             self.elector.resign()
         # Else the key (if it is still ours: the term may have ended on a
         # lease deadline while etcd was out of reach) is released when
-        # COMMAND has exited, never while it may still act as leader; the
-        # keepalive no longer renews it meanwhile.
+        # COMMAND has exited, not before.  Nothing renews it meanwhile, so
+        # it can still expire while COMMAND runs out its grace: keep
+        # --grace short against --ttl.
 
     def _on_exited(self, arg: Tuple['subprocess.Popen[bytes]', int]
                    ) -> Optional[int]:

@@ -193,8 +193,9 @@ class EtcdElection(object):
         # Monotonic time until which the worker has shown life; the
         # keepalive renews the key only before it.
         self._alive_until = 0.0
-        self._keepalive: Optional[handlers.Task] = None
-        self._guard: Optional[handlers.Task] = None
+        # (term, task) of the keepalive and of the guard (_guard_loop).
+        self._keepalive: Any = (None, None)
+        self._guard: Any = (None, None)
         # The highest etcd index seen, and until when (monotonic) not to
         # campaign because etcd's index went back below it.
         self._seen_index: Optional[int] = None
@@ -240,7 +241,10 @@ class EtcdElection(object):
         most ``work_time``; while the keepalive holds the lease that costs
         no request.  With ``multi_worker_ok=False`` it returns only after
         etcd confirmed the key holds our id; while etcd is unreachable it
-        keeps trying every ``recovery_time``.  With ``multi_worker_ok=True``
+        keeps trying (after jittered waits from ``recovery_time`` up to
+        twice it).  After etcd went back in time (wiped or restored) it
+        waits ``work_time`` before taking the key.  With
+        ``multi_worker_ok=True``
         it also returns when etcd cannot be reached (logging a warning).
         """
         self._campaign(stop=None)
@@ -398,19 +402,32 @@ class EtcdElection(object):
         # forgotten (after a restart of the keepalive, say).
         return self._renew(self.work_time)
 
-    def _renew(self, ttl):
-        """Refresh the key's TTL if it is ours; False if it is not."""
+    def _renew(self, ttl, term=None):
+        """Refresh the key's TTL if it is ours; False if it is not.
+
+        ``term``: renew for that term only (the keepalive's).  A term that
+        ended while its refresh was on its way (the guard saw the key
+        taken, or the lease deadline passed) is not revived by it; only a
+        caller's own campaign or extend_election() takes up a key that is
+        ours but belongs to no term we hold.
+        """
         sent = time.monotonic()
         if self._backend.refresh(self.master_key, self.thread_id, ttl):
             with self._lock:
                 self._held[0] = True
-                if self.term is not None:
+                if self.term is not None and (term is None or
+                                              self.term is term):
                     self._lease_deadline = sent + ttl - self._lease_margin
                     return True
-                # A term that ended while the refresh was on its way (the
-                # guard saw the key taken) must not be revived by it.
-            # Ours, but from a term we did not record: take it up.
-            state, _index = self._backend.read_key(self.master_key)
+            if term is not None:
+                return False
+            # Ours, but from a term we did not record: take it up, unless
+            # etcd went back in time (a restore can bring back our key
+            # from then, while another leads now): then give it back.
+            state, index = self._backend.read_key(self.master_key)
+            if self._went_back(index) or self._hold_until > time.monotonic():
+                self._backend.delete_if(self.master_key, self.thread_id)
+                return False
             if state is not None and state.value == self.thread_id:
                 self._begin_term(state.created_index, sent + ttl)
                 return True
@@ -436,8 +453,9 @@ class EtcdElection(object):
 
         The keepalive, the guard and the caller's own thread can each
         notice a loss.  Whichever comes second waits for the first's
-        on_lost to return, so a caller that sees EtcdElectionLost knows its
-        on_lost ran (unless on_lost itself is what is running here).
+        on_lost to return, so that, for instance, extend_election() raises
+        EtcdElectionLost only after on_lost ran (unless on_lost itself is
+        what is running here).
         """
         with self._lock:
             term, self.term = self.term, None
@@ -487,17 +505,21 @@ class EtcdElection(object):
     # -- etcd going back in time ------------------------------------------
 
     def _went_back(self, index):
-        """Note an index etcd answered with; True if it went back."""
+        """Note an index etcd answered with; True if it went back.
+
+        Only for the answers of one thread's requests in the order it made
+        them (the campaign's): answers that cross in flight prove nothing.
+        """
         if index is None:
             return False
-        seen = self._seen_index
-        self._seen_index = index if seen is None else max(seen, index)
-        if seen is None or index >= seen:
-            return False
+        with self._lock:
+            seen = self._seen_index
+            self._seen_index = index if seen is None else max(seen, index)
+            if seen is None or index >= seen:
+                return False
         self._rewound(exceptions.ClusterRewound(
             'etcd answered at index %d, below %d seen before' % (index, seen),
             index))
-        self._seen_index = index
         return True
 
     def _rewound(self, exc):
@@ -509,8 +531,9 @@ class EtcdElection(object):
         reached etcd.  Waiting that long before taking the key keeps terms
         from overlapping.
         """
-        self._seen_index = exc.current_index
-        self._hold_until = time.monotonic() + self.work_time
+        with self._lock:
+            self._seen_index = exc.current_index
+            self._hold_until = time.monotonic() + self.work_time
         LOG.warning('%s: %s; not campaigning for %ss, until any leader of '
                     'the etcd before has seen its term end', self.name, exc,
                     self.work_time)
@@ -532,20 +555,31 @@ class EtcdElection(object):
     # -- the keepalive ----------------------------------------------------
 
     def _keepalive_running(self):
-        task = self._keepalive
-        return task is not None and task.is_alive()
+        """Whether the keepalive and the guard both serve the current term.
+
+        A task of an ended term exits by itself (it waits on that term's
+        ``lost``), but may still be alive just after a new term began.
+        """
+        with self._lock:
+            term = self.term
+            return term is not None and all(
+                task is not None and task_term is term and task.is_alive()
+                for task_term, task in (self._keepalive, self._guard))
 
     def _ensure_keepalive(self):
         with self._lock:
-            if self.term is None:
+            term = self.term
+            if term is None:
                 return
-            if not self._keepalive_running():
-                self._keepalive = self._handler.spawn(
-                    _keepalive_loop, weakref.ref(self), self.term)
-            guard = self._guard
-            if guard is None or not guard.is_alive():
-                self._guard = self._handler.spawn(
-                    _guard_loop, weakref.ref(self), self.term)
+            ref = weakref.ref(self)
+            task_term, task = self._keepalive
+            if task_term is not term or task is None or not task.is_alive():
+                self._keepalive = (term, self._handler.spawn(
+                    _keepalive_loop, ref, term))
+            task_term, task = self._guard
+            if task_term is not term or task is None or not task.is_alive():
+                self._guard = (term, self._handler.spawn(
+                    _guard_loop, ref, term))
 
     def _key_not_ours(self, why):
         self._refused = True
@@ -572,7 +606,7 @@ def _keepalive_loop(elector_ref, term):
                 return
         else:
             try:
-                elector._renew(elector.work_time)
+                elector._renew(elector.work_time, term)
             except exceptions.BackendError:
                 if not elector.is_elected and not elector.multi_worker_ok:
                     elector._end_term('etcd unreachable past the lease')
@@ -606,8 +640,10 @@ def _guard_loop(elector_ref, term):
         now = time.monotonic()
         if deadline is None or now >= deadline:
             if not elector.multi_worker_ok:
-                elector._end_term('the lease ran out before etcd confirmed '
-                                  'a renewal')
+                elector._end_term(
+                    'the worker stopped checking in' if
+                    now >= elector._alive_until else
+                    'the lease ran out before etcd confirmed a renewal')
                 return
             deadline = now + elector.recovery_time
         wait = min(deadline - now, elector.recovery_time)
@@ -617,11 +653,9 @@ def _guard_loop(elector_ref, term):
         why = None
         try:
             if index is None:
+                # Not fed to _went_back: an answer that arrives after the
+                # campaign saw a newer index is not etcd going back.
                 state, index = backend.read_key(key)
-                elector = elector_ref()
-                if elector is not None:
-                    elector._went_back(index)
-                del elector
                 if state is None or state.value != me:
                     why = _holder(state)
             else:

@@ -117,6 +117,7 @@ class Backend(abc.ABC):
     def delete_if(self, key, value):
         """Delete ``key`` if it still holds ``value``; True if deleted."""
 
+    @abc.abstractmethod
     def check_current(self, path, index):
         """Prove that etcd is alive, in a quorum, and not behind ``index``.
 
@@ -134,7 +135,6 @@ class Backend(abc.ABC):
         :class:`~etcdwatch.exceptions.ClusterRewound` if etcd's index is
         below ``index``, or its cluster ID changed.
         """
-        raise NotImplementedError
 
     def close(self):
         """Release what the backend keeps open between calls.

@@ -132,8 +132,8 @@ def test_k_electors_are_not_held_forever(client):
     assert e in election_mod._live_electors
     ref = weakref.ref(e)
     del e
-    gc.collect()
-    assert ref() is None
+    # Its keepalive and guard hold it only for the length of one call.
+    wait_until(lambda: (gc.collect(), ref() is None)[1], timeout=5)
 
 
 def test_k_a_leader_that_is_collected_releases_its_key(client):
@@ -141,8 +141,7 @@ def test_k_a_leader_that_is_collected_releases_its_key(client):
     e.wait_until_elected()
     assert holder(client) == e.thread_id
     del e
-    gc.collect()
-    wait_until(lambda: holder(client) is None)
+    wait_until(lambda: (gc.collect(), holder(client) is None)[1])
 
 
 def test_k_a_leader_collected_inside_a_call_to_its_client(client):
@@ -510,3 +509,59 @@ def test_a_stopped_leader_releases_after_its_running_callback(client,
             # Nothing started on a after its stop.
             starts = [key for what, key, _t in a.log if what == 'start']
             assert starts[-1] == '/data/slow'
+
+
+def test_a_term_won_right_after_a_resign_has_its_keepalive_and_guard(
+        client):
+    # The ended term's tasks may still be alive when the next term begins:
+    # the new term must get tasks of its own.
+    lost = []
+    a = elector(client, work_time=30, on_lost=lambda t: lost.append(t))
+    for _ in range(20):
+        a.wait_until_elected()
+        term = a.term
+        assert a._keepalive_running(), 'a term without keepalive or guard'
+        assert a._keepalive[0] is term and a._guard[0] is term
+        a.resign()
+    a.wait_until_elected()
+    client.wait_for_watches(1)
+    client.delete(E + '/master_svc')
+    # Only the guard can notice (renewals every 10 s).
+    wait_until(lambda: len(lost) == 21, timeout=5)
+    assert not a.is_elected
+
+
+def test_a_refresh_that_lands_after_the_term_ended_revives_nothing(client):
+    # A member cut off from its cluster: the renewal hangs past the lease
+    # deadline (the guard ends the term), then goes through.
+    release = threading.Event()
+    hang = {'on': False}
+
+    class Hanging(FlakyClient):
+        def __getattr__(self, name):
+            target = super(Hanging, self).__getattr__(name)
+            if name != 'write':
+                return target
+
+            def write(*args, **kwargs):
+                if kwargs.get('refresh') and hang['on']:
+                    release.wait(30)
+                return target(*args, **kwargs)
+            return write
+
+    events = []
+    a = elector(Hanging(client), work_time=3,
+                on_elected=lambda t: events.append(('won', t)),
+                on_lost=lambda t: events.append(('lost', t)))
+    try:
+        hang['on'] = True
+        a.wait_until_elected()
+        wait_until(lambda: len(events) == 2, timeout=10)
+        release.set()
+        # The refresh lands now; give the keepalive time to act on it.
+        time.sleep(0.5)
+        assert [what for what, _t in events] == ['won', 'lost']
+        assert a.term is None and not a.is_elected
+        assert events[0][1].lost.is_set()
+    finally:
+        release.set()
