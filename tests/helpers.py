@@ -59,6 +59,31 @@ class FlakyClient(object):
         return call
 
 
+class HangingRefresh(object):
+    """Wraps a client; while ``hanging``, TTL refreshes block.
+
+    A refresh (a write with ``refresh=True``) waits until ``release`` is
+    set (at most 30 s): what a leader sees of a member cut off from its
+    cluster.  Everything else goes straight through.
+    """
+
+    def __init__(self, client, hanging=True):
+        self._client = client
+        self.hanging = hanging
+        self.release = threading.Event()
+
+    def __getattr__(self, name):
+        target = getattr(self._client, name)
+        if name != 'write':
+            return target
+
+        def write(*args, **kwargs):
+            if kwargs.get('refresh') and self.hanging:
+                self.release.wait(30)
+            return target(*args, **kwargs)
+        return write
+
+
 class Runner(object):
     """Runs ``watcher.watch_forever`` in a thread; stops it on exit."""
 

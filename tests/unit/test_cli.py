@@ -18,6 +18,7 @@ from etcdwatch import cli
 from etcdwatch import demo
 from etcdwatch import exceptions
 from etcdwatch.testing import FakeEtcdClient
+from tests.helpers import HangingRefresh
 from tests.helpers import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -535,30 +536,18 @@ def test_elect_keeps_the_key_until_the_command_has_exited(tmp_path):
     # command may still run for --grace: the key must not be released
     # (so that another worker starts) before it has exited.
     client = FakeEtcdClient()
-    release = threading.Event()
-    hanging = {'on': False}
-
-    class Hanging(object):
-        def __getattr__(self, name):
-            target = getattr(client, name)
-            if name != 'write':
-                return target
-
-            def write(*args, **kwargs):
-                if kwargs.get('refresh') and hanging['on']:
-                    release.wait(30)
-                return target(*args, **kwargs)
-            return write
+    hanging = HangingRefresh(client, hanging=False)
+    release = hanging.release
 
     path = str(tmp_path / 'notes')
     command = [sys.executable, '-c', CHILD, path, 'stubborn']
-    sup = cli.Supervisor(Hanging(), 'job', '/elections', command, ttl=6.0,
+    sup = cli.Supervisor(hanging, 'job', '/elections', command, ttl=6.0,
                          recovery_time=1.0, grace=2.0)
     held_while_running = []
 
     def drive():
         wait_until(lambda: notes(path), timeout=30)
-        hanging['on'] = True
+        hanging.hanging = True
         # The lease deadline passes: SIGTERM, which the command ignores.
         wait_until(lambda: 'ignored' in ''.join(notes(path)), timeout=30)
         try:

@@ -14,6 +14,7 @@ from etcdwatch import EtcdElectionLost
 from etcdwatch import EtcdWatcher
 from etcdwatch.testing.fake import FakeEtcdClient
 from tests.helpers import FlakyClient
+from tests.helpers import HangingRefresh
 from tests.helpers import Runner
 from tests.helpers import wait_until
 
@@ -427,22 +428,11 @@ def test_a_renewal_that_hangs_does_not_delay_the_loss(client):
     # A member cut off from its cluster: the renewal blocks for the
     # client's whole timeout.  The term must end at the lease deadline,
     # which comes before the key can expire on the server.
-    release = threading.Event()
-
-    class Hanging(FlakyClient):
-        def __getattr__(self, name):
-            target = super(Hanging, self).__getattr__(name)
-            if name != 'write':
-                return target
-
-            def write(*args, **kwargs):
-                if kwargs.get('refresh'):
-                    release.wait(30)
-                return target(*args, **kwargs)
-            return write
+    hanging = HangingRefresh(client)
+    release = hanging.release
 
     lost = []
-    a = elector(Hanging(client), work_time=4,
+    a = elector(hanging, work_time=4,
                 on_lost=lambda t: lost.append(time.monotonic()))
     try:
         sent = time.monotonic()
@@ -534,27 +524,15 @@ def test_a_term_won_right_after_a_resign_has_its_keepalive_and_guard(
 def test_a_refresh_that_lands_after_the_term_ended_revives_nothing(client):
     # A member cut off from its cluster: the renewal hangs past the lease
     # deadline (the guard ends the term), then goes through.
-    release = threading.Event()
-    hang = {'on': False}
-
-    class Hanging(FlakyClient):
-        def __getattr__(self, name):
-            target = super(Hanging, self).__getattr__(name)
-            if name != 'write':
-                return target
-
-            def write(*args, **kwargs):
-                if kwargs.get('refresh') and hang['on']:
-                    release.wait(30)
-                return target(*args, **kwargs)
-            return write
+    hanging = HangingRefresh(client, hanging=False)
+    release = hanging.release
 
     events = []
-    a = elector(Hanging(client), work_time=3,
+    a = elector(hanging, work_time=3,
                 on_elected=lambda t: events.append(('won', t)),
                 on_lost=lambda t: events.append(('lost', t)))
     try:
-        hang['on'] = True
+        hanging.hanging = True
         a.wait_until_elected()
         wait_until(lambda: len(events) == 2, timeout=10)
         release.set()
