@@ -1,16 +1,14 @@
 """The v2 backend on real etcd faults: a wiped etcd, another cluster on the
 same address, a member without a leader.
 
-An etcd is wiped here by hand (stop, delete its data directory, start on
-the same ports), which brings it back at a low index with the same cluster
-ID: the same name, peer URL and cluster token hash to the same ID.
+An etcd is wiped with ``EtcdServer.wipe()`` (stop, delete its data
+directory, start on the same ports), which brings it back at a low index
+with the same cluster ID: the same name, peer URL and cluster token hash to
+the same ID.
 """
 
-import os
-import shutil
 import threading
 import time
-import uuid
 
 import etcd
 import pytest
@@ -20,22 +18,10 @@ from etcdwatch.backends import v2
 from etcdwatch import exceptions
 from etcdwatch.testing.server import EtcdCluster
 from etcdwatch.testing.server import EtcdServer
+from tests.helpers import wait_until
 
 # Generous: a 2-core machine shared with other tests.
 WAIT = 20.0
-
-
-def wipe(server, token=None):
-    """Start ``server`` again on its ports with no data.
-
-    With ``token``, under a new ``--initial-cluster-token``: another
-    cluster (etcd takes the last of a repeated flag).
-    """
-    server.stop()
-    shutil.rmtree(os.path.join(server.data_dir, 'data'))
-    if token is not None:
-        server.extra_args = ('--initial-cluster-token', token)
-    server.start()
 
 
 def store_watchers(client):
@@ -47,16 +33,17 @@ def store_watchers(client):
     raise AssertionError('etcd has no store watchers metric')
 
 
-def wait_for(condition, what):
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 def fill(client, prefix, count):
     for i in range(count):
         client.write('%s/k%d' % (prefix, i), str(i))
+
+
+def filled(server, count):
+    """(client, backend, the index it read at) after ``count`` writes."""
+    client = server.client()
+    backend = v2.V2Backend(client)
+    fill(client, '/w', count)
+    return client, backend, backend.read_tree('/w').index
 
 
 @pytest.fixture
@@ -82,12 +69,9 @@ def test_check_current_on_a_healthy_etcd(etcd_client, etcd_prefix):
 
 
 def test_wiped_etcd_is_caught_by_check_current(server):
-    client = server.client()
-    backend = v2.V2Backend(client)
-    fill(client, '/w', 30)
-    seen = backend.read_tree('/w').index
+    client, backend, seen = filled(server, 30)
     cluster_id = client.expected_cluster_id
-    wipe(server)
+    server.wipe()
     with pytest.raises(exceptions.ClusterRewound) as info:
         backend.check_current('/w', seen)
     assert info.value.current_index < seen
@@ -98,11 +82,8 @@ def test_wiped_etcd_is_caught_by_check_current(server):
 
 
 def test_wiped_etcd_is_caught_by_a_watch_when_etcd_answers(server):
-    client = server.client()
-    backend = v2.V2Backend(client)
-    fill(client, '/w', 30)
-    seen = backend.read_tree('/w').index
-    wipe(server)
+    client, backend, seen = filled(server, 30)
+    server.wipe()
     writer = server.client()
     box = {}
 
@@ -115,7 +96,9 @@ def test_wiped_etcd_is_caught_by_a_watch_when_etcd_answers(server):
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     # The watch waits (etcd is far below seen + 1) until etcd gets there.
-    wait_for(lambda: store_watchers(writer) > before, 'watch never waited')
+    wait_until(lambda: store_watchers(writer) > before, timeout=WAIT,
+               interval=0.01,
+               message='watch never waited')
     while writer.write('/w/again', 'x').modifiedIndex <= seen:
         pass
     thread.join(WAIT)
@@ -125,12 +108,9 @@ def test_wiped_etcd_is_caught_by_a_watch_when_etcd_answers(server):
 
 
 def test_another_cluster_on_the_same_address(server):
-    client = server.client()
-    backend = v2.V2Backend(client)
-    fill(client, '/w', 3)
-    seen = backend.read_tree('/w').index
+    client, backend, seen = filled(server, 3)
     old_id = client.expected_cluster_id
-    wipe(server, token='another-' + uuid.uuid4().hex)
+    server.wipe(new_token=True)
     with pytest.raises(exceptions.ClusterRewound) as info:
         backend.read_tree('/w')
     assert isinstance(info.value.__cause__, etcd.EtcdClusterIdChanged)
