@@ -36,13 +36,46 @@ def _requirement_lines():
             if line.strip() and not line.startswith('#')]
 
 
-def test_runtime_requirements_are_the_cards():
-    # The card's five, plus oslo.config: etcdwatch.config's options need it
-    # and oslo.log depends on it anyway, so it installs nothing new.
+def test_runtime_requirements_are_slim():
+    # oslo.config: etcdwatch.config's options need it and oslo.log depends
+    # on it anyway, so it installs nothing new.  eventlet is an extra (a
+    # thread-only service does not pull it in); six is not imported.
     names = sorted(re.split(r'[<>=! ]', line)[0].lower()
                    for line in _requirement_lines())
-    assert names == ['eventlet', 'oslo.config', 'oslo.log', 'python-etcd',
-                     'six', 'urllib3']
+    assert names == ['oslo.config', 'oslo.log', 'python-etcd', 'urllib3']
+
+
+def _extras():
+    extras, section, name = {}, None, None
+    for line in _read('setup.cfg').splitlines():
+        if line.startswith('['):
+            section = line.strip()
+            continue
+        if section != '[extras]' or not line.strip():
+            continue
+        if not line[0].isspace():
+            name = line.split('=')[0].strip()
+            extras[name] = []
+        else:
+            extras[name].append(re.split(r'[<>=! ]', line.strip())[0])
+    return extras
+
+
+def test_eventlet_is_an_extra_and_the_tests_still_get_it():
+    assert _extras()['eventlet'] == ['eventlet']
+    tests = [re.split(r'[<>=! ]', line)[0].lower()
+             for line in _read('test-requirements.txt').splitlines()
+             if line.strip() and not line.startswith('#')]
+    assert 'eventlet' in tests
+
+
+def test_nothing_imports_six():
+    for top, dirs, files in os.walk(os.path.join(ROOT, 'etcdwatch')):
+        for name in files:
+            if name.endswith('.py'):
+                text = _read(top, name)
+                assert not re.search(r'^\s*(import six|from six\b)', text,
+                                     re.M), os.path.join(top, name)
 
 
 def test_oslo_config_requirement_gives_its_reason():
