@@ -4,6 +4,9 @@
 already imported *and* has monkey-patched the process (the usual OpenStack
 agent); otherwise plain threads.  ``get_handler('eventlet')`` asks for it by
 name, and ``get_handler(None)`` means the default.
+
+eventlet is not a dependency of etcdwatch: it comes with the ``eventlet``
+extra (``pip install '.[eventlet]'``), or with the service that patches.
 """
 
 import sys
@@ -45,7 +48,16 @@ def get_handler(handler=None):
                          "not %r" % (', '.join(_NAMES), handler))
     if handler not in _instances:
         if handler == 'eventlet':
-            from etcdwatch.handlers import eventlet as mod
+            try:
+                from etcdwatch.handlers import eventlet as mod
+            except ImportError as e:
+                if e.name != 'eventlet':
+                    raise
+                raise ImportError(
+                    "handler='eventlet' needs eventlet, which etcdwatch "
+                    "installs only with its eventlet extra "
+                    "(pip install '.[eventlet]' from a clone, or pip "
+                    "install eventlet)", name='eventlet') from e
             _instances[handler] = mod.EventletHandler()
         else:
             from etcdwatch.handlers import threading as mod
