@@ -1,11 +1,13 @@
 """The etcd v3 backend, over etcd3gw's client for etcd's HTTP/JSON gateway.
 
-Only this module knows etcd v3's vocabulary.  It uses the etcd3gw client
-for its address, its ``requests`` session (TLS settings included) and its
-timeout, and sends its own requests to the gateway: so that every request
-is bounded in time, text is encoded as UTF-8 (etcd3gw encodes str as
-latin-1), and watches survive what etcd3gw's watch helper does not (see
-:class:`V3Backend`).
+The threaded transport: what v3 means (request bodies, answers, error
+shapes, watch cursors, leases) is decided in
+:mod:`etcdwatch.backends.v3proto`; this module only does the I/O, with the
+etcd3gw client's address, its ``requests`` session (TLS settings included)
+and its timeout.  It sends its own requests to the gateway: so that every
+request is bounded in time, text is encoded as UTF-8 (etcd3gw encodes str
+as latin-1), and watches survive what etcd3gw's watch helper does not
+(see :class:`V3Backend`).
 
 Text: keys and values are bytes in etcd v3.  They are decoded as UTF-8
 with ``errors='surrogateescape'``: valid UTF-8 arrives as the same str as
@@ -16,10 +18,7 @@ bytes back.  Str written through this backend is encoded the same way.
 Needs etcd >= 3.4 (tested on 3.5); the v2 API may be disabled.
 """
 
-import base64
-import collections
 import json
-import math
 import selectors
 import socket
 import ssl
@@ -33,6 +32,7 @@ import urllib3.exceptions
 from oslo_log import log as logging
 
 from etcdwatch.backends import base
+from etcdwatch.backends import v3proto
 from etcdwatch import exceptions
 
 LOG = logging.getLogger(__name__)
@@ -41,155 +41,39 @@ LOG = logging.getLogger(__name__)
 #: has no timeout of its own: a paused etcd must not hang a recipe forever.
 DEFAULT_TIMEOUT = 10.0
 #: Keys per request when reading a tree (all pages read at one revision).
-PAGE_SIZE = 1000
+PAGE_SIZE = v3proto.PAGE_SIZE
 
-#: Seconds without an answer to a new watch after which etcd is deemed
-#: unavailable (a shorter wait proves nothing).
-_MIN_SILENCE = 0.5
-
-# gRPC status codes that mean "try again later" rather than "wrong".
-_GRPC_UNAVAILABLE = frozenset([4, 14])      # DEADLINE_EXCEEDED, UNAVAILABLE
-_HTTP_UNAVAILABLE = frozenset([408, 502, 503, 504])
-# RESOURCE_EXHAUSTED: before etcd 3.4.17 the gateway refuses any message
-# over 4 MiB, on every retry alike.
-_GRPC_TOO_LARGE = 8
-
-#: Sent with every watch: etcd then cancels the watch ("etcdserver: no
-#: leader") when the member loses its raft leader, instead of keeping it
-#: open and silent on a member cut off from its cluster (etcd #10819).
-_WATCH_HEADERS = {'Grpc-Metadata-hasleader': 'true',
-                  # Lines must arrive as etcd flushes them.
-                  'Accept-Encoding': 'identity'}
+# The rules' old private names in this module, kept for code (and tests)
+# written before the split.
+_MIN_SILENCE = v3proto.MIN_SILENCE
+_WATCH_HEADERS = v3proto.WATCH_HEADERS
+_b64 = v3proto.b64
+_text = v3proto.text
+_ttl = v3proto.ttl_seconds
+_revision = v3proto.revision
+_TooLarge = v3proto.TooLarge
+_gateway_error = v3proto.gateway_error
+_raise_for = v3proto.raise_for
+_ChunkedDecoder = v3proto.ChunkedDecoder
 
 
-def _b64(text):
-    if not isinstance(text, bytes):
-        text = str(text).encode('utf-8', 'surrogateescape')
-    return base64.b64encode(text).decode('ascii')
-
-
-def _text(b64):
-    # etcd's JSON leaves out empty fields: a missing value is ''.
-    return base64.b64decode(b64 or '').decode('utf-8', 'surrogateescape')
-
-
-def _ttl(seconds):
-    # Leases take whole seconds; round up so a lease is never shorter than
-    # asked for.  etcd silently raises a TTL below its minimum (2 s with
-    # default flags): longer than asked, which is the safe direction.
-    return max(1, int(math.ceil(seconds)))
-
-
-def _revision(result):
-    header = result.get('header') or {}
-    revision = header.get('revision')
-    return None if revision is None else int(revision)
-
-
-class _Translate(object):
-    """Turns transport, gateway and etcd3gw errors into etcdwatch's.
+class _Translate(v3proto.Translate):
+    """Turns requests', urllib3's and etcd3gw's errors into etcdwatch's.
 
     ``on_unavailable`` (if given) is called before an
     :class:`~etcdwatch.exceptions.EtcdUnavailable` leaves the block.
     """
 
-    def __init__(self, what, on_unavailable=None):
-        self.what = what
-        self.on_unavailable = on_unavailable
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            return self._translate(exc)
-        except exceptions.EtcdUnavailable:
-            if self.on_unavailable is not None:
-                self.on_unavailable()
-            raise
-
-    def _translate(self, exc):
-        if isinstance(exc, exceptions.EtcdUnavailable):
-            raise exc
-        if exc is None or isinstance(exc, exceptions.EtcdWatchError):
-            return False
-        if isinstance(exc, requests.exceptions.RequestException):
-            # Before OSError: every requests exception is one.
-            unavailable = isinstance(exc, (
-                requests.exceptions.ConnectionError,
-                requests.exceptions.Timeout))
-        elif isinstance(exc, etcd3gw.exceptions.Etcd3Exception):
-            unavailable = isinstance(exc, (
-                etcd3gw.exceptions.ConnectionFailedError,
-                etcd3gw.exceptions.ConnectionTimeoutError))
-        elif isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
-            unavailable = True      # a stream's socket, read directly
-        elif isinstance(exc, (ValueError, KeyError, TypeError)):
-            # Not JSON, or JSON without the fields etcd always sends.
-            raise exceptions.BackendError(
-                '%s: unexpected answer from etcd: %r' % (self.what, exc)
-            ) from exc
-        else:
-            return False
-        if unavailable:
-            raise exceptions.EtcdUnavailable(
-                '%s: etcd unreachable: %s' % (self.what, exc)) from exc
-        raise exceptions.BackendError('%s: %s' % (self.what, exc)) from exc
-
-
-class _TooLarge(exceptions.BackendError):
-    """The gateway refused a message over its size limit (gRPC code 8)."""
-
-
-def _gateway_error(body):
-    """``(gRPC code or None, message)`` of a gateway error body.
-
-    Unary answers: ``{"error": text, "code": N, "message": text}``.  Errors
-    inside a stream: ``{"error": {"grpc_code": N, "http_code": ...,
-    "message": ...}}`` up to etcd 3.5 (grpc-gateway v1), ``{"error":
-    {"code": N, "message": ...}}`` from 3.6 (grpc-gateway v2).
-    """
-    if not isinstance(body, dict):
-        return None, 'no detail'
-    if isinstance(body.get('error'), dict):
-        body = body['error']
-        code = body.get('grpc_code', body.get('code'))
-    else:
-        code = body.get('code')
-    message = body.get('message') or body.get('error') or 'no detail'
-    try:
-        code = None if code is None else int(code)
-    except (TypeError, ValueError):
-        code = None
-    return code, str(message)
-
-
-def _raise_for(what, status, body, current_index=None, stream=False):
-    """Raise the etcdwatch error for a gateway error answer.
-
-    ``stream``: the error came inside a watch stream, where a message too
-    large for the gateway means the watch cannot go on (HistoryGone: the
-    caller re-reads) rather than a request to make smaller.
-    """
-    code, message = _gateway_error(body)
-    if 'required revision has been compacted' in message:
-        raise exceptions.HistoryGone('%s: %s' % (what, message),
-                                     current_index)
-    if code == _GRPC_TOO_LARGE:
-        if stream:
-            raise exceptions.HistoryGone(
-                '%s: a watch message was too large for etcd\'s gateway '
-                '(RESOURCE_EXHAUSTED; etcd before 3.4.17 refuses messages '
-                'over 4 MiB), so the events cannot be walked: %s'
-                % (what, message), current_index)
-        raise _TooLarge('%s: answer too large for etcd\'s gateway: %s'
-                        % (what, message))
-    if (status in _HTTP_UNAVAILABLE or code in _GRPC_UNAVAILABLE or
-            'no leader' in message):
-        raise exceptions.EtcdUnavailable('%s: etcd unavailable (%s): %s'
-                                         % (what, status or code, message))
-    raise exceptions.BackendError('%s: etcd answered %s: %s'
-                                  % (what, status or code, message))
+    RULES = (
+        # Before OSError: every requests exception is one.
+        (requests.exceptions.RequestException,
+         (requests.exceptions.ConnectionError, requests.exceptions.Timeout)),
+        (etcd3gw.exceptions.Etcd3Exception,
+         (etcd3gw.exceptions.ConnectionFailedError,
+          etcd3gw.exceptions.ConnectionTimeoutError)),
+        # A stream's socket, read directly.
+        ((urllib3.exceptions.HTTPError, OSError), BaseException),
+    )
 
 
 def _socket_of(raw):
@@ -209,64 +93,6 @@ def _socket_of(raw):
         return None
 
 
-class _ChunkedDecoder(object):
-    """Decodes an HTTP/1.1 chunked body fed in pieces of any size.
-
-    :meth:`feed` returns the body bytes the piece completes (possibly
-    none); ``done`` turns True after the last chunk and its trailers.
-    Chunk extensions and trailers are skipped.  Malformed framing raises
-    ValueError.
-    """
-
-    _MAX_LINE = 4096
-
-    def __init__(self):
-        self._pending = b''
-        self._state = 'size'        # size, data, crlf, trailer, done
-        self._left = 0
-        self.done = False
-
-    def feed(self, data):
-        self._pending += data
-        out = []
-        while self._state != 'done':
-            if self._state == 'data':
-                if not self._pending:
-                    break
-                piece = self._pending[:self._left]
-                self._pending = self._pending[len(piece):]
-                self._left -= len(piece)
-                out.append(piece)
-                if not self._left:
-                    self._state = 'crlf'
-                continue
-            line, newline, rest = self._pending.partition(b'\n')
-            if not newline:
-                if len(self._pending) > self._MAX_LINE:
-                    raise ValueError('chunked body: framing line too long')
-                break
-            self._pending = rest
-            line = line.rstrip(b'\r')
-            if self._state == 'size':
-                size = line.split(b';', 1)[0].strip()
-                if not size or size.strip(b'0123456789abcdefABCDEF'):
-                    raise ValueError('chunked body: bad size %r' % line)
-                self._left = int(size, 16)
-                self._state = 'data' if self._left else 'trailer'
-            elif self._state == 'crlf':
-                if line:
-                    raise ValueError('chunked body: chunk overruns its size')
-                self._state = 'size'
-            elif not line:          # the blank line after the trailers
-                self._state = 'done'
-                self.done = True
-        return b''.join(out)
-
-
-def _no_decoder(data):
-    return data
-
-
 class _Stream(object):
     """One open ``/watch`` response: JSON messages, one per line.
 
@@ -276,7 +102,8 @@ class _Stream(object):
     deadline passing never harms the stream: the next call continues it.
     Every wait follows a read that found nothing, so bytes TLS has already
     decrypted (``sock.pending()``) are never waited for.  The HTTP body is
-    decoded here, chunked or not.
+    decoded by a :class:`~etcdwatch.backends.v3proto.MessageBuffer`,
+    chunked or not.
     """
 
     def __init__(self, response, timeout, url=None):
@@ -287,9 +114,7 @@ class _Stream(object):
         #: The member's base URL, for moving off it when it fails.
         self.url = url
         self.aborted = False
-        self._ended = False
         self._selector = None
-        self._text = b''
         raw = response.raw
         self._sock = _socket_of(raw)
         reader = getattr(getattr(raw, '_fp', None), 'fp', None)
@@ -300,11 +125,7 @@ class _Stream(object):
         if encoding.lower() != 'identity':
             raise exceptions.BackendError(
                 'watch: unexpected Content-Encoding %r' % encoding)
-        if raw.chunked:
-            self._decoder = _ChunkedDecoder()
-            self._decode = self._decoder.feed
-        else:
-            self._decoder, self._decode = None, _no_decoder
+        self._buffer = v3proto.MessageBuffer(chunked=bool(raw.chunked))
         self._sock.setblocking(False)
         # What the HTTP reader buffered past the headers; from now on
         # the socket is read directly.
@@ -313,38 +134,24 @@ class _Stream(object):
         except (BlockingIOError, ssl.SSLWantReadError,
                 ssl.SSLWantWriteError):
             first = b''
-        self._add(first)
-
-    def _add(self, data):
-        self._text += self._decode(data)
-        if self._decoder is not None and self._decoder.done:
-            self._ended = True
+        self._buffer.feed(first or b'')
 
     def next_message(self, deadline):
         """The next message, or None if ``deadline`` passes first.
 
         ``deadline`` is a ``time.monotonic()`` value, or None to wait for
         ever.  Returning None leaves the stream usable.  Raises
-        StopIteration at the end of the stream (or after :meth:`abort`),
-        and transport errors as they come.
+        :class:`~etcdwatch.backends.v3proto.StreamEnded` at the end of the
+        stream (or after :meth:`abort`), and transport errors as they come.
         """
         while True:
-            line, newline, rest = self._text.partition(b'\n')
-            if newline:
-                self._text = rest
-                if line.strip():
-                    return json.loads(line.decode('utf-8'))
-                continue
-            if self._ended:
-                # The gateway ends a stream error without a newline.
-                line, self._text = self._text, b''
-                if line.strip():
-                    return json.loads(line.decode('utf-8'))
-                raise StopIteration
+            message = self._buffer.next()
+            if message is not None:
+                return message
             if not self._fill(deadline):
                 return None
             if deadline is not None and time.monotonic() >= deadline and (
-                    b'\n' not in self._text):
+                    not self._buffer.has_line()):
                 return None
 
     def _fill(self, deadline):
@@ -357,8 +164,8 @@ class _Stream(object):
                 data = None
             if data is not None:
                 if not data:
-                    self._ended = True
-                self._add(data)
+                    self._buffer.end()
+                self._buffer.feed(data)
                 return True
             remaining = None
             if deadline is not None:
@@ -389,58 +196,42 @@ class _Stream(object):
             pass
 
 
-class _Cursor(object):
-    """Where one watched key or prefix stands, across watch calls.
+class _Cursor(v3proto.Cursor):
+    """A :class:`~etcdwatch.backends.v3proto.Cursor` with its stream.
 
-    ``floor``: the caller has every event below it.  ``received``: every
-    event up to it has arrived (a new stream starts after it).  ``events``:
-    arrived, not yet returned.  ``returned``: the index of the event just
-    returned, while the next call may continue with the other events of
-    that same index.
+    ``lock``: held by the one watch call using it; ``stream``: the
+    :class:`_Stream` open for it, or None.
     """
 
     def __init__(self, key, range_end, start):
         self.lock = threading.Lock()
-        self.key = key
-        self.range_end = range_end
         self.stream = None
-        self.reset(start)
-
-    def reset(self, start):
-        self.close_stream()
-        self.floor = start
-        self.received = start - 1
-        self.returned = None
-        self.events = collections.deque()
-
-    def position(self, from_index):
-        if from_index < self.floor:
-            # Asked again for events already given: replay from etcd.
-            self.reset(from_index)
-        elif from_index == self.floor and self.returned == from_index - 1:
-            # index + 1 right after an event: keep the rest of its index.
-            pass
-        else:
-            while self.events and self.events[0].index < from_index:
-                self.events.popleft()
-            self.floor = from_index
-            self.returned = None
-
-    def pop(self):
-        if not self.events:
-            return None
-        event = self.events.popleft()
-        self.returned = event.index
-        self.floor = event.index + 1
-        return event
-
-    def start_revision(self):
-        return max(self.floor, self.received + 1)
+        super(_Cursor, self).__init__(key, range_end, start)
 
     def close_stream(self):
         stream, self.stream = self.stream, None
         if stream is not None:
             stream.close()
+
+
+class _LockedEpochs(v3proto.ClusterEpochs):
+    """ClusterEpochs shared by threads: each method under one lock."""
+
+    def __init__(self):
+        super(_LockedEpochs, self).__init__()
+        self._lock = threading.Lock()
+
+    def observe(self, result):
+        with self._lock:
+            return super(_LockedEpochs, self).observe(result)
+
+    def learnt(self, ident, epoch):
+        with self._lock:
+            super(_LockedEpochs, self).learnt(ident, epoch)
+
+    def check(self, ident, what):
+        with self._lock:
+            super(_LockedEpochs, self).check(ident, what)
 
 
 class V3Backend(base.Backend):
@@ -505,18 +296,20 @@ class V3Backend(base.Backend):
         # (key, value) -> the lease we bound the key to, to save a read on
         # each refresh.  Always checked against the key itself.
         self._leases = {}
-        # The cluster ID etcd's answers carry, and how many times it has
-        # changed (the epoch); per watched (key, range_end), the epoch in
-        # which its caller learnt its position.
-        self._cluster_id = None
-        self._epoch = 0
-        self._epochs = {}
+        # The cluster ID etcd's answers carry, its epochs, and per watched
+        # (key, range_end) the epoch in which its caller learnt its
+        # position.
+        self._epochs = _LockedEpochs()
 
     # -- plumbing -----------------------------------------------------------
 
     @property
     def _session(self):
         return self.client.session
+
+    @property
+    def _epoch(self):
+        return self._epochs.epoch
 
     def _url(self, path):
         # The member in use can change (FailoverEtcd3Client): the API path
@@ -557,14 +350,8 @@ class V3Backend(base.Backend):
             resp = self._session.get(self.client.base_url + '/version',
                                      timeout=self.timeout)
             if resp.status_code != 200:
-                _raise_for('etcd version', resp.status_code, None)
-            version = resp.json()['etcdserver']
-            major_minor = tuple(int(p) for p in version.split('.')[:2])
-        if major_minor >= (3, 4):
-            return '/v3/'
-        if major_minor >= (3, 3):
-            return '/v3beta/'
-        return '/v3alpha/'
+                v3proto.raise_for('etcd version', resp.status_code, None)
+            return v3proto.api_path(resp.json()['etcdserver'])
 
     def _call(self, path, payload, what, timeout=None):
         """POST one request; return the answer's JSON.
@@ -581,80 +368,33 @@ class V3Backend(base.Backend):
                 body = resp.json()
             except ValueError:
                 body = None
-            if resp.status_code != 200:
-                _raise_for(what, resp.status_code, body)
-            if 'result' in body and 'header' not in body:
-                # Stream endpoints (keepalive) wrap their one answer.
-                body = body['result']
-            self._observe(body)
+            body = v3proto.unary_answer(what, resp.status_code, body)
+            self._epochs.observe(body)
             return body
+
+    def _run(self, operation):
+        """Run a :mod:`~etcdwatch.backends.v3proto` operation; its result."""
+        steps = v3proto.Steps(operation)
+        request = steps.start()
+        while request is not None:
+            try:
+                answer, error = self._call(*request), None
+            except exceptions.BackendError as e:
+                answer, error = None, e
+            request = steps.resume(answer, error)
+        return steps.result
 
     def _observe(self, result):
         """Note the cluster ID of an answer; return the current epoch."""
-        header = result.get('header') if isinstance(result, dict) else None
-        cluster = (header or {}).get('cluster_id')
-        with self._lock:
-            if cluster and cluster != self._cluster_id:
-                if self._cluster_id is not None:
-                    self._epoch += 1
-                    LOG.warning('etcd cluster ID changed from %s to %s: '
-                                'another cluster answers',
-                                self._cluster_id, cluster)
-                self._cluster_id = cluster
-            return self._epoch
+        return self._epochs.observe(result)
 
     def _learnt(self, ident, epoch):
         """The caller of ``ident`` now stands on what epoch ``epoch`` said."""
-        with self._lock:
-            self._epochs[ident] = epoch
+        self._epochs.learnt(ident, epoch)
 
     def _check_cluster(self, ident, what):
-        """Raise ClusterRewound, once, if the cluster changed under ident.
-
-        That is, if etcd's cluster ID changed since the caller of
-        ``ident`` (a watched (key, range_end)) learnt its position.
-        """
-        with self._lock:
-            known = self._epochs.setdefault(ident, self._epoch)
-            if known == self._epoch:
-                return
-            self._epochs[ident] = self._epoch
-            cluster = self._cluster_id
-        raise exceptions.ClusterRewound(
-            '%s: another etcd cluster (ID %s) answers now; indexes from '
-            'before mean nothing there' % (what, cluster))
-
-    def _range(self, key, what, **extra):
-        payload = dict(key=_b64(key), **extra)
-        return self._call('kv/range', payload, what)
-
-    def _get(self, key):
-        """(kv dict or None, header revision) of one key."""
-        result = self._range(key, 'read %s' % key)
-        kvs = result.get('kvs') or ()
-        return (kvs[0] if kvs else None), _revision(result)
-
-    def _txn(self, compare, success, what):
-        return self._call('kv/txn', {'compare': compare, 'success': success,
-                                     'failure': []}, what)
-
-    def _grant(self, ttl, what):
-        result = self._call('lease/grant', {'TTL': _ttl(ttl), 'ID': 0},
-                            what)
-        return int(result['ID'])
-
-    def _revoke(self, lease, what):
-        # Best effort: a lease we could not revoke expires on its own.
-        try:
-            self._call('lease/revoke', {'ID': lease}, what)
-        except exceptions.BackendError:
-            pass
-
-    def _keepalive(self, lease, what):
-        """The lease's TTL after renewing it, or None if it has expired."""
-        result = self._call('lease/keepalive', {'ID': lease}, what)
-        ttl = int(result.get('TTL', -1))
-        return ttl if ttl > 0 else None
+        """Raise ClusterRewound, once, if the cluster changed under ident."""
+        self._epochs.check(ident, what)
 
     # -- reads ------------------------------------------------------------
 
@@ -666,60 +406,13 @@ class V3Backend(base.Backend):
         revision; if etcd compacts that revision meanwhile, the read starts
         over (three times at most).
         """
-        prefix = path + '/'
-        ident = (prefix, path + '0')
         # The watch of this tree must not continue a half-returned index
         # that this snapshot already covers.
-        self._forget_cursor(ident)
-        page, attempts = PAGE_SIZE, 0
-        while True:
-            try:
-                return self._read_pages(path, prefix, page, ident)
-            except _TooLarge as e:
-                if page == 1:
-                    raise exceptions.BackendError(
-                        'read %s: even one key is too large for etcd\'s '
-                        'gateway: %s' % (path, e)) from e
-                page = max(1, page // 2)
-                LOG.warning('read %s: page too large for etcd\'s gateway; '
-                            'reading %d keys at a time', path, page)
-            except exceptions.HistoryGone:
-                attempts += 1
-                if attempts == 3:
-                    raise
-
-    def _read_pages(self, path, prefix, page, ident):
-        """Read the tree in pages of ``page`` keys, at one revision.
-
-        A page too large for the gateway raises :class:`_TooLarge`.
-        """
-        items = {}
-        start, revision = prefix, None
-        while True:
-            extra = {'range_end': _b64(path + '0'), 'limit': page}
-            if revision is not None:
-                extra['revision'] = revision
-            result = self._range(start, 'read %s' % path, **extra)
-            if revision is None:
-                revision = _revision(result)
-                self._learnt(ident, self._observe(result))
-            kvs = result.get('kvs') or ()
-            for kv in kvs:
-                items[_text(kv['key'])] = _text(kv.get('value'))
-            if not result.get('more') or not kvs:
-                return base.Snapshot(revision, items)
-            # The next page starts just after the last key (as bytes).
-            start = base64.b64decode(kvs[-1]['key']) + b'\0'
+        self._forget_cursor(v3proto.tree_ident(path))
+        return self._run(v3proto.read_tree(path, self._epochs, PAGE_SIZE))
 
     def read_key(self, key):
-        kv, revision = self._get(key)
-        self._learnt((key, None), self._epoch)
-        if kv is None:
-            return None, revision
-        return (base.KeyState(_text(kv.get('value')),
-                              int(kv['create_revision']),
-                              int(kv['mod_revision'])),
-                revision)
+        return self._run(v3proto.read_key(key, self._epochs))
 
     def check_current(self, path, index):
         """One linearizable count of the keys below ``path + '/'``.
@@ -734,32 +427,7 @@ class V3Backend(base.Backend):
         :data:`~etcdwatch.backends.base.CHECK_TIMEOUT` (or the client's
         timeout, if shorter).
         """
-        what = 'check %s' % path
-        before = self._epoch
-        result = self._call('kv/range', {
-            'key': _b64(path + '/'), 'range_end': _b64(path + '0'),
-            'count_only': True}, what, timeout=base.CHECK_TIMEOUT)
-        revision = _revision(result)
-        if revision is None:
-            raise exceptions.BackendError('%s: no revision in the answer'
-                                          % what)
-        changed = before != self._epoch
-        tree, key = (path + '/', path + '0'), (path, None)
-        rewound = None
-        for ident in [i for i in (tree, key) if i in self._epochs] or [tree]:
-            if changed:
-                self._learnt(ident, before)
-            try:
-                self._check_cluster(ident, what)
-            except exceptions.ClusterRewound as e:
-                rewound = e
-        if rewound is not None:
-            raise rewound
-        if revision < index:
-            raise exceptions.ClusterRewound(
-                '%s: etcd is at revision %d, below %d seen before: its data '
-                'was wiped or restored' % (what, revision, index), revision)
-        return revision
+        return self._run(v3proto.check_current(path, index, self._epochs))
 
     # -- watches ----------------------------------------------------------
 
@@ -772,10 +440,11 @@ class V3Backend(base.Backend):
         after ``timeout`` seconds (``None``: no limit) without an event,
         plus the time to open a connection if one is needed.
         """
-        return self._watch(path, path + '/', path + '0', from_index, timeout)
+        return self._watch(path, *v3proto.tree_ident(path), from_index,
+                           timeout)
 
     def watch_key(self, key, from_index, timeout):
-        return self._watch(key, key, None, from_index, timeout)
+        return self._watch(key, *v3proto.key_ident(key), from_index, timeout)
 
     def _watch(self, path, key, range_end, from_index, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -786,7 +455,8 @@ class V3Backend(base.Backend):
             return None
         what = 'watch %s' % path
         try:
-            cursor.position(from_index)
+            if cursor.position(from_index):
+                cursor.close_stream()
             self._check_cluster(ident, what)
             while True:
                 event = cursor.pop()
@@ -833,11 +503,6 @@ class V3Backend(base.Backend):
             deadline - time.monotonic())
         if remaining is not None and remaining <= 0:
             return None
-        request = {'key': _b64(cursor.key),
-                   'start_revision': cursor.start_revision(),
-                   'progress_notify': True}
-        if cursor.range_end is not None:
-            request['range_end'] = _b64(cursor.range_end)
         what = 'watch %s' % path
         connect = self.timeout if remaining is None else min(remaining,
                                                              self.timeout)
@@ -845,20 +510,11 @@ class V3Backend(base.Backend):
         with self._translate(what):
             try:
                 resp = self._session.post(
-                    self._url('watch'), json={'create_request': request},
-                    headers=_WATCH_HEADERS, stream=True,
+                    self._url('watch'), json=cursor.create_request(),
+                    headers=v3proto.WATCH_HEADERS, stream=True,
                     timeout=(connect, remaining))
             except requests.exceptions.ReadTimeout:
-                if remaining is not None and remaining < _MIN_SILENCE:
-                    # Too short a wait to blame etcd for.
-                    return None
-                # etcd accepted the connection but did not even answer
-                # the request (paused, or overloaded).  As on v2: an
-                # error, so the caller backs off and says so; a stream
-                # etcd answered and then kept quiet on is no error.
-                raise exceptions.EtcdUnavailable(
-                    '%s: etcd did not answer within %.1fs'
-                    % (what, remaining))
+                return v3proto.unanswered(what, remaining)
             try:
                 if resp.status_code != 200:
                     try:
@@ -867,7 +523,7 @@ class V3Backend(base.Backend):
                         body = None
                     # A member without a leader answers 503 and a stream
                     # error: {"error": {"grpc_code": 14, ...}}.
-                    _raise_for(what, resp.status_code, body)
+                    v3proto.raise_for(what, resp.status_code, body)
                 return _Stream(resp, timeout, url)
             except BaseException:
                 resp.close()
@@ -880,7 +536,7 @@ class V3Backend(base.Backend):
             with self._translate('watch %s' % path, stream):
                 try:
                     message = stream.next_message(deadline)
-                except StopIteration:
+                except v3proto.StreamEnded:
                     raise exceptions.EtcdUnavailable(
                         'watch %s: etcd ended the stream' % path)
         except exceptions.BackendError:
@@ -894,57 +550,8 @@ class V3Backend(base.Backend):
         return message
 
     def _take(self, path, cursor, message):
-        """Fold one stream message into the cursor.
-
-        Checks the header first: a revision below where the cursor stands
-        raises ClusterRewound.  A progress notification (a header and
-        nothing else) moves ``received`` up to its revision: etcd has sent
-        every event up to it.  A "created" answer moves nothing (history
-        may follow it).  Raises without changing the cursor.
-        """
-        what = 'watch %s' % path
-        result = message.get('result') if isinstance(message, dict) else None
-        if not isinstance(result, dict):
-            _raise_for(what, None, message, stream=True)
-        current = _revision(result)
-        self._observe(result)
-        stands = max(cursor.floor - 1, cursor.received)
-        if current is not None and current < stands:
-            raise exceptions.ClusterRewound(
-                '%s: etcd is at revision %d, below %d where this watch '
-                'stands: its data was wiped or restored'
-                % (what, current, stands), current)
-        compacted = int(result.get('compact_revision', 0))
-        if compacted:
-            raise exceptions.HistoryGone(
-                '%s: etcd compacted its history up to revision %d; this '
-                'watch needed it from %d'
-                % (what, compacted, cursor.start_revision()), current)
-        if result.get('canceled'):
-            reason = result.get('cancel_reason') or 'no reason given'
-            if 'no leader' in reason:
-                raise exceptions.EtcdUnavailable(
-                    '%s: etcd canceled the watch: %s' % (what, reason))
-            raise exceptions.BackendError(
-                '%s: etcd canceled the watch: %s' % (what, reason))
-        events = []
-        with _Translate(what):
-            for event in result.get('events') or ():
-                kv = event['kv']
-                removal = event.get('type') == 'DELETE'
-                events.append(base.Event(
-                    kind=base.DELETE if removal else base.PUT,
-                    key=_text(kv['key']),
-                    value=None if removal else _text(kv.get('value')),
-                    index=int(kv['mod_revision']), is_dir=False,
-                    current_index=current))
-        for event in events:
-            cursor.received = max(cursor.received, event.index)
-            if event.index >= cursor.floor:
-                cursor.events.append(event)
-        if not events and not result.get('created') and current is not None:
-            # A progress notification.
-            cursor.received = max(cursor.received, current)
+        """Fold one stream message into the cursor (see v3proto.take)."""
+        v3proto.take(cursor, self._epochs, message, 'watch %s' % path)
 
     def _cursor(self, key, range_end, from_index):
         ident = (key, range_end)
@@ -1019,11 +626,7 @@ class V3Backend(base.Backend):
         Returns the key's create revision (the fencing token), or None if
         the key exists (the lease granted for it is revoked).
         """
-        result = self._put_on_new_lease(
-            key, value, ttl,
-            [{'key': _b64(key), 'target': 'CREATE', 'result': 'EQUAL',
-              'create_revision': 0}], 'create %s' % key)
-        return None if result is None else _revision(result)
+        return self._run(v3proto.create(self._leases, key, value, ttl))
 
     def refresh(self, key, value, ttl):
         """Renew the lease of ``key`` if the key still holds ``value``.
@@ -1036,78 +639,8 @@ class V3Backend(base.Backend):
         lease of that TTL, which rewrites the key once with the same value
         (its watchers wake once).
         """
-        what = 'refresh %s' % key
-        lease = self._leases.get((key, value))
-        if lease is None:
-            kv, _rev = self._get(key)
-            if kv is None or _text(kv.get('value')) != value:
-                return False
-            lease = int(kv.get('lease', 0))
-            if not lease:
-                return self._rebind(key, value, ttl, lease, what)
-        granted = self._keepalive(lease, what)
-        kv, _rev = self._get(key)
-        if (granted is None or kv is None or
-                _text(kv.get('value')) != value or
-                int(kv.get('lease', 0)) != lease):
-            self._leases.pop((key, value), None)
-            return False
-        self._leases[(key, value)] = lease
-        if _ttl(ttl) > granted:
-            return self._rebind(key, value, ttl, lease, what)
-        return True
-
-    def _rebind(self, key, value, ttl, old_lease, what):
-        """Move our key to a new lease of ``ttl``; True if still ours."""
-        result = self._put_on_new_lease(
-            key, value, ttl,
-            [{'key': _b64(key), 'target': 'VALUE', 'result': 'EQUAL',
-              'value': _b64(value)},
-             {'key': _b64(key), 'target': 'LEASE', 'result': 'EQUAL',
-              'lease': old_lease}], what)
-        if result is None:
-            self._leases.pop((key, value), None)
-            return False
-        if old_lease:
-            self._revoke(old_lease, what)
-        return True
-
-    def _put_on_new_lease(self, key, value, ttl, compares, what):
-        """Put ``key`` on a new lease of ``ttl`` if ``compares`` hold.
-
-        Returns the transaction's answer, or None (the new lease revoked)
-        if a compare failed.
-        """
-        lease = self._grant(ttl, what)
-        try:
-            result = self._txn(
-                compares,
-                [{'request_put': {'key': _b64(key), 'value': _b64(value),
-                                  'lease': lease}}], what)
-        except exceptions.BackendError:
-            self._revoke(lease, what)
-            raise
-        if not result.get('succeeded'):
-            self._revoke(lease, what)
-            return None
-        self._leases[(key, value)] = lease
-        return result
+        return self._run(v3proto.refresh(self._leases, key, value, ttl))
 
     def delete_if(self, key, value):
         """Delete ``key`` if it holds ``value``, and revoke its lease."""
-        what = 'delete %s' % key
-        self._leases.pop((key, value), None)
-        result = self._txn(
-            [{'key': _b64(key), 'target': 'VALUE', 'result': 'EQUAL',
-              'value': _b64(value)}],
-            [{'request_delete_range': {'key': _b64(key), 'prev_kv': True}}],
-            what)
-        if not result.get('succeeded'):
-            return False
-        with _Translate(what):
-            deleted = result['responses'][0]['response_delete_range']
-            for kv in deleted.get('prev_kvs') or ():
-                lease = int(kv.get('lease', 0))
-                if lease:
-                    self._revoke(lease, what)
-        return True
+        return self._run(v3proto.delete_if(self._leases, key, value))
