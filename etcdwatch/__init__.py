@@ -5,9 +5,13 @@ The public names, importable from here::
     from etcdwatch import EtcdElection, EtcdWatcher, EtcdChangeWatcher
 
 They keep networking-vpp's ``etcdutils`` API, so code written against it
-works by changing its import.
+works by changing its import.  ``etcdwatch.__version__`` is the installed
+version.
 """
 
+from typing import Any
+
+from etcdwatch.election import cleanup_electors
 from etcdwatch.election import EtcdElection
 from etcdwatch.exceptions import EtcdElectionLost
 from etcdwatch.exceptions import EtcdUnavailable
@@ -16,4 +20,31 @@ from etcdwatch.watcher import EtcdChangeWatcher
 from etcdwatch.watcher import EtcdWatcher
 
 __all__ = ['EtcdElection', 'EtcdElectionLost', 'EtcdWatcher',
-           'EtcdChangeWatcher', 'EtcdUnavailable', 'EtcdWatchError']
+           'EtcdChangeWatcher', 'EtcdUnavailable', 'EtcdWatchError',
+           'cleanup_electors']
+
+#: When etcdwatch is imported from a tree that is not installed.
+UNKNOWN_VERSION = '0+unknown'
+
+
+def _version() -> str:
+    """The version pbr gave the installed distribution, as it recorded it.
+
+    pbr writes it into the package metadata when it builds (from git);
+    ``pbr.version.VersionInfo`` reads it back the same way, but falls back
+    to running git in the current directory, which may be another project.
+    """
+    from importlib import metadata
+    try:
+        return metadata.version('etcdwatch')
+    except metadata.PackageNotFoundError:
+        return UNKNOWN_VERSION
+
+
+def __getattr__(name: str) -> Any:
+    # __version__ is looked up on first use: it reads the metadata.
+    if name == '__version__':
+        version = _version()
+        globals()['__version__'] = version
+        return version
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))

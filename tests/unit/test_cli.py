@@ -192,25 +192,35 @@ def test_api_v3_from_the_environment_with_several_endpoints(
     assert len(client.endpoints) == 2
 
 
+def tls_files(tmp_path, *names):
+    """Paths of empty files: make_client only checks they can be read."""
+    paths = [str(tmp_path / name) for name in names]
+    for path in paths:
+        open(path, 'w').close()
+    return paths
+
+
 def test_v3_client_gets_the_address_and_tls_options(tmp_path):
     import etcd3gw
+    ca, cert, key, both = tls_files(tmp_path, 'ca.pem', 'c.pem', 'k.pem',
+                                    'both.pem')
     args = cli.parse_args(['leader', 'x', '--api', 'v3', '--etcd',
                            '[::1]:4001', '--timeout', '2', '--cacert',
-                           'ca.pem', '--cert', 'c.pem', '--key', 'k.pem'])
+                           ca, '--cert', cert, '--key', key])
     client = cli.make_client(args)
     assert isinstance(client, etcd3gw.Etcd3Client)
     assert client.base_url == 'https://[::1]:4001'
     assert client.timeout == 2.0
-    assert client.session.verify == 'ca.pem'
-    assert client.session.cert == ('c.pem', 'k.pem')
+    assert client.session.verify == ca
+    assert client.session.cert == (cert, key)
     # $REQUESTS_CA_BUNDLE would replace --cacert: the environment is off.
     assert client.session.trust_env is False
     # A --cert that holds the key too: etcd3gw would drop it alone.
     args = cli.parse_args(['leader', 'x', '--api', 'v3', '--etcd',
-                           'https://h', '--cert', 'both.pem'])
+                           'https://h', '--cert', both])
     client = cli.make_client(args)
     assert client.base_url == 'https://h:2379'
-    assert client.session.cert == ('both.pem', 'both.pem')
+    assert client.session.cert == (both, both)
     args = cli.parse_args(['leader', 'x', '--api', 'v3', '--etcd', 'h:1'])
     client = cli.make_client(args)
     assert client.base_url == 'http://h:1' and client.session.cert is None
@@ -285,7 +295,7 @@ def test_format_change_json():
                                 'value': None, 'index': 7}
 
 
-def test_reason_is_short():
+def test_reason_names_the_socket_error():
     cause = ConnectionRefusedError(111, 'Connection refused')
     try:
         try:
@@ -297,7 +307,45 @@ def test_reason_is_short():
                                              '%s' % e) from e
     except exceptions.EtcdUnavailable as e:
         assert cli.reason(e) == 'connection refused'
-    assert cli.reason(exceptions.BackendError('x' * 500)).endswith('...')
+
+
+def test_reason_is_given_in_full_on_one_line():
+    text = 'etcd said: ' + ' '.join('word%d' % i for i in range(100))
+    assert cli.reason(exceptions.BackendError(text + '\n  more')) == (
+        text + ' more')
+
+
+SSL_TEXT = ('[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: '
+            "IP address mismatch, certificate is not valid for '10.0.0.1'")
+
+
+def _python_etcd_ssl_failure():
+    # As python-etcd and urllib3 nest it; etcdwatch's backend adds one.
+    import ssl
+    import urllib3.exceptions
+    bad = ssl.SSLCertVerificationError(1, SSL_TEXT + '. (_ssl.c:1006)')
+    pool = urllib3.exceptions.MaxRetryError(
+        None, '/v2/keys/x', urllib3.exceptions.SSLError(bad))
+    failed = etcd.EtcdConnectionFailed('Connection to etcd failed due to '
+                                       '%r' % pool, cause=pool)
+    try:
+        raise exceptions.EtcdUnavailable('read /x: %s' % failed) from failed
+    except exceptions.EtcdUnavailable as e:
+        return e
+
+
+def test_reason_gives_the_ssl_error_in_full():
+    assert cli.reason(_python_etcd_ssl_failure()) == SSL_TEXT
+    # Text only (etcd3gw keeps requests' message, not its error).
+    text = ('HTTPSConnectionPool(host=\'h\', port=1): Max retries exceeded '
+            'with url: /v3/kv/range (Caused by SSLError(SSLCertVerification'
+            'Error(1, "%s. (_ssl.c:1006)")))' % SSL_TEXT)
+    assert cli.reason(exceptions.EtcdUnavailable(text)) == SSL_TEXT
+    alert = ('(Caused by SSLError(SSLError(1, \'[SSL: TLSV13_ALERT_CERTIFICATE'
+             '_REQUIRED] tlsv13 alert certificate required (_ssl.c:2580)\')))')
+    assert cli.reason(exceptions.EtcdUnavailable(alert)) == (
+        '[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate '
+        'required')
 
 
 # -- etcd that cannot be reached ---------------------------------------------
