@@ -38,32 +38,25 @@ callback.
 """
 
 import abc
-import collections
-import time
-from typing import Any, Deque, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional
 
 from oslo_log import log as logging
 
 from etcdwatch import backends
-from etcdwatch.backends import base
-from etcdwatch import backoff
+from etcdwatch import driving
 from etcdwatch import election
 from etcdwatch import exceptions
 from etcdwatch import handlers
 from etcdwatch import keys
-from etcdwatch import outage
+from etcdwatch.rules import changes
+from etcdwatch.rules import mirror
+from etcdwatch.rules import requests
 
 LOG = logging.getLogger(__name__)
 
-ADD = 'add'
-CHANGE = 'change'
-DELETE = 'delete'
-
-# Never equal to a value, so a key absent from implemented_state differs.
-_MISSING = object()
-# Markers in the delivery queue for the whole-tree callbacks.
-_ALL_WORK = object()
-_RESYNC_END = object()
+ADD = mirror.ADD
+CHANGE = mirror.CHANGE
+DELETE = mirror.DELETE
 
 
 class EtcdWatcher(object, metaclass=abc.ABCMeta):
@@ -159,8 +152,6 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         self.name = name
         self.data = data
         self.heartbeat = heartbeat
-        #: The next etcd index to watch from; None means "re-read all".
-        self.tick: Optional[int] = None
         self.etcd_elector: Optional[election.EtcdElection] = None
         if wait_until_elected:
             assert election_path is not None    # checked above
@@ -168,29 +159,21 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
                 etcd_client, name, election_path,
                 work_time=heartbeat + self.DANGER_PAUSE + recovery_time,
                 recovery_time=recovery_time, handler=self._handler)
+        # The rules (etcdwatch.rules.mirror): the tree, the index, the
+        # callbacks owed; this class does the I/O and the waiting.
+        self._mirror = mirror.Mirror(
+            name, self.watch_path, self,
+            plain_values=(codec is None and type(self).decode_value is
+                          EtcdWatcher.decode_value),
+            catchup=self._catchup, leading=self._leading)
 
         #: Held while etcd_data changes and while callbacks run.  Reentrant,
         #: so a callback may take it again.
         self.etcd_data_lock = self._handler.rlock()
-        #: Every leaf key under watch_path -> its value (None until loaded).
-        self.etcd_data: Optional[Dict[str, Any]] = None
 
         self._stop = self._handler.event()
         self._synced = self._handler.event()
-        self._pending: Deque[Any] = collections.deque()
-        self._callback_failures = 0
-        self._expected_keys: Optional[Iterable[str]] = None
-        self._initial_load_done = False
         self._term: Optional[int] = None
-        self._stats: Dict[str, Any] = {
-            'events': 0, 'resyncs': 0, 'errors': 0, 'callback_errors': 0,
-            'unparsable': 0, 'checks': 0, 'rewinds': 0,
-            'last_event_time': None}
-
-        self._outage = outage.OutageLog(
-            LOG, '%s: watching %s' % (self.name, self.watch_path))
-        self._backoff = backoff.Backoff(self.DANGER_PAUSE,
-                                        self.DANGER_PAUSE)
         # Whether a callback runs now, and so whether stop() must leave
         # the release of an election to the loop (guarded by the lock).
         self._handover_lock = self._handler.lock()
@@ -202,10 +185,43 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
             try:
                 self.refresh_all_data()
             except exceptions.EtcdUnavailable as e:
-                self._outage.failed(e, self.DANGER_PAUSE)
+                self._mirror.outage.failed(e, self.DANGER_PAUSE)
             except exceptions.BackendError:
                 LOG.warning('%s: initial load of %s failed; will retry',
                             self.name, self.watch_path, exc_info=True)
+
+    # -- state, kept by the rules -----------------------------------------
+
+    @property
+    def etcd_data(self) -> Optional[Dict[str, Any]]:
+        """Every leaf key under watch_path -> its value, or None."""
+        return self._mirror.data
+
+    @etcd_data.setter
+    def etcd_data(self, value: Optional[Dict[str, Any]]) -> None:
+        self._mirror.data = value
+
+    @property
+    def tick(self) -> Optional[int]:
+        """The next etcd index to watch from; None means "re-read all"."""
+        return self._mirror.tick
+
+    @tick.setter
+    def tick(self, value: Optional[int]) -> None:
+        self._mirror.tick = value
+
+    @property
+    def expected_keys(self) -> Optional[Iterable[str]]:
+        """What :meth:`init_resync_start` returned (None before)."""
+        return self._mirror.expected_keys
+
+    @expected_keys.setter
+    def expected_keys(self, value: Optional[Iterable[str]]) -> None:
+        self._mirror.expected_keys = value
+
+    @property
+    def _stats(self) -> Dict[str, Any]:
+        return self._mirror.stats
 
     # -- hooks for subclasses ---------------------------------------------
 
@@ -245,9 +261,9 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         calls ``self.removed(k)`` for each key that
         :meth:`init_resync_start` returned and etcd no longer has.
         """
-        if self._expected_keys is None:
+        if self.expected_keys is None:
             return
-        for short_key in sorted(set(self._expected_keys) - set(short_keys)):
+        for short_key in sorted(set(self.expected_keys) - set(short_keys)):
             self.removed(short_key)
 
     def removed(self, short_key: str) -> None:
@@ -300,19 +316,10 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
                         if not self._wait_until_elected():
                             break
                     self.do_watch()
-                    self._outage.succeeded()
-                    self._backoff.succeeded()
+                    self._mirror.succeeded()
                 except Exception as e:
-                    self._stats['errors'] += 1
-                    pause = self._pause_after_error()
-                    if isinstance(e, exceptions.EtcdUnavailable):
-                        # Once per outage, not once per retry.
-                        self._outage.failed(e, round(pause, 1))
-                    else:
-                        LOG.exception('%s: watching %s failed; retrying '
-                                      'in %.1fs', self.name,
-                                      self.watch_path, pause)
-                    self._stop.wait(pause)
+                    self._stop.wait(self._mirror.failed(
+                        e, *self._danger_pauses()))
         finally:
             if self.etcd_elector is not None:
                 self.etcd_elector.clean()
@@ -357,10 +364,10 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         last index applied), last_event_time (time.time() of the last
         event applied), synced, pending (callbacks waiting for a retry).
         """
-        result = dict(self._stats)
+        result = dict(self._mirror.stats)
         result['index'] = None if self.tick is None else self.tick - 1
         result['synced'] = self.synced
-        result['pending'] = len(self._pending)
+        result['pending'] = len(self._mirror.queue)
         return result
 
     def do_watch(self) -> None:
@@ -368,38 +375,9 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
 
         Raises :class:`~etcdwatch.exceptions.BackendError` for etcd errors.
         """
-        if self._pending:
-            self._retry_pending()
-            return
-        if self.tick is None:
-            self.refresh_all_data()
-            return
-        try:
-            event = self._backend.watch_tree(self.watch_path, self.tick,
-                                             self.heartbeat)
-            if event is None:
-                # Silence proves nothing: a member cut off from its
-                # cluster, or an etcd rebuilt below our index, is silent.
-                self._backend.check_current(self.watch_path, self.tick - 1)
-                self._stats['checks'] += 1
-                return
-        except exceptions.ClusterRewound as e:
-            LOG.warning('%s: %s; re-reading %s', self.name, e,
-                        self.watch_path)
-            self._stats['rewinds'] += 1
-            self.refresh_all_data()
-            return
-        except exceptions.HistoryGone:
-            LOG.info('%s: etcd history no longer reaches index %s; '
-                     're-reading %s', self.name, self.tick, self.watch_path)
-            self.refresh_all_data()
-            return
-        if self._far_behind(event):
-            LOG.debug('%s: %s events behind; re-reading instead',
-                      self.name, event.current_index - event.index)
-            self.refresh_all_data()
-            return
-        self._apply(event)
+        self._drive(self._mirror.step(self.heartbeat,
+                                      self.CALLBACK_RETRY_MIN,
+                                      self.CALLBACK_RETRY_MAX))
 
     def refresh_all_data(self) -> None:
         """Re-read the whole tree, then call :meth:`do_all_work`.
@@ -409,26 +387,7 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         :class:`~etcdwatch.exceptions.BackendError` if etcd fails; a
         callback that raises is logged and retried by :meth:`do_watch`.
         """
-        first = not self._initial_load_done
-        if first and self._expected_keys is None:
-            # Asked before the read, as networking-vpp does: the app reports
-            # what it holds from before, while etcd is still unread.
-            self._expected_keys = self.init_resync_start()
-        snapshot = self._backend.read_tree(self.watch_path)
-        with self.etcd_data_lock:
-            self.etcd_data = self._decode_all(snapshot.items)
-            self.tick = snapshot.index + 1
-            # A full read supersedes anything not yet delivered: the
-            # whole-tree callback covers it.
-            self._pending.clear()
-            self._pending.append(_ALL_WORK)
-            if first:
-                self._pending.append(_RESYNC_END)
-            self._initial_load_done = True
-            self._stats['resyncs'] += 1
-        LOG.debug('%s: loaded %d keys under %s at index %s', self.name,
-                  len(snapshot.items), self.watch_path, snapshot.index)
-        self._deliver()
+        self._drive(self._mirror.reload())
 
     # -- internals --------------------------------------------------------
 
@@ -447,142 +406,52 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
                      self.watch_path)
             with self.etcd_data_lock:
                 self._term = term
-                self.tick = None
-                # What a lost term left undelivered is covered by the
-                # re-read's do_all_work().
-                self._pending.clear()
+                self._mirror.new_term()
         return True
 
-    def _pause_after_error(self):
+    def _danger_pauses(self):
         # From the attributes as they are now: tests and subclasses set
         # DANGER_PAUSE on the instance after construction.
         initial = self.DANGER_PAUSE
         if self.etcd_elector is not None:
-            maximum = initial
-        else:
-            maximum = max(initial, self.DANGER_PAUSE_MAX or 8 * initial)
-        self._backoff.initial, self._backoff.maximum = initial, maximum
-        return self._backoff.failed()
+            return initial, initial
+        return initial, self.DANGER_PAUSE_MAX or 8 * initial
 
     def _leading(self):
         elector = self.etcd_elector
         return elector is None or elector.is_elected
 
-    def _far_behind(self, event):
-        if event.current_index is None:
-            return False
-        lag = event.current_index - event.index
-        tree = len(self.etcd_data or ())
-        min_lag = self.CATCHUP_MIN_LAG
+    def _catchup(self):
+        min_lag, fraction = self.CATCHUP_MIN_LAG, self.CATCHUP_TREE_FRACTION
         if min_lag is None:
             min_lag = self._backend.catchup_min_lag
-        fraction = self.CATCHUP_TREE_FRACTION
         if fraction is None:
             fraction = self._backend.catchup_tree_fraction
-        return lag > max(min_lag, tree // fraction)
+        return min_lag, fraction
 
-    def _apply(self, event):
-        """Fold one event into etcd_data and queue its notifications."""
-        with self.etcd_data_lock:
-            data = self.etcd_data
-            if event.kind == base.DELETE:
-                if event.is_dir:
-                    below = event.key.rstrip('/') + '/'
-                    gone = sorted(k for k in data if k.startswith(below))
-                else:
-                    gone = [event.key] if event.key in data else []
-                for key in gone:
-                    del data[key]
-                    self._pending.append((DELETE, key, None))
-            elif not event.is_dir:
-                ok, value = self._decode(event.key, event.value)
-                if ok:
-                    action = CHANGE if event.key in data else ADD
-                    data[event.key] = value
-                    self._pending.append((action, event.key, value))
-                elif event.key in data:
-                    del data[event.key]
-                    self._pending.append((DELETE, event.key, None))
-            self.tick = event.index + 1
-            self._stats['events'] += 1
-            self._stats['last_event_time'] = time.time()
-        self._deliver()
-
-    def _decode_all(self, items):
-        if self.codec is None and (type(self).decode_value is
-                                   EtcdWatcher.decode_value):
-            # The common case: no per-key call, and no copy (the snapshot
-            # is ours alone), so a 100k-key load holds one dict, not two.
-            return items
-        data = {}
-        for key, raw in items.items():
-            ok, value = self._decode(key, raw)
-            if ok:
-                data[key] = value
-        return data
-
-    def _decode(self, key, raw):
-        """Return (True, value), or (False, None) for a refused value.
-
-        A refused value is logged and reported to value_unparsable().
-        """
+    def _drive(self, rule):
         try:
-            return True, self.decode_value(key, raw)
-        except Exception as e:
-            self._stats['unparsable'] += 1
-            LOG.warning('%s: cannot decode the value of %s (treated as '
-                        'absent): %s', self.name, key, e, exc_info=True)
-            try:
-                self.value_unparsable(key, raw, e)
-            except Exception:
-                LOG.exception('%s: value_unparsable() failed', self.name)
-            return False, None
-
-    def _retry_pending(self):
-        # Capped exponential backoff since the first failure, so a callback
-        # that always fails costs a log line per wait, not a spinning core.
-        delay = min(self.CALLBACK_RETRY_MAX, self.heartbeat,
-                    self.CALLBACK_RETRY_MIN *
-                    (2 ** max(0, self._callback_failures - 1)))
-        if self._callback_failures and self._stop.wait(delay):
-            return
-        self._deliver()
+            return driving.drive(rule, self._backend, self,
+                                 lock=self.etcd_data_lock,
+                                 run_callback=self._run_callback,
+                                 sleep=self._stop.wait)
+        finally:
+            if self._mirror.synced and not self._synced.is_set():
+                self._synced.set()
 
     def _deliver(self):
         """Run queued callbacks in order; stop at the first that raises."""
-        with self.etcd_data_lock:
-            while self._pending:
-                if not self._leading():
-                    # A watcher that lost its election delivers nothing
-                    # more; it re-reads everything when elected again.
-                    return False
-                item = self._pending[0]
-                with self._handover_lock:
-                    if self._stop.is_set():
-                        return False
-                    self._in_callback = True
-                try:
-                    if item is _ALL_WORK:
-                        self.do_all_work()
-                    elif item is _RESYNC_END:
-                        self.init_resync_end(self._short_keys())
-                    else:
-                        self.do_work(*item)
-                except Exception:
-                    self._callback_failures += 1
-                    self._stats['callback_errors'] += 1
-                    LOG.exception('%s: callback for %s failed (attempt %d); '
-                                  'will retry', self.name,
-                                  self._describe(item),
-                                  self._callback_failures)
-                    return False
-                finally:
-                    self._callback_returned()
-                self._pending.popleft()
-                self._callback_failures = 0
-        if not self._synced.is_set():
-            self._synced.set()
-        return True
+        return self._drive(self._mirror.deliver())
+
+    def _run_callback(self, name, args):
+        with self._handover_lock:
+            if self._stop.is_set():
+                return requests.NOT_RUN
+            self._in_callback = True
+        try:
+            return getattr(self, name)(*args)
+        finally:
+            self._callback_returned()
 
     def _callback_returned(self):
         with self._handover_lock:
@@ -592,20 +461,6 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
             # stop() came while the callback ran and left the release to
             # us: only now may another worker act as leader.
             self.etcd_elector.resign()
-
-    def _short_keys(self):
-        for key in list(self.etcd_data):
-            short_key = self.make_short_key(key)
-            if short_key is not None:
-                yield short_key
-
-    @staticmethod
-    def _describe(item):
-        if item is _ALL_WORK:
-            return 'do_all_work()'
-        if item is _RESYNC_END:
-            return 'init_resync_end()'
-        return '%s %s' % (item[0], item[1])
 
 
 class EtcdChangeWatcher(EtcdWatcher):
@@ -632,6 +487,7 @@ class EtcdChangeWatcher(EtcdWatcher):
                  codec: Any = None) -> None:
         #: key -> the value last delivered to key_change without error.
         self.implemented_state: Dict[str, Any] = {}
+        self._ledger = changes.ChangeLedger(self.implemented_state)
         super(EtcdChangeWatcher, self).__init__(
             etcd_client, name, watch_path, election_path,
             wait_until_elected, recovery_time, data, heartbeat,
@@ -644,29 +500,15 @@ class EtcdChangeWatcher(EtcdWatcher):
         sorted and reconciled (deletes first, then the rest in key order).
         """
         data = self.etcd_data or {}
-        state = self.implemented_state
-        gone = state.keys() - data.keys()
-        changed = [key for key, value in data.items()
-                   if state.get(key, _MISSING) != value]
-        for key in sorted(gone):
-            self._reconcile(key)
-        for key in sorted(changed):
-            self._reconcile(key)
+        self._reconcile(self._ledger.keys_to_reconcile(data), data)
 
     def do_work(self, action: str, key: str, value: Any) -> None:
-        self._reconcile(key)
+        self._reconcile((key,), self.etcd_data)
 
-    def _reconcile(self, key):
-        known = key in self.implemented_state
-        if key in self.etcd_data:
-            value = self.etcd_data[key]
-            if known and self.implemented_state[key] == value:
-                return
-            self.key_change(CHANGE if known else ADD, key, value)
-            self.implemented_state[key] = value
-        elif known:
-            self.key_change(DELETE, key, None)
-            del self.implemented_state[key]
+    def _reconcile(self, keys, data):
+        # The attribute, as it is now: a subclass may have replaced it.
+        self._ledger.state = self.implemented_state
+        driving.drive(self._ledger.reconcile(keys, data), None, self)
 
     def key_change(self, action: str, key: str, value: Any) -> None:
         """Called once per real change; see the class docstring."""

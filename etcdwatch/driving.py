@@ -1,0 +1,66 @@
+"""Run a rule (:mod:`etcdwatch.rules`) on the calling thread.
+
+The threaded recipes' half of the rules' contract: backend requests are
+made with the calling thread blocked on them, callbacks are called, and
+sleeps wait on the recipe's stop event.  The asyncio half is
+:mod:`etcdwatch.aio.driving`.
+"""
+
+import contextlib
+from typing import Any, Callable, Generator, Optional
+
+from etcdwatch.rules import requests
+
+Rule = Generator[requests.Request, Any, Any]
+
+
+def drive(rule: Rule, backend: Any, host: Any,
+          lock: Any = None,
+          run_callback: Optional[Callable[[str, tuple], Any]] = None,
+          sleep: Optional[Callable[[float], bool]] = None) -> Any:
+    """Run ``rule`` to its end; return what it returns.
+
+    :param backend: serves BACKEND requests.
+    :param host: serves HOOK requests (and CALLBACK ones, without
+        ``run_callback``).
+    :param lock: held while the rule's own code and its callbacks run,
+        never across a backend request or a sleep (so a caller that takes
+        the lock waits for a callback, not for etcd).
+    :param run_callback: ``(name, args) -> answer`` for CALLBACK requests;
+        may answer :data:`~etcdwatch.rules.requests.NOT_RUN`.
+    :param sleep: ``seconds -> stopped`` for SLEEP requests.
+
+    An exception raised while serving a request is thrown into the rule;
+    one the rule does not handle propagates from here.
+    """
+    guard = lock if lock is not None else contextlib.nullcontext()
+    answer: Any = None
+    error: Optional[Exception] = None
+    while True:
+        with guard:
+            while True:
+                try:
+                    if error is not None:
+                        ask = rule.throw(error)
+                    else:
+                        ask = rule.send(answer)
+                except StopIteration as done:
+                    return done.value
+                answer, error = None, None
+                if ask.kind in (requests.BACKEND, requests.SLEEP):
+                    break
+                try:
+                    if ask.kind == requests.CALLBACK and run_callback:
+                        answer = run_callback(ask.name, ask.args)
+                    else:
+                        answer = getattr(host, ask.name)(*ask.args)
+                except Exception as e:
+                    error = e
+        try:
+            if ask.kind == requests.BACKEND:
+                answer = getattr(backend, ask.name)(*ask.args)
+            else:
+                assert sleep is not None, 'this rule cannot sleep here'
+                answer = sleep(*ask.args)
+        except Exception as e:
+            error = e

@@ -1,0 +1,74 @@
+"""One report per real change: what was last delivered, and what differs.
+
+:class:`ChangeLedger` records the value of each key as last delivered to
+``key_change`` without error, and decides from it what a change watcher
+reports, whether the tree changed by a watch event or by a full re-read.
+"""
+
+from typing import Any, Dict, Optional, Tuple
+
+from etcdwatch.rules import mirror
+from etcdwatch.rules import requests
+
+# Never equal to a value, so a key absent from the ledger differs.
+_MISSING = object()
+
+
+class ChangeLedger(object):
+    """What was delivered, key by key.
+
+    :param state: the dict to keep it in (a watcher's
+        ``implemented_state``: key -> value last delivered).
+    """
+
+    def __init__(self, state: Dict[str, Any]) -> None:
+        self.state = state
+
+    def change_for(self, key: str, data: Dict[str, Any]
+                   ) -> Optional[Tuple[str, str, Any]]:
+        """The ``(action, key, value)`` to report for ``key``, or None.
+
+        A rewrite with the value already delivered is no change; a key
+        never delivered is never reported deleted.
+        """
+        known = key in self.state
+        if key in data:
+            value = data[key]
+            if known and self.state[key] == value:
+                return None
+            return (mirror.CHANGE if known else mirror.ADD), key, value
+        if known:
+            return mirror.DELETE, key, None
+        return None
+
+    def delivered(self, action: str, key: str, value: Any) -> None:
+        """``key_change(action, key, value)`` returned without error."""
+        if action == mirror.DELETE:
+            del self.state[key]
+        else:
+            self.state[key] = value
+
+    def keys_to_reconcile(self, data: Dict[str, Any]):
+        """Keys whose value differs from the one delivered.
+
+        The gone come first, then the rest, each in key order.  Costs
+        one comparison per key; only the keys that differ are sorted.
+        """
+        state = self.state
+        gone = state.keys() - data.keys()
+        changed = [key for key, value in data.items()
+                   if state.get(key, _MISSING) != value]
+        return sorted(gone) + sorted(changed)
+
+    def reconcile(self, keys, data: Dict[str, Any]):
+        """Report each of ``keys`` that changed.
+
+        A rule: yields a ``key_change`` HOOK per change and records it
+        once it returned; an error it raises propagates, leaving the rest
+        for a retry.
+        """
+        for key in keys:
+            change = self.change_for(key, data)
+            if change is not None:
+                yield requests.hook('key_change', *change)
+                self.delivered(*change)

@@ -1,0 +1,70 @@
+"""The callbacks a watcher still owes, in order, with their retry rule."""
+
+import collections
+from typing import Any, Deque
+
+#: Queue items for the whole-tree callbacks (the others are
+#: ``(action, key, value)`` tuples for ``do_work``).
+ALL_WORK = 'do_all_work'
+RESYNC_END = 'init_resync_end'
+
+
+class DeliveryQueue(object):
+    """Callbacks owed, oldest first; the head is retried until it returns.
+
+    A callback that raises stays at the head: later ones wait behind it,
+    so none is dropped and their order holds.  :meth:`retry_delay` grows
+    exponentially with consecutive failures, so a callback that always
+    fails costs a log line per wait, not a spinning core.
+    """
+
+    def __init__(self) -> None:
+        self._items: Deque[Any] = collections.deque()
+        #: Consecutive failures of the head.
+        self.failures = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, item: Any) -> None:
+        self._items.append(item)
+
+    def reload(self, first: bool) -> None:
+        """A full read supersedes whatever was owed: do_all_work covers it.
+
+        The first load is followed by init_resync_end.
+        """
+        self._items.clear()
+        self._items.append(ALL_WORK)
+        if first:
+            self._items.append(RESYNC_END)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    @property
+    def head(self) -> Any:
+        return self._items[0]
+
+    def succeeded(self) -> None:
+        """The head returned: drop it."""
+        self._items.popleft()
+        self.failures = 0
+
+    def failed(self) -> int:
+        """The head raised: keep it; return its consecutive failures."""
+        self.failures += 1
+        return self.failures
+
+    def retry_delay(self, shortest: float, longest: float) -> float:
+        """The wait before retrying the head, or 0 if it has not failed."""
+        if not self.failures:
+            return 0.0
+        return min(longest, shortest * 2 ** min(64, self.failures - 1))
+
+
+def describe(item: Any) -> str:
+    """How a log line names a queued callback."""
+    if item in (ALL_WORK, RESYNC_END):
+        return '%s()' % item
+    return '%s %s' % (item[0], item[1])

@@ -1,0 +1,302 @@
+"""A prefix's tree, kept equal to etcd's, and the callbacks owed for it.
+
+:class:`Mirror` is the whole of a watcher's logic: when to read the tree
+and when to watch, how an event changes the tree, when a re-read beats
+walking the missed events, what to do when history is gone or etcd went
+back in time, and the order, retry and pacing of callbacks.  It does no
+I/O: its generators yield :mod:`~etcdwatch.rules.requests` to a driver
+(:class:`etcdwatch.EtcdWatcher` on threads,
+:class:`etcdwatch.aio.AsyncEtcdWatcher` on asyncio).
+"""
+
+import logging as std_logging
+import time
+from typing import Any, Callable, Dict, Iterable, Optional
+
+from oslo_log import log as logging
+
+from etcdwatch.backends import base
+from etcdwatch import backoff
+from etcdwatch import exceptions
+from etcdwatch import outage
+from etcdwatch.rules import delivery
+from etcdwatch.rules import requests
+
+LOG = logging.getLogger('etcdwatch.watcher')
+
+ADD = 'add'
+CHANGE = 'change'
+DELETE = 'delete'
+
+
+def apply_event(data: Dict[str, Any], event: base.Event,
+                decode: Callable[[str, str], Any]) -> list:
+    """Fold ``event`` into ``data``; return the ``(action, key, value)``s.
+
+    ``decode(key, raw)`` returns ``(True, value)``, or ``(False, None)`` for
+    a value it refuses (the key then counts as absent).  A directory's
+    DELETE removes every key below it, one 'delete' each, in key order.
+    """
+    changes = []
+    if event.kind == base.DELETE:
+        if event.is_dir:
+            below = event.key.rstrip('/') + '/'
+            gone = sorted(k for k in data if k.startswith(below))
+        else:
+            gone = [event.key] if event.key in data else []
+        for key in gone:
+            del data[key]
+            changes.append((DELETE, key, None))
+    elif not event.is_dir:
+        ok, value = decode(event.key, event.value)
+        if ok:
+            changes.append((CHANGE if event.key in data else ADD,
+                            event.key, value))
+            data[event.key] = value
+        elif event.key in data:
+            del data[event.key]
+            changes.append((DELETE, event.key, None))
+    return changes
+
+
+def far_behind(event: base.Event, tree_size: int, min_lag: int,
+               tree_fraction: int) -> bool:
+    """Whether re-reading the tree beats walking to etcd's index."""
+    if event.current_index is None:
+        return False
+    lag = event.current_index - event.index
+    return lag > max(min_lag, tree_size // tree_fraction)
+
+
+class Mirror(object):
+    """The tree under ``path``, what is owed to callbacks, and the rules.
+
+    :param name: for log lines.
+    :param path: the watched prefix.
+    :param hooks: the recipe object: its ``decode_value``,
+        ``value_unparsable`` and ``make_short_key`` are called directly
+        (they are plain functions on both drivers); the callbacks
+        (``do_work``, ``do_all_work``, ``init_resync_start``,
+        ``init_resync_end``) are asked for with CALLBACK requests.
+    :param plain_values: True when values pass through undecoded, so a
+        full read needs no per-key call and no copy.
+    :param catchup: returns ``(min_lag, tree_fraction)`` for
+        :func:`far_behind`, as they are now.
+    :param leading: returns whether callbacks may run (False for an
+        elected watcher that lost its term).
+    :param clock: wall-clock seconds, for ``last_event_time``.
+    """
+
+    def __init__(self, name: str, path: str, hooks: Any,
+                 plain_values: bool,
+                 catchup: Callable[[], Any],
+                 leading: Callable[[], bool],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.name = name
+        self.path = path
+        self._hooks = hooks
+        self._plain_values = plain_values
+        self._catchup = catchup
+        self._leading = leading
+        self._clock = clock
+        #: Every leaf key under path -> its value (None until loaded).
+        self.data: Optional[Dict[str, Any]] = None
+        #: The next index to watch from; None means "re-read all".
+        self.tick: Optional[int] = None
+        self.queue = delivery.DeliveryQueue()
+        #: Short keys the application held before the first load.
+        self.expected_keys: Optional[Iterable[str]] = None
+        self.initial_load_done = False
+        #: True once the first load was delivered.
+        self.synced = False
+        self.stats: Dict[str, Any] = {
+            'events': 0, 'resyncs': 0, 'errors': 0, 'callback_errors': 0,
+            'unparsable': 0, 'checks': 0, 'rewinds': 0,
+            'last_event_time': None}
+        self.outage = outage.OutageLog(
+            LOG, '%s: watching %s' % (name, path))
+        self._backoff = backoff.Backoff(1.0, 1.0)
+
+    # -- one pass of the loop --------------------------------------------
+
+    def step(self, heartbeat: float, retry_min: float, retry_max: float):
+        """Retry owed callbacks, or read the tree, or watch once."""
+        if self.queue:
+            yield from self.retry(min(retry_max, heartbeat), retry_min)
+            return
+        if self.tick is None:
+            yield from self.reload()
+            return
+        try:
+            event = yield requests.backend('watch_tree', self.path,
+                                           self.tick, heartbeat)
+            if event is None:
+                # Silence proves nothing: a member cut off from its
+                # cluster, or an etcd rebuilt below our index, is silent.
+                yield requests.backend('check_current', self.path,
+                                       self.tick - 1)
+                self.stats['checks'] += 1
+                return
+        except exceptions.ClusterRewound as e:
+            LOG.warning('%s: %s; re-reading %s', self.name, e, self.path)
+            self.stats['rewinds'] += 1
+            yield from self.reload()
+            return
+        except exceptions.HistoryGone:
+            LOG.info('%s: etcd history no longer reaches index %s; '
+                     're-reading %s', self.name, self.tick, self.path)
+            yield from self.reload()
+            return
+        if far_behind(event, len(self.data or ()), *self._catchup()):
+            LOG.debug('%s: %s events behind; re-reading instead',
+                      self.name, event.current_index - event.index)
+            yield from self.reload()
+            return
+        self.apply(event)
+        yield from self.deliver()
+
+    def reload(self):
+        """Read the whole tree, then deliver do_all_work().
+
+        The first load also asks init_resync_start() before the read and
+        init_resync_end() after.
+        """
+        first = not self.initial_load_done
+        if first and self.expected_keys is None:
+            # Asked before the read, as networking-vpp does: the app
+            # reports what it holds from before, while etcd is unread.
+            self.expected_keys = yield requests.hook('init_resync_start')
+        snapshot = yield requests.backend('read_tree', self.path)
+        self.data = self._decode_all(snapshot.items)
+        self.tick = snapshot.index + 1
+        self.queue.reload(first)
+        self.initial_load_done = True
+        self.stats['resyncs'] += 1
+        LOG.debug('%s: loaded %d keys under %s at index %s', self.name,
+                  len(snapshot.items), self.path, snapshot.index)
+        yield from self.deliver()
+
+    def retry(self, longest: float, shortest: float):
+        """Wait out the head's backoff, then deliver."""
+        delay = self.queue.retry_delay(shortest, longest)
+        if delay:
+            stopped = yield requests.sleep(delay)
+            if stopped:
+                return False
+        return (yield from self.deliver())
+
+    def deliver(self):
+        """Run owed callbacks in order; stop at the first that raises.
+
+        Returns True when none is left.
+        """
+        while self.queue:
+            if not self._leading():
+                # A watcher that lost its election delivers nothing more;
+                # it re-reads everything when elected again.
+                return False
+            item = self.queue.head
+            if item == delivery.ALL_WORK:
+                ask = requests.callback('do_all_work')
+            elif item == delivery.RESYNC_END:
+                ask = requests.callback('init_resync_end',
+                                        self.short_keys())
+            else:
+                ask = requests.callback('do_work', *item)
+            try:
+                ran = yield ask
+            except Exception:
+                failures = self.queue.failed()
+                self.stats['callback_errors'] += 1
+                LOG.exception('%s: callback for %s failed (attempt %d); '
+                              'will retry', self.name,
+                              delivery.describe(item), failures)
+                return False
+            if ran is requests.NOT_RUN:
+                return False
+            self.queue.succeeded()
+        self.synced = True
+        return True
+
+    # -- pure steps -------------------------------------------------------
+
+    def apply(self, event: base.Event) -> None:
+        """Fold one event into the tree and queue its callbacks."""
+        assert self.data is not None, 'apply() before the first load'
+        for change in apply_event(self.data, event, self.decode):
+            self.queue.push(change)
+        self.tick = event.index + 1
+        self.stats['events'] += 1
+        self.stats['last_event_time'] = self._clock()
+
+    def new_term(self) -> None:
+        """An elected watcher won a new term: start over from a read.
+
+        What a lost term left undelivered is covered by the re-read's
+        do_all_work().
+        """
+        self.tick = None
+        self.queue.clear()
+
+    def decode(self, key: str, raw: str):
+        """Return (True, value), or (False, None) for a refused value.
+
+        A refused value is logged and reported to value_unparsable().
+        """
+        try:
+            return True, self._hooks.decode_value(key, raw)
+        except Exception as e:
+            self.stats['unparsable'] += 1
+            LOG.warning('%s: cannot decode the value of %s (treated as '
+                        'absent): %s', self.name, key, e, exc_info=True)
+            try:
+                self._hooks.value_unparsable(key, raw, e)
+            except Exception:
+                LOG.exception('%s: value_unparsable() failed', self.name)
+            return False, None
+
+    def _decode_all(self, items):
+        if self._plain_values:
+            # The common case: no per-key call, and no copy (the snapshot
+            # is ours alone), so a 100k-key load holds one dict, not two.
+            return items
+        data = {}
+        for key, raw in items.items():
+            ok, value = self.decode(key, raw)
+            if ok:
+                data[key] = value
+        return data
+
+    def short_keys(self):
+        """The short keys of the tree, one at a time."""
+        for key in list(self.data or ()):
+            short_key = self._hooks.make_short_key(key)
+            if short_key is not None:
+                yield short_key
+
+    # -- errors of the loop -----------------------------------------------
+
+    def failed(self, exc: BaseException, initial: float,
+               maximum: float) -> float:
+        """A pass of the loop raised: log it; return the pause to take.
+
+        The pause is drawn from a ceiling doubling from ``initial`` to
+        ``maximum`` (passed each time: subclasses and tests set the
+        pauses on the instance after construction).
+        """
+        self.stats['errors'] += 1
+        self._backoff.initial = initial
+        self._backoff.maximum = max(initial, maximum)
+        pause = self._backoff.failed()
+        if isinstance(exc, exceptions.EtcdUnavailable):
+            # Once per outage, not once per retry.
+            self.outage.failed(exc, round(pause, 1))
+        else:
+            LOG.log(std_logging.ERROR, '%s: watching %s failed; retrying '
+                    'in %.1fs', self.name, self.path, pause, exc_info=exc)
+        return pause
+
+    def succeeded(self) -> None:
+        """A pass of the loop got through."""
+        self.outage.succeeded()
+        self._backoff.succeeded()

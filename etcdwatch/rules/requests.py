@@ -1,0 +1,54 @@
+"""What a rule can ask of the code that drives it.
+
+A rule is a generator.  It yields a :class:`Request` and is sent the
+answer; an error raised while serving the request is thrown into it
+instead.  Four kinds:
+
+``BACKEND``
+    call ``backend.<name>(*args)`` (a :class:`~etcdwatch.backends.base.
+    Backend` operation); an async driver awaits the
+    :class:`~etcdwatch.backends.base.AsyncBackend` one.
+``CALLBACK``
+    call ``host.<name>(*args)``, a hook of the recipe object that runs the
+    rule (``do_work``, ``key_change``...); an async driver awaits what it
+    returns if that is awaitable.  The driver may decline to start it
+    (the recipe is stopping): it then answers :data:`NOT_RUN`.
+``HOOK``
+    call ``host.<name>(*args)`` as CALLBACK does, but never declined
+    (``init_resync_start``, asked before the first read).
+``SLEEP``
+    wait ``args[0]`` seconds, or less if the recipe is asked to stop;
+    the answer is True if it was.
+"""
+
+import collections
+
+BACKEND = 'backend'
+CALLBACK = 'callback'
+HOOK = 'hook'
+SLEEP = 'sleep'
+
+Request = collections.namedtuple('Request', ['kind', 'name', 'args'])
+
+#: The answer to a CALLBACK request that the driver declined to start.
+NOT_RUN = type('NotRun', (), {'__repr__': lambda self: 'NOT_RUN'})()
+
+
+def backend(name, *args):
+    """Ask for one backend operation."""
+    return Request(BACKEND, name, args)
+
+
+def callback(name, *args):
+    """Ask for one call of a hook of the recipe object."""
+    return Request(CALLBACK, name, args)
+
+
+def hook(name, *args):
+    """Ask for one call of a hook that runs even while stopping."""
+    return Request(HOOK, name, args)
+
+
+def sleep(seconds):
+    """Ask for a pause that a stop cuts short."""
+    return Request(SLEEP, None, (seconds,))
