@@ -82,3 +82,21 @@ def test_oslo_config_requirement_gives_its_reason():
     [line] = [line for line in _requirement_lines()
               if line.startswith('oslo.config')]
     assert 'oslo.log' in line.partition('#')[2]
+
+
+def test_ci_builds_the_docs_with_warnings_as_errors():
+    ci_lines = [line.strip() for line in _read('.ci', 'run').splitlines()]
+    [build] = [line for line in ci_lines if '-m sphinx' in line]
+    assert 'pip install -r docs/requirements.txt' in build
+    assert ' -W ' in build
+    # The script's verdict counts both the tests and the docs.
+    assert ci_lines[-1] == '[ "$tests" -eq 0 ] && [ "$docs" -eq 0 ]'
+
+
+def test_docs_requirements_cover_what_autodoc_imports():
+    # api.rst documents etcdwatch.v3client, which imports etcd3gw.
+    names = [re.split(r'[<>=! ]', line)[0].lower()
+             for line in _read('docs', 'requirements.txt').splitlines()
+             if line.strip() and not line.startswith('#')]
+    assert 'etcd3gw' in names
+    assert 'automodule:: etcdwatch.v3client' in _read('docs', 'api.rst')
