@@ -3,7 +3,9 @@ formats, unreachable etcd, the demo and ``elect``'s supervisor on the fake.
 """
 
 import configparser
+import importlib.metadata
 import io
+import logging
 import os
 import signal
 import socket
@@ -14,10 +16,15 @@ import threading
 import etcd
 import pytest
 
+import etcdwatch
 from etcdwatch import cli
+from etcdwatch.cli import supervisor as cli_supervisor
 from etcdwatch import demo
+from etcdwatch import election
 from etcdwatch import exceptions
+from etcdwatch import outage
 from etcdwatch.testing import FakeEtcdClient
+from etcdwatch import watcher
 from tests.helpers import HangingRefresh
 from tests.helpers import wait_until
 
@@ -481,6 +488,8 @@ note('start %s %s' % (os.environ['ETCDWATCH_FENCING_TOKEN'],
                       os.environ['ETCDWATCH_LEADER_ID']))
 if sys.argv[2] == 'exit':
     sys.exit(int(sys.argv[3]))
+if sys.argv[2] == 'signal':
+    os.kill(os.getpid(), int(sys.argv[3]))
 while True:
     time.sleep(0.05)
 '''
@@ -540,7 +549,8 @@ def test_elect_stops_the_command_when_leadership_is_lost(tmp_path):
     assert sup.elector.leader() is None
 
 
-def test_elect_kills_a_command_that_ignores_sigterm(tmp_path):
+def test_elect_kills_a_command_that_ignores_sigterm(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger='etcdwatch.cli')
     client = FakeEtcdClient()
     sup, path = supervisor(client, tmp_path, 'stubborn', grace=0.5)
 
@@ -553,6 +563,8 @@ def test_elect_kills_a_command_that_ignores_sigterm(tmp_path):
     assert sup.run() == 128 + signal.SIGKILL
     assert [line.split()[0] for line in notes(path)] == [
         'start', 'ignored', 'start', 'ignored']
+    assert 'was killed by SIGKILL (status 137); campaigning again' in (
+        caplog.text)
 
 
 def test_elect_signalled_before_it_leads_exits_0(tmp_path):
@@ -614,3 +626,177 @@ def test_elect_keeps_the_key_until_the_command_has_exited(tmp_path):
         driver.join(10)
     assert held_while_running == [sup.elector.thread_id]
     assert sup.elector.leader() is None
+
+
+def test_a_command_killed_by_a_signal_is_reported_by_its_name(
+        tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger='etcdwatch.cli')
+    sup, path = supervisor(FakeEtcdClient(), tmp_path, 'signal',
+                           str(int(signal.SIGTERM)))
+    assert sup.run() == 128 + signal.SIGTERM
+    assert notes(path)[0].startswith('start ')
+    messages = [r.getMessage() for r in caplog.records]
+    assert '%s was killed by SIGTERM (status 143); resigning' % (
+        sys.executable) in messages
+
+
+@pytest.mark.parametrize('returncode, text', [
+    (0, 'exited with status 0'),
+    (7, 'exited with status 7'),
+    (-9, 'was killed by SIGKILL (status 137)'),
+    (-15, 'was killed by SIGTERM (status 143)'),
+    (-200, 'was killed by signal 200 (status 328)'),
+])
+def test_how_a_command_ended(returncode, text):
+    assert cli_supervisor.how_it_ended(returncode) == text
+
+
+def test_a_waiting_elect_says_who_leads(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger='etcdwatch.cli')
+    client = FakeEtcdClient()
+    key = '/elections/master_job'
+    client.write(key, 'someone-else', ttl=60)
+    sup, path = supervisor(client, tmp_path, 'term')
+
+    def said(text):
+        return lambda: any(r.getMessage() == text
+                           for r in list(caplog.records))
+
+    def drive():
+        wait_until(said('waiting: someone-else leads job'), timeout=30)
+        # Another takes the key over: that is told too.
+        client.write(key, 'next-one', ttl=60)
+        wait_until(said('waiting: next-one leads job'), timeout=30)
+        os.kill(os.getpid(), signal.SIGTERM)
+    driver = in_thread(drive)
+    assert sup.run() == 0
+    driver.join(30)
+    assert notes(path) == []
+    told = [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith('waiting: ')]
+    # Each leader once, though the key is read every recovery_time.
+    assert told == ['waiting: someone-else leads job',
+                    'waiting: next-one leads job']
+
+
+# -- errors: TLS files, tracebacks, outages ----------------------------------
+
+@pytest.mark.parametrize('option', ['--cacert', '--cert', '--key'])
+def test_a_missing_tls_file_is_a_usage_error_naming_it(capsys, tmp_path,
+                                                       listener, option):
+    present = tls_files(tmp_path, 'present.pem')[0]
+    missing = str(tmp_path / 'missing.pem')
+    files = {'--cacert': present, '--cert': present, option: missing}
+    argv = ['leader', 'x', '--etcd', listener]
+    for name, path in sorted(files.items()):
+        argv += [name, path]
+    for api in ('v2', 'v3'):
+        status, out, err = run_main(capsys, *argv + ['--api', api])
+        assert (status, out) == (2, '')
+        assert err == ('etcdwatch leader: %s %s: no such file or '
+                       'directory\n' % (option, missing))
+
+
+def test_a_tls_file_that_is_a_directory_is_a_usage_error(capsys, tmp_path,
+                                                         listener):
+    status, out, err = run_main(capsys, 'watch', '/p', '--etcd', listener,
+                                '--cacert', str(tmp_path))
+    assert (status, out) == (2, '')
+    assert err == 'etcdwatch watch: --cacert %s: is a directory\n' % tmp_path
+
+
+def test_vv_prints_the_traceback_of_an_error(capsys):
+    address = '127.0.0.1:%d' % closed_port()
+    line = ('etcdwatch leader: cannot reach etcd at http://%s: connection '
+            'refused' % address)
+    status, _, err = run_main(capsys, 'leader', 'x', '--etcd', address)
+    assert (status, err) == (3, line + '\n')
+    status, _, err = run_main(capsys, 'leader', 'x', '--etcd', address,
+                              '-vv')
+    assert status == 3
+    assert line in err.splitlines()
+    tail = err[err.index(line):]
+    assert 'Traceback (most recent call last):' in tail
+    assert 'ConnectionRefusedError' in tail
+
+
+def _unreachable():
+    try:
+        raise ConnectionRefusedError(111, 'Connection refused')
+    except ConnectionRefusedError as e:
+        refused = e
+    text = ("HTTPConnectionPool(host='127.0.0.1', port=1): Max retries "
+            "exceeded with url: /v2/keys/p (Caused by NewConnectionError("
+            "'<urllib3.connection.HTTPConnection object at 0x7f00>: Failed "
+            "to establish a new connection: [Errno 111] Connection "
+            "refused'))")
+    try:
+        raise exceptions.EtcdUnavailable('read /p: ' + text) from refused
+    except exceptions.EtcdUnavailable as e:
+        return e
+
+
+def _outage_lines(verbose, quiet):
+    """What the command prints of an outage the watcher logs."""
+    stream = io.StringIO()
+    restore = cli.setup_logging('etcdwatch watch', verbose, quiet, stream)
+    try:
+        log = outage.OutageLog(watcher.LOG, 'w: watching /p')
+        for _ in range(2):
+            try:
+                raise _unreachable()
+            except exceptions.EtcdUnavailable as e:
+                log.failed(e, 2.0)
+        log.succeeded()
+        watcher.LOG.info('w: some other news')
+    finally:
+        restore()
+    return stream.getvalue().splitlines()
+
+
+def test_an_outage_is_one_readable_line_and_its_end_is_shown():
+    start = ('etcdwatch watch: w: watching /p: etcd unavailable (connection '
+             'refused); retrying every 2.0s')
+    lines = _outage_lines(0, False)
+    assert len(lines) == 2
+    assert lines[0] == start
+    assert lines[1].startswith('etcdwatch watch: w: watching /p: etcd '
+                               'available again after ')
+    assert lines[1].endswith('s (2 failed attempts)')
+    # -q: errors and the library's warnings only.
+    assert _outage_lines(0, True) == [start]
+    # -v: the library's other news too.
+    assert _outage_lines(1, False) == lines + [
+        'etcdwatch watch: w: some other news']
+
+
+def test_vv_logs_each_failure_with_its_traceback():
+    lines = _outage_lines(2, False)
+    assert sum('failed (attempt' in line for line in lines) == 2
+    assert 'Traceback (most recent call last):' in lines
+
+
+# -- version and exports -----------------------------------------------------
+
+def test_version(capsys):
+    version = importlib.metadata.version('etcdwatch')
+    assert etcdwatch.__version__ == version
+    status, out, err = run_main(capsys, '--version')
+    assert (status, out, err) == (0, 'etcdwatch %s\n' % version, '')
+    # Whatever else is on the line.
+    status, out, _ = run_main(capsys, '--api', 'v3', '--version', 'watch')
+    assert (status, out) == (0, 'etcdwatch %s\n' % version)
+
+
+def test_version_outside_an_installed_tree(monkeypatch):
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(importlib.metadata, 'version', not_installed)
+    assert etcdwatch._version() == '0+unknown'
+
+
+def test_cleanup_electors_is_exported():
+    assert etcdwatch.cleanup_electors is election.cleanup_electors
+    namespace = {}
+    exec('from etcdwatch import *', namespace)
+    assert namespace['cleanup_electors'] is election.cleanup_electors
