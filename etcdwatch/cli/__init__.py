@@ -139,11 +139,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return _COMMANDS[args.subcommand].run(args, sys.stdout)
     except CliError as e:
-        LOG.error('%s', e, exc_info=tracebacks)
+        LOG.error('%s', str(e), exc_info=tracebacks)
         return e.status
     except ValueError as e:
         # An argument the library refused (checked before any request).
-        LOG.error('%s', e, exc_info=tracebacks)
+        LOG.error('%s', str(e), exc_info=tracebacks)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 128 + signal.SIGINT

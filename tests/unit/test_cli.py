@@ -17,6 +17,7 @@ import etcd
 import pytest
 
 import etcdwatch
+from etcdwatch import backends
 from etcdwatch import cli
 from etcdwatch.cli import supervisor as cli_supervisor
 from etcdwatch import demo
@@ -703,6 +704,19 @@ def test_a_tls_file_that_is_a_directory_is_a_usage_error(capsys, tmp_path,
                                 '--cacert', str(tmp_path))
     assert (status, out) == (2, '')
     assert err == 'etcdwatch watch: --cacert %s: is a directory\n' % tmp_path
+
+
+def test_an_ssl_error_is_given_in_full(capsys, monkeypatch):
+    class Refused(object):
+        name = 'v2'
+
+        def read_key(self, key):
+            raise _python_etcd_ssl_failure()
+    monkeypatch.setattr(backends, 'for_client', lambda client: Refused())
+    status, out, err = run_main(capsys, 'leader', 'x', '--etcd', 'h:1')
+    assert (status, out) == (3, '')
+    assert err == ('etcdwatch leader: cannot reach etcd at http://h:1: %s\n'
+                   % SSL_TEXT)
 
 
 def test_vv_prints_the_traceback_of_an_error(capsys):
