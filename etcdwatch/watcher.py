@@ -47,10 +47,10 @@ from etcdwatch import driving
 from etcdwatch import election
 from etcdwatch import exceptions
 from etcdwatch import handlers
-from etcdwatch import keys
 from etcdwatch.rules import changes
 from etcdwatch.rules import mirror
 from etcdwatch.rules import requests
+from etcdwatch.rules import watcher_base
 
 LOG = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ CHANGE = mirror.CHANGE
 DELETE = mirror.DELETE
 
 
-class EtcdWatcher(object, metaclass=abc.ABCMeta):
+class EtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
     """Watch every key under ``watch_path``; subclass to act on changes.
 
     :param etcd_client: a python-etcd ``etcd.Client`` (etcd's v2 API), an
@@ -102,28 +102,6 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
     longer holds are reported deleted.
     """
 
-    #: Ceiling of the first wait after an etcd error; each consecutive
-    #: error doubles it up to DANGER_PAUSE_MAX, and each wait is drawn at
-    #: random from the upper half of its ceiling, so watchers that failed
-    #: together (an etcd restart) do not all come back together.
-    DANGER_PAUSE: float = 2
-    #: The largest ceiling; None (the default) is 8 * DANGER_PAUSE.  An
-    #: elected watcher never waits longer than DANGER_PAUSE (its term's
-    #: work_time counts on it).
-    DANGER_PAUSE_MAX: Optional[float] = None
-    #: First and longest wait before retrying a callback that raised.
-    CALLBACK_RETRY_MIN: float = 0.1
-    CALLBACK_RETRY_MAX: float = 10.0
-    #: Re-read the whole tree instead of walking the missed events when
-    #: etcd is more than CATCHUP_MIN_LAG events ahead (or more than
-    #: 1/CATCHUP_TREE_FRACTION of the tree's size, whichever is more).
-    #: None (the default) takes the API's own values, measured in
-    #: docs/performance.rst: on v2 (16, 64), for a walk costs one round
-    #: trip per event and a read about one per 60-100 keys; on v3 (1000,
-    #: 1), for a stream delivers missed events in batches.
-    CATCHUP_MIN_LAG: Optional[int] = None
-    CATCHUP_TREE_FRACTION: Optional[int] = None
-
     def __init__(self, etcd_client: Any, name: str, watch_path: str,
                  election_path: Optional[str] = None,
                  wait_until_elected: bool = False,
@@ -131,27 +109,12 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
                  heartbeat: float = 60,
                  handler: election.HandlerArg = None,
                  codec: Any = None) -> None:
-        if codec is not None and not callable(getattr(codec, 'decode',
-                                                      None)):
-            raise ValueError('codec must have a decode(value) method, not %r'
-                             % (codec,))
-        self.codec = codec
-        self.watch_path = keys.check_path('watch_path', watch_path)
-        keys.check_duration('heartbeat', heartbeat)
-        keys.check_duration('recovery_time', recovery_time)
-        if wait_until_elected:
-            if election_path is None:
-                raise ValueError('election_path is required with '
-                                 'wait_until_elected')
-            keys.check_path('election_path', election_path)
-            keys.check_name('name', name)
+        self._check_arguments(name, watch_path, election_path,
+                              wait_until_elected, recovery_time, heartbeat,
+                              codec)
         self._backend = backends.for_client(etcd_client)
         self._handler = handlers.get_handler(handler)
-
         self.etcd_client = etcd_client
-        self.name = name
-        self.data = data
-        self.heartbeat = heartbeat
         self.etcd_elector: Optional[election.EtcdElection] = None
         if wait_until_elected:
             assert election_path is not None    # checked above
@@ -159,13 +122,7 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
                 etcd_client, name, election_path,
                 work_time=heartbeat + self.DANGER_PAUSE + recovery_time,
                 recovery_time=recovery_time, handler=self._handler)
-        # The rules (etcdwatch.rules.mirror): the tree, the index, the
-        # callbacks owed; this class does the I/O and the waiting.
-        self._mirror = mirror.Mirror(
-            name, self.watch_path, self,
-            plain_values=(codec is None and type(self).decode_value is
-                          EtcdWatcher.decode_value),
-            catchup=self._catchup, leading=self._leading)
+        self._init_state(name, data, heartbeat, codec)
 
         #: Held while etcd_data changes and while callbacks run.  Reentrant,
         #: so a callback may take it again.
@@ -189,39 +146,6 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
             except exceptions.BackendError:
                 LOG.warning('%s: initial load of %s failed; will retry',
                             self.name, self.watch_path, exc_info=True)
-
-    # -- state, kept by the rules -----------------------------------------
-
-    @property
-    def etcd_data(self) -> Optional[Dict[str, Any]]:
-        """Every leaf key under watch_path -> its value, or None."""
-        return self._mirror.data
-
-    @etcd_data.setter
-    def etcd_data(self, value: Optional[Dict[str, Any]]) -> None:
-        self._mirror.data = value
-
-    @property
-    def tick(self) -> Optional[int]:
-        """The next etcd index to watch from; None means "re-read all"."""
-        return self._mirror.tick
-
-    @tick.setter
-    def tick(self, value: Optional[int]) -> None:
-        self._mirror.tick = value
-
-    @property
-    def expected_keys(self) -> Optional[Iterable[str]]:
-        """What :meth:`init_resync_start` returned (None before)."""
-        return self._mirror.expected_keys
-
-    @expected_keys.setter
-    def expected_keys(self, value: Optional[Iterable[str]]) -> None:
-        self._mirror.expected_keys = value
-
-    @property
-    def _stats(self) -> Dict[str, Any]:
-        return self._mirror.stats
 
     # -- hooks for subclasses ---------------------------------------------
 
@@ -268,32 +192,6 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
 
     def removed(self, short_key: str) -> None:
         """A key went away (see :class:`EtcdChangeWatcher`)."""
-
-    def decode_value(self, key: str, value: str) -> Any:
-        """Return what callbacks see for etcd's string ``value`` of ``key``.
-
-        The default applies ``codec``; raise to refuse the value.
-        """
-        if self.codec is None:
-            return value
-        return self.codec.decode(value)
-
-    def value_unparsable(self, key: str, value: str,
-                         error: Exception) -> None:
-        """``key`` holds ``value``, which :meth:`decode_value` refused.
-
-        Called with ``etcd_data_lock`` held.  The key counts as absent
-        until a decodable value arrives (a change watcher that had reported
-        it reports it deleted).  The default does nothing more: the failure
-        is already logged and counted in ``stats()['unparsable']``.
-        """
-
-    def make_short_key(self, key: str) -> Optional[str]:
-        """The part of ``key`` below ``watch_path + '/'``, or None."""
-        prefix = self.watch_path + '/'
-        if key.startswith(prefix) and len(key) > len(prefix):
-            return key[len(prefix):]
-        return None
 
     # -- running ----------------------------------------------------------
 
@@ -346,29 +244,9 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
         # returns now rather than after its heartbeat.
         self._backend.close()
 
-    @property
-    def synced(self) -> bool:
-        """True once the initial load has been delivered to callbacks."""
-        return self._synced.is_set()
-
     def wait_synced(self, timeout: Optional[float] = None) -> bool:
         """Wait until :attr:`synced`; returns it."""
         return self._synced.wait(timeout)
-
-    def stats(self) -> Dict[str, Any]:
-        """Counters, as a new dict.
-
-        events, resyncs, errors, callback_errors, unparsable (values the
-        codec refused), checks (quorum reads after a silent heartbeat),
-        rewinds (re-reads because etcd's index went back), index (the
-        last index applied), last_event_time (time.time() of the last
-        event applied), synced, pending (callbacks waiting for a retry).
-        """
-        result = dict(self._mirror.stats)
-        result['index'] = None if self.tick is None else self.tick - 1
-        result['synced'] = self.synced
-        result['pending'] = len(self._mirror.queue)
-        return result
 
     def do_watch(self) -> None:
         """One step: retry undelivered callbacks, or one watch, or one read.
@@ -408,26 +286,6 @@ class EtcdWatcher(object, metaclass=abc.ABCMeta):
                 self._term = term
                 self._mirror.new_term()
         return True
-
-    def _danger_pauses(self):
-        # From the attributes as they are now: tests and subclasses set
-        # DANGER_PAUSE on the instance after construction.
-        initial = self.DANGER_PAUSE
-        if self.etcd_elector is not None:
-            return initial, initial
-        return initial, self.DANGER_PAUSE_MAX or 8 * initial
-
-    def _leading(self):
-        elector = self.etcd_elector
-        return elector is None or elector.is_elected
-
-    def _catchup(self):
-        min_lag, fraction = self.CATCHUP_MIN_LAG, self.CATCHUP_TREE_FRACTION
-        if min_lag is None:
-            min_lag = self._backend.catchup_min_lag
-        if fraction is None:
-            fraction = self._backend.catchup_tree_fraction
-        return min_lag, fraction
 
     def _drive(self, rule):
         try:

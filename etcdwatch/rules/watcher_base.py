@@ -1,0 +1,181 @@
+"""What the threaded and the asyncio watchers share, without I/O.
+
+:class:`WatcherBase` holds a watcher's tunables, checks its arguments,
+keeps its state in a :class:`~etcdwatch.rules.mirror.Mirror`, and has the
+hooks that are plain functions whichever way it runs (decoding values,
+short keys).  :class:`etcdwatch.EtcdWatcher` and
+:class:`etcdwatch.aio.AsyncEtcdWatcher` add the I/O and the waiting.
+"""
+
+from typing import Any, Dict, Iterable, Optional
+
+from etcdwatch import keys
+from etcdwatch.rules import mirror
+
+
+class WatcherBase(object):
+    """Tunables, arguments, state and plain hooks of a watcher.
+
+    A subclass sets ``_backend`` (whose catch-up defaults apply) and
+    ``etcd_elector`` (None, or an election whose ``is_elected`` says
+    whether callbacks may run).
+    """
+
+    _backend: Any
+    etcd_elector: Any = None
+
+    #: Ceiling of the first wait after an etcd error; each consecutive
+    #: error doubles it up to DANGER_PAUSE_MAX, and each wait is drawn at
+    #: random from the upper half of its ceiling, so watchers that failed
+    #: together (an etcd restart) do not all come back together.
+    DANGER_PAUSE: float = 2
+    #: The largest ceiling; None (the default) is 8 * DANGER_PAUSE.  An
+    #: elected watcher never waits longer than DANGER_PAUSE (its term's
+    #: work_time counts on it).
+    DANGER_PAUSE_MAX: Optional[float] = None
+    #: First and longest wait before retrying a callback that raised.
+    CALLBACK_RETRY_MIN: float = 0.1
+    CALLBACK_RETRY_MAX: float = 10.0
+    #: Re-read the whole tree instead of walking the missed events when
+    #: etcd is more than CATCHUP_MIN_LAG events ahead (or more than
+    #: 1/CATCHUP_TREE_FRACTION of the tree's size, whichever is more).
+    #: None (the default) takes the API's own values, measured in
+    #: docs/performance.rst: on v2 (16, 64), for a walk costs one round
+    #: trip per event and a read about one per 60-100 keys; on v3 (1000,
+    #: 1), for a stream delivers missed events in batches.
+    CATCHUP_MIN_LAG: Optional[int] = None
+    CATCHUP_TREE_FRACTION: Optional[int] = None
+
+    def _check_arguments(self, name, watch_path, election_path,
+                         wait_until_elected, recovery_time, heartbeat,
+                         codec):
+        """Refuse bad arguments, each error naming its argument."""
+        if codec is not None and not callable(getattr(codec, 'decode',
+                                                      None)):
+            raise ValueError('codec must have a decode(value) method, not %r'
+                             % (codec,))
+        self.watch_path = keys.check_path('watch_path', watch_path)
+        keys.check_duration('heartbeat', heartbeat)
+        keys.check_duration('recovery_time', recovery_time)
+        if wait_until_elected:
+            if election_path is None:
+                raise ValueError('election_path is required with '
+                                 'wait_until_elected')
+            keys.check_path('election_path', election_path)
+            keys.check_name('name', name)
+
+    def _init_state(self, name, data, heartbeat, codec):
+        self.codec = codec
+        self.name = name
+        self.data = data
+        self.heartbeat = heartbeat
+        # The rules (etcdwatch.rules.mirror): the tree, the index, the
+        # callbacks owed; subclasses do the I/O and the waiting.
+        self._mirror = mirror.Mirror(
+            name, self.watch_path, self,
+            plain_values=(codec is None and type(self).decode_value is
+                          WatcherBase.decode_value),
+            catchup=self._catchup, leading=self._leading)
+
+    # -- state, kept by the rules -----------------------------------------
+
+    @property
+    def etcd_data(self) -> Optional[Dict[str, Any]]:
+        """Every leaf key under watch_path -> its value, or None."""
+        return self._mirror.data
+
+    @etcd_data.setter
+    def etcd_data(self, value: Optional[Dict[str, Any]]) -> None:
+        self._mirror.data = value
+
+    @property
+    def tick(self) -> Optional[int]:
+        """The next etcd index to watch from; None means "re-read all"."""
+        return self._mirror.tick
+
+    @tick.setter
+    def tick(self, value: Optional[int]) -> None:
+        self._mirror.tick = value
+
+    @property
+    def expected_keys(self) -> Optional[Iterable[str]]:
+        """What :meth:`init_resync_start` returned (None before)."""
+        return self._mirror.expected_keys
+
+    @expected_keys.setter
+    def expected_keys(self, value: Optional[Iterable[str]]) -> None:
+        self._mirror.expected_keys = value
+
+    @property
+    def _stats(self) -> Dict[str, Any]:
+        return self._mirror.stats
+
+    @property
+    def synced(self) -> bool:
+        """True once the initial load has been delivered to callbacks."""
+        return self._mirror.synced
+
+    # -- plain hooks --------------------------------------------------------
+
+    def decode_value(self, key: str, value: str) -> Any:
+        """Return what callbacks see for etcd's string ``value`` of ``key``.
+
+        The default applies ``codec``; raise to refuse the value.
+        """
+        if self.codec is None:
+            return value
+        return self.codec.decode(value)
+
+    def value_unparsable(self, key: str, value: str,
+                         error: Exception) -> None:
+        """``key`` holds ``value``, which :meth:`decode_value` refused.
+
+        Called with ``etcd_data_lock`` held.  The key counts as absent
+        until a decodable value arrives (a change watcher that had reported
+        it reports it deleted).  The default does nothing more: the failure
+        is already logged and counted in ``stats()['unparsable']``.
+        """
+
+    def make_short_key(self, key: str) -> Optional[str]:
+        """The part of ``key`` below ``watch_path + '/'``, or None."""
+        prefix = self.watch_path + '/'
+        if key.startswith(prefix) and len(key) > len(prefix):
+            return key[len(prefix):]
+        return None
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters, as a new dict.
+
+        events, resyncs, errors, callback_errors, unparsable (values the
+        codec refused), checks (quorum reads after a silent heartbeat),
+        rewinds (re-reads because etcd's index went back), index (the
+        last index applied), last_event_time (time.time() of the last
+        event applied), synced, pending (callbacks waiting for a retry).
+        """
+        result = dict(self._mirror.stats)
+        result['index'] = None if self.tick is None else self.tick - 1
+        result['synced'] = self.synced
+        result['pending'] = len(self._mirror.queue)
+        return result
+
+    # -- what the rules ask -------------------------------------------------
+
+    def _danger_pauses(self):
+        # From the attributes as they are now: tests and subclasses set
+        # DANGER_PAUSE on the instance after construction.
+        initial = self.DANGER_PAUSE
+        if self.etcd_elector is not None:
+            return initial, initial
+        return initial, self.DANGER_PAUSE_MAX or 8 * initial
+
+    def _leading(self):
+        elector = self.etcd_elector
+        return elector is None or elector.is_elected
+
+    def _catchup(self):
+        min_lag, fraction = self.CATCHUP_MIN_LAG, self.CATCHUP_TREE_FRACTION
+        if min_lag is None:
+            min_lag = self._backend.catchup_min_lag
+        if fraction is None:
+            fraction = self._backend.catchup_tree_fraction
+        return min_lag, fraction
