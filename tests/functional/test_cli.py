@@ -21,6 +21,8 @@ import time
 import psutil
 import pytest
 
+from etcdwatch.testing.server import EtcdServer
+from etcdwatch.testing.server import make_tls_files
 from tests.helpers import fold_changes
 from tests.helpers import wait_until
 
@@ -174,6 +176,14 @@ def no_traceback(cli):
     assert not any('Traceback' in line for line in cli.err), cli.err
 
 
+def readable(cli):
+    """Each stderr line is the command's, with no error's repr in it."""
+    for line in cli.err:
+        assert line.startswith('etcdwatch %s: ' % cli.proc.args[3]), line
+        for repr_part in ('MaxRetryError', 'ConnectionPool(', ' object at '):
+            assert repr_part not in line, line
+
+
 # -- leader ------------------------------------------------------------------
 
 def test_leader_with_and_without_a_leader(backend_client, etcd_prefix):
@@ -264,6 +274,9 @@ def test_elect_kills_a_command_that_ignores_sigterm(
         elector.wait_for(lambda lines: len(starts(elector)) == 2)
         assert elector.lines_starting('ignored') == ['ignored']
         assert any('SIGKILL' in line for line in elector.err)
+        # Named by its signal, not by a status to decode.
+        assert any(line.endswith(' was killed by SIGKILL (status 137); '
+                                 'campaigning again') for line in elector.err)
         elector.signal(signal.SIGTERM)
         assert elector.wait() == 128 + signal.SIGKILL
         no_traceback(elector)
@@ -279,8 +292,9 @@ def test_a_waiting_elect_takes_over_when_the_leader_resigns(
     try:
         first.wait_for(lambda lines: starts(first))
         second = elect(backend_client, etcd_prefix, ttl=60)
-        second.wait_for(lambda lines: any('campaigning' in line
-                                          for line in lines), what='stderr')
+        # The follower says who leads.
+        second.wait_for(lambda lines: 'etcdwatch elect: waiting: %s leads '
+                        'job' % starts(first)[0][2] in lines, what='stderr')
         assert starts(second) == []
         stopped = time.monotonic()
         first.signal(signal.SIGTERM)
@@ -425,10 +439,9 @@ def test_watch_keeps_going_across_an_etcd_restart(fresh_backend):
     try:
         watcher.wait_for(lambda lines: len(lines) == 1)
         b.server.kill()
-        # It notices and says so on stderr (no traceback): "watching /p
-        # failed", or "etcd unavailable" when it can tell that is why.
-        watcher.wait_for(lambda lines: any('failed' in line or
-                                           'unavailable' in line
+        # It notices and says so on stderr (no traceback), in one line
+        # that names the outage and its reason.
+        watcher.wait_for(lambda lines: any('etcd unavailable (' in line
                                            for line in lines),
                          what='stderr')
         b.server.start()
@@ -439,9 +452,14 @@ def test_watch_keeps_going_across_an_etcd_restart(fresh_backend):
         assert changes(watcher.out) == [('add', '/p/a', '1'),
                                         ('add', '/p/b', '2'),
                                         ('delete', '/p/a', None)]
+        # Its end is told too, at the default verbosity.
+        watcher.wait_for(lambda lines: any('etcd available again after '
+                                           in line for line in lines),
+                         what='stderr')
         watcher.signal(signal.SIGTERM)
         assert watcher.wait() == 0
         no_traceback(watcher)
+        readable(watcher)
     finally:
         watcher.close()
 
@@ -486,3 +504,47 @@ def test_demo_on_a_real_etcd(backend_client):
     assert 'after the stop' in out and 'after the hang' in out
     assert out.splitlines()[-1].split(None, 1)[1].startswith('done:')
     assert backend_client.state('/etcdwatch-demo') == {}
+
+
+# -- TLS ---------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def tls_server():
+    """etcd serving HTTPS (v2 and v3) to clients with a certificate."""
+    with EtcdServer(name='cli-tls', tls=True) as server:
+        yield server
+
+
+@pytest.mark.parametrize('api', ['v2', 'v3'])
+def test_tls_errors_give_the_ssl_reason_in_full(tls_server, tmp_path, api):
+    files = tls_server.tls_files
+    url = 'https://' + address(tls_server)
+    other = make_tls_files(tmp_path / 'other')
+
+    def leader(cacert, *more):
+        return run('leader', '--api', api, '--etcd', url, '--cacert',
+                   cacert, '--election-path', '/cli-tls', 'job', *more)
+    client = ('--cert', files.client_cert, '--key', files.client_key)
+    # The right files: reached, and nobody leads.
+    assert leader(files.ca_cert, *client) == (
+        1, '', 'etcdwatch leader: job has no leader\n')
+    # The wrong CA: the ssl error docs/tls.rst tells to look for.
+    status, out, err = leader(other.ca_cert, *client)
+    assert (status, out) == (3, '')
+    assert err == ('etcdwatch leader: cannot reach etcd at %s: [SSL: '
+                   'CERTIFICATE_VERIFY_FAILED] certificate verify failed: '
+                   'unable to get local issuer certificate\n' % url)
+    # No client certificate: etcd's refusal, named.
+    status, out, err = leader(files.ca_cert)
+    assert (status, out) == (3, '')
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith('etcdwatch leader: cannot reach etcd at %s: [SSL: '
+                          % url), err
+    # -vv: the same line, and the traceback under it.
+    status, out, err = leader(other.ca_cert, '-vv', *client)
+    assert status == 3
+    line = ('etcdwatch leader: cannot reach etcd at %s: [SSL: '
+            'CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable '
+            'to get local issuer certificate' % url)
+    assert line in err.splitlines()
+    assert 'Traceback (most recent call last):' in err[err.index(line):]
