@@ -39,13 +39,9 @@ def drive(rule: Rule, backend: Any, host: Any,
     while True:
         with guard:
             while True:
-                try:
-                    if error is not None:
-                        ask = rule.throw(error)
-                    else:
-                        ask = rule.send(answer)
-                except StopIteration as done:
-                    return done.value
+                done, ask = requests.advance(rule, answer, error)
+                if done:
+                    return ask
                 answer, error = None, None
                 if ask.kind in (requests.BACKEND, requests.SLEEP):
                     break

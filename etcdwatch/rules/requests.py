@@ -52,3 +52,18 @@ def hook(name, *args):
 def sleep(seconds):
     """Ask for a pause that a stop cuts short."""
     return Request(SLEEP, None, (seconds,))
+
+
+def advance(rule, answer, error=None):
+    """Give ``rule`` the answer to its last request (or throw ``error``).
+
+    Returns ``(True, what it returned)`` when it ended, else
+    ``(False, its next request)``.  Drivers call this, never
+    ``send``/``throw`` themselves.
+    """
+    try:
+        if error is not None:
+            return False, rule.throw(error)
+        return False, rule.send(answer)
+    except StopIteration as done:
+        return True, done.value

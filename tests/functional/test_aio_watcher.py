@@ -1,0 +1,144 @@
+"""The asyncio watchers on a real etcd (v3 gateway through httpx)."""
+
+import asyncio
+
+import pytest
+
+from etcdwatch.aio import client as aio_client
+from etcdwatch.aio import watcher as aio_watcher
+
+pytestmark = pytest.mark.asyncio
+
+TIMEOUT = 30
+
+
+def async_client(server):
+    return aio_client.AsyncEtcd3Client(['%s:%d' % (server.host, server.port)],
+                                       timeout=5)
+
+
+class Recorder(aio_watcher.AsyncEtcdChangeWatcher):
+    """Keeps what it was told; ``seen`` wakes waiters on each report."""
+
+    def __init__(self, *args, **kwargs):
+        self.reports = []
+        self.state = {}
+        self.seen = asyncio.Event()
+        super().__init__(*args, **kwargs)
+
+    async def added(self, short_key, value):
+        await asyncio.sleep(0)      # a real await inside the callback
+        self.reports.append(('put', short_key, value))
+        self.state[short_key] = value
+        self.seen.set()
+
+    async def removed(self, short_key):
+        self.reports.append(('delete', short_key))
+        self.state.pop(short_key, None)
+        self.seen.set()
+
+
+async def until(predicate, timeout=TIMEOUT):
+    """Wait (on the loop, not blocking it) until ``predicate()``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, 'timed out'
+        await asyncio.sleep(0.02)
+
+
+def etcd_state(sync_client, prefix):
+    found = {}
+    for value, meta in sync_client.get_prefix(prefix + '/'):
+        key = meta['key'].decode()[len(prefix) + 1:]
+        found[key] = value.decode()
+    return found
+
+
+async def test_loads_then_follows_every_change(etcd_v3_server, etcd3_client,
+                                               etcd_prefix):
+    etcd3_client.put(etcd_prefix + '/a', '1')
+    etcd3_client.put(etcd_prefix + '/b', '2')
+    client = async_client(etcd_v3_server)
+    w = Recorder(client, 'rec', etcd_prefix, heartbeat=5)
+    assert w.etcd_data is None          # the constructor did no I/O
+    async with w:
+        assert await w.wait_synced(TIMEOUT)
+        assert w.state == {'a': '1', 'b': '2'}
+        await asyncio.to_thread(etcd3_client.put, etcd_prefix + '/c', '3')
+        await asyncio.to_thread(etcd3_client.put, etcd_prefix + '/a', '1')
+        await asyncio.to_thread(etcd3_client.delete, etcd_prefix + '/b')
+        await asyncio.to_thread(etcd3_client.put, etcd_prefix + '/a', '4')
+        await until(lambda: w.state == etcd_state(etcd3_client,
+                                                  etcd_prefix))
+    assert w.state == {'a': '4', 'c': '3'}
+    # Exactly one report per real change: the rewrite of a=1 is none.
+    assert w.reports == [('put', 'a', '1'), ('put', 'b', '2'),
+                         ('put', 'c', '3'), ('delete', 'b'),
+                         ('put', 'a', '4')]
+    assert w.stats()['events'] == 4
+    await client.aclose()
+
+
+async def test_a_failing_callback_is_retried_in_order(etcd_v3_server,
+                                                      etcd3_client,
+                                                      etcd_prefix):
+    client = async_client(etcd_v3_server)
+
+    class Flaky(Recorder):
+        CALLBACK_RETRY_MIN = 0.01
+        failures = 2
+
+        async def added(self, short_key, value):
+            if short_key == 'x' and self.failures:
+                self.failures -= 1
+                raise RuntimeError('not yet')
+            await super().added(short_key, value)
+
+    w = Flaky(client, 'flaky', etcd_prefix, heartbeat=5)
+    async with w:
+        assert await w.wait_synced(TIMEOUT)
+        for key in 'xyz':
+            await asyncio.to_thread(etcd3_client.put,
+                                    etcd_prefix + '/' + key, key)
+        await until(lambda: len(w.reports) == 3)
+    assert [r[1] for r in w.reports] == ['x', 'y', 'z']
+    assert w.stats()['callback_errors'] == 2
+    await client.aclose()
+
+
+async def test_aclose_interrupts_a_quiet_watch(etcd_v3_server, etcd_prefix):
+    client = async_client(etcd_v3_server)
+    w = Recorder(client, 'quiet', etcd_prefix, heartbeat=60)
+    w.start()
+    assert await w.wait_synced(TIMEOUT)
+    await until(lambda: w._in_backend)
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(w.aclose(), TIMEOUT)
+    # Not a heartbeat (60 s): the wait on etcd was cancelled.
+    assert asyncio.get_running_loop().time() - started < 30
+    assert w._task.done() and not w._task.cancelled()
+    await client.aclose()
+
+
+async def test_history_gone_rereads_and_reports_the_net_change(
+        etcd_v3_server, etcd3_client, etcd_prefix):
+    client = async_client(etcd_v3_server)
+    etcd3_client.put(etcd_prefix + '/keep', 'k')
+    etcd3_client.put(etcd_prefix + '/gone', 'g')
+    w = Recorder(client, 'compacted', etcd_prefix, heartbeat=5)
+    await w.refresh_all_data()
+    assert w.state == {'keep': 'k', 'gone': 'g'}
+    # Behind the watcher's back: changes, then history compacted away.
+    etcd3_client.delete(etcd_prefix + '/gone')
+    etcd3_client.put(etcd_prefix + '/new', 'n')
+    etcd3_client.put(etcd_prefix + '/keep', 'k')
+    revision = int(etcd3_client.status()['header']['revision'])
+    etcd3_client.post(etcd3_client.get_url('/kv/compaction'),
+                      json={'revision': revision, 'physical': True})
+    del w.reports[:]
+    async with w:
+        await until(lambda: w.state == etcd_state(etcd3_client,
+                                                  etcd_prefix))
+        await until(lambda: w.stats()['resyncs'] >= 2)
+    assert sorted(w.reports) == [('delete', 'gone'), ('put', 'new', 'n')]
+    await client.aclose()
