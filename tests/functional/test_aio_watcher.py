@@ -142,3 +142,30 @@ async def test_history_gone_rereads_and_reports_the_net_change(
         await until(lambda: w.stats()['resyncs'] >= 2)
     assert sorted(w.reports) == [('delete', 'gone'), ('put', 'new', 'n')]
     await client.aclose()
+
+
+async def test_watch_prefix_yields_adds_then_resync_then_changes(
+        etcd_v3_server, etcd3_client, etcd_prefix):
+    from etcdwatch import aio
+    etcd3_client.put(etcd_prefix + '/a', '1')
+    client = async_client(etcd_v3_server)
+    changes = aio.watch_prefix(client, etcd_prefix, heartbeat=5)
+    assert await anext(changes) == aio.Change('add', 'a', '1')
+    # The iterator reads nothing until asked: history compacted past
+    # where it stands now makes it re-read, and say so.
+    etcd3_client.put(etcd_prefix + '/b', 'x')
+    etcd3_client.delete(etcd_prefix + '/a')
+    revision = int(etcd3_client.status()['header']['revision'])
+    etcd3_client.post(etcd3_client.get_url('/kv/compaction'),
+                      json={'revision': revision, 'physical': True})
+    assert await asyncio.wait_for(anext(changes), TIMEOUT) is aio.RESYNC
+    net = [await asyncio.wait_for(anext(changes), TIMEOUT)
+           for _ in range(2)]
+    assert net == [('delete', 'a', None), ('add', 'b', 'x')]
+    # Then live changes; a rewrite with the same value is none.
+    await asyncio.to_thread(etcd3_client.put, etcd_prefix + '/b', 'x')
+    await asyncio.to_thread(etcd3_client.put, etcd_prefix + '/b', 'y')
+    assert await asyncio.wait_for(anext(changes), TIMEOUT) == aio.Change(
+        'change', 'b', 'y')
+    await changes.aclose()
+    await client.aclose()
