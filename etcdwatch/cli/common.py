@@ -153,6 +153,24 @@ def add_common(parser: argparse.ArgumentParser, top: bool) -> None:
                        help='print nothing on stderr but errors')
 
 
+def subcommand(sub: Any, name: str, **kwargs: Any
+               ) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` (``help``, ``description``...) to ``sub``.
+
+    With the connection and output options.
+    """
+    parser: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    add_common(parser, top=False)
+    return parser
+
+
+def add_seconds(parser: argparse.ArgumentParser, option: str,
+                default: float, help: str) -> None:
+    """Add ``option SECONDS``, a duration above 0."""
+    parser.add_argument(option, metavar='SECONDS', type=seconds,
+                        default=default, help=help)
+
+
 def add_election(parser: argparse.ArgumentParser) -> None:
     """Add NAME and --election-path (``elect``, ``leader``)."""
     parser.add_argument('name', metavar='NAME',

@@ -7,20 +7,19 @@ from typing import Any, TextIO
 from etcdwatch.cli.client import describe
 from etcdwatch.cli.client import make_client
 from etcdwatch.cli.client import probe
-from etcdwatch.cli.common import add_common
 from etcdwatch.cli.common import checked
+from etcdwatch.cli.common import subcommand
 from etcdwatch import keys
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``demo`` to the subcommands ``sub``."""
-    parser = sub.add_parser(
-        'demo', help='three workers elect a leader that prints changes',
+    parser = subcommand(
+        sub, 'demo', help='three workers elect a leader that prints changes',
         description='Three workers elect a leader; the leader prints the '
                     'changes a writer makes; the leader stops, another '
                     'takes over, then hangs, and a third takes over.  Runs '
                     'on an embedded in-memory etcd unless --etcd is given.')
-    add_common(parser, top=False)
     parser.add_argument('--prefix', metavar='PATH',
                         type=checked(keys.check_path, '--prefix'),
                         default='/etcdwatch-demo',

@@ -4,19 +4,19 @@ import argparse
 from typing import Any, TextIO
 
 from etcdwatch.cli.client import etcd_for
-from etcdwatch.cli.common import add_common
 from etcdwatch.cli.common import add_election
+from etcdwatch.cli.common import add_seconds
 from etcdwatch.cli.common import election_key
 from etcdwatch.cli.common import LOG
 from etcdwatch.cli.common import PROG
-from etcdwatch.cli.common import seconds
+from etcdwatch.cli.common import subcommand
 from etcdwatch.cli.supervisor import Supervisor
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``elect`` to the subcommands ``sub``."""
-    parser = sub.add_parser(
-        'elect', help='run COMMAND only while elected leader of NAME',
+    parser = subcommand(
+        sub, 'elect', help='run COMMAND only while elected leader of NAME',
         usage='%s elect [options] NAME -- COMMAND [ARGS...]' % PROG,
         description='Campaign for NAME; once elected, run COMMAND.  When '
                     'leadership is lost, send COMMAND SIGTERM, then '
@@ -25,23 +25,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                     'its status.  SIGINT/SIGTERM/SIGHUP are passed on to '
                     'COMMAND.  COMMAND finds $ETCDWATCH_LEADER_ID and '
                     '$ETCDWATCH_FENCING_TOKEN in its environment.')
-    add_common(parser, top=False)
     add_election(parser)
     parser.add_argument('command', metavar='COMMAND', nargs='*',
                         help='the command to run, and its arguments, after '
                              '"--"')
-    parser.add_argument('--ttl', metavar='SECONDS', type=seconds,
-                        default=10.0,
-                        help="the election key's TTL: a dead leader is "
-                             'replaced within it (default 10)')
-    parser.add_argument('--recovery-time', metavar='SECONDS', type=seconds,
-                        default=5.0,
-                        help='longest a follower sleeps between looks at '
-                             'the key if a notification is lost (default 5)')
-    parser.add_argument('--grace', metavar='SECONDS', type=seconds,
-                        default=5.0,
-                        help='SIGKILL COMMAND this long after SIGTERM '
-                             '(default 5)')
+    add_seconds(parser, '--ttl', 10.0,
+                "the election key's TTL: a dead leader is replaced within "
+                'it (default 10)')
+    add_seconds(parser, '--recovery-time', 5.0,
+                'longest a follower sleeps between looks at the key if a '
+                'notification is lost (default 5)')
+    add_seconds(parser, '--grace', 5.0,
+                'SIGKILL COMMAND this long after SIGTERM (default 5)')
     return parser
 
 

@@ -5,7 +5,6 @@ from typing import Any, TextIO
 
 from etcdwatch.cli.client import etcd_for
 from etcdwatch.cli.client import reason
-from etcdwatch.cli.common import add_common
 from etcdwatch.cli.common import add_election
 from etcdwatch.cli.common import CliError
 from etcdwatch.cli.common import election_key
@@ -13,6 +12,7 @@ from etcdwatch.cli.common import EXIT_FAILURE
 from etcdwatch.cli.common import EXIT_OK
 from etcdwatch.cli.common import EXIT_UNAVAILABLE
 from etcdwatch.cli.common import LOG
+from etcdwatch.cli.common import subcommand
 from etcdwatch.cli.output import write_line
 from etcdwatch import election
 from etcdwatch import exceptions
@@ -20,12 +20,11 @@ from etcdwatch import exceptions
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``leader`` to the subcommands ``sub``."""
-    parser = sub.add_parser(
-        'leader', help="print the current leader's id",
+    parser = subcommand(
+        sub, 'leader', help="print the current leader's id",
         description="Print the id of NAME's current leader "
                     '(host:pid:random), or exit with status 1 if there is '
                     'none.')
-    add_common(parser, top=False)
     add_election(parser)
     return parser
 

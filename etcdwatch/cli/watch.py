@@ -6,14 +6,14 @@ import threading
 from typing import Any, Callable, List, Optional, TextIO
 
 from etcdwatch.cli.client import etcd_for
-from etcdwatch.cli.common import add_common
+from etcdwatch.cli.common import add_seconds
 from etcdwatch.cli.common import checked
 from etcdwatch.cli.common import Events
 from etcdwatch.cli.common import EXIT_FAILURE
 from etcdwatch.cli.common import EXIT_OK
 from etcdwatch.cli.common import LOG
-from etcdwatch.cli.common import seconds
 from etcdwatch.cli.common import Signals
+from etcdwatch.cli.common import subcommand
 from etcdwatch.cli.output import format_change
 from etcdwatch.cli.output import silence_stdout
 from etcdwatch.cli.output import write_line
@@ -23,8 +23,8 @@ from etcdwatch import watcher
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``watch`` to the subcommands ``sub``."""
-    parser = sub.add_parser(
-        'watch', help='print every key under PREFIX, then every change',
+    parser = subcommand(
+        sub, 'watch', help='print every key under PREFIX, then every change',
         description='Print every key under PREFIX, then every change, one '
                     'line each, until interrupted (Ctrl-C or SIGTERM: exit '
                     'status 0).  Keeps going across etcd restarts; when '
@@ -33,15 +33,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         epilog='Line format: INDEX ACTION KEY [= VALUE], ACTION being add, '
                'change or delete.  --json: {"action", "key", "value", '
                '"index"} per line.')
-    add_common(parser, top=False)
     parser.add_argument('prefix', metavar='PREFIX',
                         type=checked(keys.check_path, 'PREFIX'),
                         help='etcd directory to follow, e.g. /app/ports')
     parser.add_argument('--json', action='store_true',
                         help='one JSON object per line')
-    parser.add_argument('--heartbeat', metavar='SECONDS', type=seconds,
-                        default=10.0,
-                        help='longest single watch request (default 10)')
+    add_seconds(parser, '--heartbeat', 10.0,
+                'longest single watch request (default 10)')
     return parser
 
 
