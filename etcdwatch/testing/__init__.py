@@ -6,6 +6,8 @@ real etcd by etcdwatch's conformance suite); ``EtcdServer`` and
 faults (kill, stop, pause, resume, restart) on each member, and
 ``NetnsCluster`` (root only) puts each member in a network namespace of
 its own, so that a test can cut one off from the others.
+``wait_caught_up(watcher, client, timeout)`` waits until a watcher has
+applied everything etcd holds under its prefix.
 
 The server helpers import ``fixtures`` only for the fixture classes, so
 importing this package needs nothing beyond etcdwatch's own requirements.
@@ -13,13 +15,17 @@ importing this package needs nothing beyond etcdwatch's own requirements.
 
 from etcdwatch.testing.fake import FakeClock
 from etcdwatch.testing.fake import FakeEtcdClient
+from etcdwatch.testing.wait import wait_caught_up
 
-__all__ = ['FakeClock', 'FakeEtcdClient', 'EtcdServer', 'EtcdCluster',
-           'EtcdServerFixture', 'EtcdClusterFixture', 'find_etcd_binary',
-           'EtcdBinaryNotFound', 'NetnsCluster', 'netns_available']
+__all__ = ['FakeClock', 'FakeEtcdClient', 'wait_caught_up', 'EtcdServer',
+           'EtcdCluster', 'EtcdServerFixture', 'EtcdClusterFixture',
+           'find_etcd_binary', 'EtcdBinaryNotFound', 'NetnsCluster',
+           'netns_available']
 
-_SERVER_NAMES = frozenset(__all__[2:-2])
-_NETNS_NAMES = frozenset(__all__[-2:])
+_SERVER_NAMES = frozenset(['EtcdServer', 'EtcdCluster', 'EtcdServerFixture',
+                           'EtcdClusterFixture', 'find_etcd_binary',
+                           'EtcdBinaryNotFound'])
+_NETNS_NAMES = frozenset(['NetnsCluster', 'netns_available'])
 
 
 def __getattr__(name):
