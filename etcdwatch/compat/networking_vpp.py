@@ -320,10 +320,14 @@ class EtcdHelper(object):
             pass
 
     def remove_dir(self, path):
-        """Delete the directory ``path`` if empty; log if it is not."""
+        """Delete the directory ``path`` if empty; log if it is not.
+
+        (networking-vpp's caught only ``EtcdNotFile``, so the
+        ``EtcdDirNotEmpty`` etcd raises went through.)
+        """
         try:
             self.etcd_client.delete(path, dir=True)
-        except etcd.EtcdNotFile:
+        except (etcd.EtcdNotFile, etcd.EtcdDirNotEmpty):
             LOG.error('Directory path:%s is not empty and cannot be '
                       'deleted', path)
         except etcd.EtcdKeyNotFound:
@@ -456,8 +460,9 @@ class EtcdClientFactory(object):
         try:
             (entry,) = config.parse_hosts([etc_host_elem], default_port)
         except config.ConfigError as e:
-            raise InvalidEtcHostConfig(option=_OPTION_NAMES[e.option],
-                                       reason=e.reason) from e
+            option = _OPTION_NAMES[e.option]
+            raise InvalidEtcHostConfig(option=option, reason=e.reason) from \
+                config.ConfigError(option, e.reason)
         return entry
 
     def _parse_host_config(self, etc_host, default_port):
@@ -484,11 +489,13 @@ class EtcdClientFactory(object):
                 username=conf_group.etcd_user,
                 password=conf_group.etcd_pass, ca_cert=ca_cert)
         except config.ConfigError as e:
-            option = _OPTION_NAMES.get(e.option, e.option)
-            if option == 'etcd_ca_cert':
-                raise InvalidEtcdCAConfig(option=option,
-                                          reason=e.reason) from e
-            raise config.ConfigError(option, e.reason) from e
+            # In networking-vpp's option names.
+            error = config.ConfigError(_OPTION_NAMES.get(e.option, e.option),
+                                       e.reason)
+            if error.option == 'etcd_ca_cert':
+                raise InvalidEtcdCAConfig(option=error.option,
+                                          reason=e.reason) from error
+            raise error from None
 
         self.etcd_args = {
             'host': hostconf,
@@ -506,7 +513,7 @@ class EtcdClientFactory(object):
         return etcd.Client(**self.etcd_args)
 
     def __repr__(self):
-        shown = dict(self.etcd_args)
+        shown = dict(getattr(self, 'etcd_args', {}))
         if shown.get('password') is not None:
             shown['password'] = '***'
         return '<EtcdClientFactory %s>' % ' '.join(
