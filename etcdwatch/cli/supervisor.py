@@ -249,8 +249,9 @@ class Supervisor(object):
             if self.child is None:
                 try:
                     self.events.put(('leader', self.elector.leader()))
-                except exceptions.BackendError:
-                    pass        # The campaign reports outages.
+                except Exception:
+                    # Only news: the campaign reports outages.
+                    LOG.debug('could not read the leader', exc_info=True)
             self._done.wait(self.elector.recovery_time)
 
     def _signal_child(self, signum: int) -> None:

@@ -802,6 +802,15 @@ def test_version(capsys):
     assert (status, out) == (0, 'etcdwatch %s\n' % version)
 
 
+@pytest.mark.parametrize('module', ['etcdwatch', 'etcdwatch.cli'])
+def test_python_m_version(module):
+    proc = subprocess.run([sys.executable, '-m', module, '--version'],
+                          cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        0, 'etcdwatch %s\n' % importlib.metadata.version('etcdwatch'), '')
+
+
 def test_version_outside_an_installed_tree(monkeypatch):
     def not_installed(name):
         raise importlib.metadata.PackageNotFoundError(name)

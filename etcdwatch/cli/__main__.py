@@ -1,0 +1,5 @@
+import sys
+
+from etcdwatch import cli
+
+sys.exit(cli.main())
