@@ -18,29 +18,19 @@ etcd3gw is imported with this module: import it only if you use v3.
 """
 
 import threading
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Union
 
 from etcd3gw.client import Etcd3Client
 
-Endpoint = Tuple[str, int]
+from etcdwatch.backends import v3proto
+
+Endpoint = v3proto.Endpoint
 
 __all__ = ['FailoverEtcd3Client', 'client']
 
 
-def _endpoint(entry: Union[str, Sequence[Any]]) -> Endpoint:
-    if isinstance(entry, str):
-        host, sep, port = entry.rpartition(':')
-        if not sep or not port.isdigit() or not host:
-            raise ValueError('endpoints: %r is not HOST:PORT' % (entry,))
-        host = host[1:-1] if host.startswith('[') else host
-        return host, int(port)
-    host, port = tuple(entry)
-    if not isinstance(host, str) or not host:
-        raise ValueError('endpoints: %r has no host' % (entry,))
-    if isinstance(port, bool) or not isinstance(port, int) or not (
-            0 < port < 65536):
-        raise ValueError('endpoints: %r has no valid port' % (entry,))
-    return host, port
+# One parser of members for every v3 client (this one, the async one).
+_endpoint = v3proto.parse_endpoint
 
 
 class FailoverEtcd3Client(Etcd3Client):
@@ -66,12 +56,7 @@ class FailoverEtcd3Client(Etcd3Client):
 
     def __init__(self, endpoints: Sequence[Union[str, Sequence[Any]]],
                  **kwargs: Any) -> None:
-        if isinstance(endpoints, str):
-            endpoints = [part.strip() for part in endpoints.split(',')
-                         if part.strip()]
-        parsed = [_endpoint(e) for e in endpoints]
-        if not parsed:
-            raise ValueError('endpoints: at least one member is needed')
+        parsed = v3proto.parse_endpoints(endpoints)
         for name in ('host', 'port'):
             if name in kwargs:
                 raise TypeError('%s: give the members as endpoints' % name)

@@ -4,6 +4,7 @@
 to a recipe.
 """
 
+from etcdwatch.backends.base import AsyncBackend  # noqa: F401
 from etcdwatch.backends.base import Backend  # noqa: F401
 
 
@@ -28,6 +29,24 @@ def for_client(client, argument='etcd_client'):
                     'etcd3gw Etcd3Client, or a client with the same '
                     'read/write/watch/delete methods as etcd.Client, not %r'
                     % (argument, client))
+
+
+def for_async_client(client, argument='etcd_client'):
+    """Return an :class:`AsyncBackend` wrapping ``client``.
+
+    An :class:`etcdwatch.aio.client.AsyncEtcd3Client` (or subclass) gets
+    the asyncio v3 backend; an AsyncBackend is returned as it is.  httpx is
+    imported only then.
+    """
+    if isinstance(client, AsyncBackend):
+        return client
+    if any(cls.__module__ == 'etcdwatch.aio.client' and
+           cls.__name__ == 'AsyncEtcd3Client'
+           for cls in type(client).__mro__):
+        from etcdwatch.backends import v3_async
+        return v3_async.AsyncV3Backend(client)
+    raise TypeError('%s must be an etcdwatch.aio.client.AsyncEtcd3Client '
+                    'or an AsyncBackend, not %r' % (argument, client))
 
 
 def _is_etcd3gw(client):

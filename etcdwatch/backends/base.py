@@ -145,3 +145,80 @@ class Backend(abc.ABC):
         usable: a later call opens what it needs again.  The default does
         nothing.
         """
+
+
+class AsyncBackend(abc.ABC):
+    """What the asyncio recipes need from etcd: :class:`Backend`, awaited.
+
+    Every method is a coroutine with the same arguments, return values,
+    exceptions and timing as its :class:`Backend` namesake (read there);
+    :meth:`aclose` is :meth:`Backend.close`.  Timeouts are seconds, as
+    there, and bound the whole call.
+
+    Cancellation: a call may be cancelled at any ``await``; the backend
+    stays usable and consistent.  A cancelled watch keeps its stream and
+    every event or part of a message received so far (nothing is read
+    twice or lost), or closes the stream; the next call carries on from
+    where the cursor stands.  A cancelled write (:meth:`create`,
+    :meth:`refresh`, :meth:`delete_if`) may or may not have reached etcd,
+    as with a timeout: read the key to know.
+
+    One backend serves one event loop; it is not thread-safe.
+    """
+
+    catchup_min_lag = Backend.catchup_min_lag
+    catchup_tree_fraction = Backend.catchup_tree_fraction
+
+    def __init__(self, client):
+        self.client = client
+
+    @abc.abstractmethod
+    async def read_tree(self, path):
+        """A :class:`Snapshot` of every leaf key under ``path``."""
+
+    @abc.abstractmethod
+    async def watch_tree(self, path, from_index, timeout):
+        """The first :class:`Event` under ``path`` from ``from_index`` on.
+
+        None after ``timeout`` seconds without one; HistoryGone as
+        :meth:`Backend.watch_tree`.
+        """
+
+    @abc.abstractmethod
+    async def read_key(self, key):
+        """``(KeyState or None, current_index)`` for one key."""
+
+    @abc.abstractmethod
+    async def watch_key(self, key, from_index, timeout):
+        """Like :meth:`watch_tree`, for one key."""
+
+    @abc.abstractmethod
+    async def create(self, key, value, ttl):
+        """Create ``key`` if absent; its index, or None if it existed."""
+
+    @abc.abstractmethod
+    async def refresh(self, key, value, ttl):
+        """Renew ``key``'s TTL if it still holds ``value``; True if so.
+
+        Unseen by anyone watching the key.
+        """
+
+    @abc.abstractmethod
+    async def delete_if(self, key, value):
+        """Delete ``key`` if it still holds ``value``; True if deleted."""
+
+    @abc.abstractmethod
+    async def check_current(self, path, index):
+        """One quorum read within :data:`CHECK_TIMEOUT`: etcd's index.
+
+        As :meth:`Backend.check_current`: EtcdUnavailable without a quorum
+        in time, ClusterRewound below ``index`` or on a new cluster ID.
+        """
+
+    async def aclose(self):
+        """Release what the backend keeps open between calls.
+
+        As :meth:`Backend.close`: closes watch streams (a watch waiting in
+        another task returns None at once), never raises, and leaves the
+        backend usable.  The default does nothing.
+        """

@@ -278,14 +278,8 @@ class V3Backend(base.Backend):
     """
 
     name = 'v3'
-    # A stream delivers missed events in batches (about 0.015 ms each on
-    # loopback), while a re-read costs about as much as walking a tree's
-    # worth of events, and restarts the stream at a past revision, which
-    # etcd answers only at its next 100 ms round for late watchers: under
-    # steady writes a small threshold would re-read every round.  So only
-    # re-read past the tree's size, and never for under 1000 events.
-    catchup_min_lag = 1000
-    catchup_tree_fraction = 1
+    catchup_min_lag = v3proto.CATCHUP_MIN_LAG
+    catchup_tree_fraction = v3proto.CATCHUP_TREE_FRACTION
 
     def __init__(self, client):
         super(V3Backend, self).__init__(client)

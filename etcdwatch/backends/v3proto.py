@@ -28,7 +28,7 @@ import base64
 import collections
 import json
 import math
-from typing import Any, Tuple
+from typing import Any, List, Sequence, Tuple, Union
 
 from oslo_log import log as logging
 
@@ -43,6 +43,16 @@ PAGE_SIZE = 1000
 #: unavailable (a shorter wait proves nothing).
 MIN_SILENCE = 0.5
 
+#: A v3 watcher's defaults for CATCHUP_MIN_LAG / CATCHUP_TREE_FRACTION.  A
+#: stream delivers missed events in batches (about 0.015 ms each on
+#: loopback), while a re-read costs about as much as walking a tree's worth
+#: of events, and restarts the stream at a past revision, which etcd answers
+#: only at its next 100 ms round for late watchers: under steady writes a
+#: small threshold would re-read every round.  So only re-read past the
+#: tree's size, and never for under 1000 events.
+CATCHUP_MIN_LAG = 1000
+CATCHUP_TREE_FRACTION = 1
+
 # gRPC status codes that mean "try again later" rather than "wrong".
 GRPC_UNAVAILABLE = frozenset([4, 14])      # DEADLINE_EXCEEDED, UNAVAILABLE
 HTTP_UNAVAILABLE = frozenset([408, 502, 503, 504])
@@ -56,6 +66,58 @@ GRPC_TOO_LARGE = 8
 WATCH_HEADERS = {'Grpc-Metadata-hasleader': 'true',
                  # Lines must arrive as etcd flushes them.
                  'Accept-Encoding': 'identity'}
+
+
+# -- members ------------------------------------------------------------------
+
+Endpoint = Tuple[str, int]
+
+
+def parse_endpoint(entry: Union[str, Sequence[Any]]) -> Endpoint:
+    """``(host, port)`` of one member.
+
+    ``entry`` is ``'host:port'`` (IPv6 in brackets) or a ``(host, port)``
+    pair.  Raises ValueError naming ``endpoints``.
+    """
+    if isinstance(entry, str):
+        host, sep, port = entry.rpartition(':')
+        if not sep or not port.isdigit() or not host:
+            raise ValueError('endpoints: %r is not HOST:PORT' % (entry,))
+        host = host[1:-1] if host.startswith('[') else host
+        return host, int(port)
+    host, port = tuple(entry)
+    if not isinstance(host, str) or not host:
+        raise ValueError('endpoints: %r has no host' % (entry,))
+    if isinstance(port, bool) or not isinstance(port, int) or not (
+            0 < port < 65536):
+        raise ValueError('endpoints: %r has no valid port' % (entry,))
+    return host, port
+
+
+def parse_endpoints(
+        endpoints: Union[str, Sequence[Union[str, Sequence[Any]]]]
+) -> List[Endpoint]:
+    """The members of a cluster, in order.
+
+    ``endpoints`` is a list of what :func:`parse_endpoint` takes, or one
+    comma-separated string.  Raises ValueError for an empty list or a bad
+    entry.
+    """
+    if isinstance(endpoints, str):
+        endpoints = [part.strip() for part in endpoints.split(',')
+                     if part.strip()]
+    parsed = [parse_endpoint(e) for e in endpoints]
+    if not parsed:
+        raise ValueError('endpoints: at least one member is needed')
+    return parsed
+
+
+def base_url(protocol: str, endpoint: Endpoint) -> str:
+    """``protocol://host:port`` of a member (an IPv6 host in brackets)."""
+    host, port = endpoint
+    if ':' in host:
+        host = '[%s]' % host
+    return '%s://%s:%d' % (protocol, host, port)
 
 
 # -- text, TTLs, headers ------------------------------------------------------

@@ -1,0 +1,369 @@
+"""An asyncio client for etcd's v3 JSON gateway, over httpx.
+
+:class:`AsyncEtcd3Client` knows every member of one cluster and talks to
+one at a time: a request that finds the member in use unavailable moves
+the client to the next (round robin), as
+:class:`~etcdwatch.v3client.FailoverEtcd3Client` does for threads.  It is
+the transport of :class:`~etcdwatch.backends.v3_async.AsyncV3Backend`;
+what the requests mean lives in :mod:`etcdwatch.backends.v3proto`.
+
+Example::
+
+    from etcdwatch.aio.client import AsyncEtcd3Client
+
+    async with AsyncEtcd3Client(['10.0.0.1:2379', '10.0.0.2:2379'],
+                                timeout=10) as client:
+        answer = await client.post('kv/range', {'key': 'L2E='})
+
+httpx is imported with this module (the ``aio`` extra).
+"""
+
+import asyncio
+import json
+import ssl
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import httpx
+
+from etcdwatch.backends import v3proto
+from etcdwatch import exceptions
+
+__all__ = ['AsyncEtcd3Client', 'MessageStream']
+
+#: Idle connections kept for unary requests.  Streams (one connection each)
+#: are not limited: a thousand watchers on one client hold a thousand.
+MAX_IDLE_CONNECTIONS = 20
+
+
+class _Translate(v3proto.Translate):
+    """Turns httpx's (and the sockets') errors into etcdwatch's."""
+
+    RULES = (
+        (httpx.HTTPError,
+         (httpx.TimeoutException, httpx.NetworkError,
+          httpx.RemoteProtocolError)),
+        ((OSError, asyncio.TimeoutError), BaseException),
+        ((httpx.InvalidURL, httpx.StreamError), ()),
+    )
+
+
+def _ssl_context(ca_cert, cert_cert, cert_key):
+    context = ssl.create_default_context(cafile=ca_cert)
+    if cert_cert:
+        # As FailoverEtcd3Client: a certificate file may hold its key too.
+        context.load_cert_chain(cert_cert, cert_key or None)
+    return context
+
+
+class MessageStream(object):
+    """One streaming answer (a watch): its JSON messages, one per line.
+
+    Made by :meth:`AsyncEtcd3Client.open_stream`.  At most one read of the
+    body is under way at any time, in a task of its own: a caller whose
+    deadline passes, or who is cancelled, leaves that read running, and
+    the next :meth:`next_message` goes on with it.  So no byte is lost or
+    read twice, and a message is only ever returned whole.
+    """
+
+    def __init__(self, response, url):
+        self.response = response
+        #: The member's base URL, for moving off it when it fails.
+        self.url = url
+        #: Set by :meth:`abort`: closed on purpose, not failed.
+        self.aborted = False
+        #: The timeout of the last watch call that used it, and when that
+        #: call ended (loop time), for reaping idle streams.
+        self.timeout = None
+        self.last_used = asyncio.get_running_loop().time()
+        self._chunks = response.aiter_raw()
+        self._read = None
+        self._buffer = v3proto.MessageBuffer()
+
+    async def next_message(self, deadline):
+        """The next message, or None if ``deadline`` passes first.
+
+        ``deadline`` is an event loop time (``loop.time()``), or None to
+        wait for ever.  Returns None at once after :meth:`abort`.  Raises
+        :class:`~etcdwatch.backends.v3proto.StreamEnded` at the end of the
+        stream, httpx's errors as they come (untranslated), ValueError for
+        a line that is not JSON.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            message = self._buffer.next()
+            if message is not None:
+                return message
+            if self.aborted:
+                return None
+            if self._read is None:
+                self._read = asyncio.ensure_future(self._next_chunk())
+                self._read.add_done_callback(_retrieve)
+            if not self._read.done():
+                remaining = None if deadline is None else (
+                    deadline - loop.time())
+                if remaining is not None and remaining <= 0:
+                    return None
+                await asyncio.wait({self._read}, timeout=remaining)
+                if not self._read.done():
+                    return None
+            read, self._read = self._read, None
+            if read.cancelled():
+                return None         # aborted
+            chunk = read.result()
+            if chunk is None:
+                self._buffer.end()
+            else:
+                self._buffer.feed(chunk)
+
+    async def _next_chunk(self):
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    def abort(self):
+        """Make a :meth:`next_message` waiting in another task return None.
+
+        That caller then closes the stream.  Never raises.
+        """
+        self.aborted = True
+        if self._read is not None:
+            self._read.cancel()
+
+    async def aclose(self):
+        """Close the stream and its connection; never raises.
+
+        Finishes even if the caller is cancelled meanwhile (the caller
+        still gets its CancelledError).
+        """
+        read, self._read = self._read, None
+        await asyncio.shield(self._close(read))
+
+    async def _close(self, read):
+        if read is not None and not read.done():
+            read.cancel()
+            await asyncio.wait({read})
+        for close in (self._chunks.aclose, self.response.aclose):
+            try:
+                await close()
+            except Exception:  # noqa: broad; closing must not fail
+                pass
+
+
+def _retrieve(task):
+    # A read nobody waits for any more must not log "exception never
+    # retrieved": the stream's owner sees the failure on its next read.
+    if not task.cancelled():
+        task.exception()
+
+
+class AsyncEtcd3Client(object):
+    """An asyncio client for etcd's v3 gateway on several members.
+
+    :param endpoints: the members, as ``'host:port'`` strings (IPv6 in
+        brackets) or ``(host, port)`` pairs, or one comma-separated string;
+        the first is used first.
+    :param protocol: ``'http'`` or ``'https'``.
+    :param ca_cert: CA bundle to verify the members with (https; default:
+        the system's).
+    :param cert_cert: client certificate (https), whose file may hold the
+        key too; ``cert_key`` its key.
+    :param timeout: seconds every request may take in all (connecting,
+        sending, waiting, reading), and every stream to connect.
+    :param api_path: the gateway's API path (``'/v3/'``); None asks etcd
+        for its version on first use.
+    :param transport: an ``httpx.AsyncBaseTransport`` to use instead of
+        the network (TLS options then belong to it), such as an in-memory
+        etcd.
+
+    :attr:`base_url` is the member in use.  The environment is ignored (no
+    proxies, no ``$SSL_CERT_FILE``), as python-etcd and
+    FailoverEtcd3Client do.  Connections: unlimited streams, and up to
+    :data:`MAX_IDLE_CONNECTIONS` idle ones for unary requests.  Use it in
+    one event loop; :meth:`aclose` (or ``async with``) releases it.
+    """
+
+    def __init__(self, endpoints: Union[str, Sequence[Any]], *,
+                 protocol: str = 'http', ca_cert: Optional[str] = None,
+                 cert_cert: Optional[str] = None,
+                 cert_key: Optional[str] = None, timeout: float = 10,
+                 api_path: Optional[str] = None,
+                 transport: Optional[httpx.AsyncBaseTransport] = None
+                 ) -> None:
+        self.endpoints: List[v3proto.Endpoint] = v3proto.parse_endpoints(
+            endpoints)
+        if protocol not in ('http', 'https'):
+            raise ValueError('protocol: %r is neither http nor https'
+                             % (protocol,))
+        if (ca_cert or cert_cert or cert_key) and protocol != 'https':
+            raise ValueError('ca_cert, cert_cert and cert_key need '
+                             'protocol=\'https\'')
+        if cert_key and not cert_cert:
+            raise ValueError('cert_key: given without cert_cert')
+        if isinstance(timeout, bool) or not isinstance(
+                timeout, (int, float)) or not timeout > 0:
+            raise ValueError('timeout: %r is not a number of seconds above 0'
+                             % (timeout,))
+        self.protocol = protocol
+        self.timeout = float(timeout)
+        self._api_path = api_path.strip('/') if api_path else None
+        self._current = 0
+        verify: Union[bool, ssl.SSLContext] = True
+        if protocol == 'https' and transport is None:
+            verify = _ssl_context(ca_cert, cert_cert, cert_key)
+        #: The httpx client (for the curious; use the methods).
+        self.http = httpx.AsyncClient(
+            verify=verify, timeout=httpx.Timeout(self.timeout),
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=MAX_IDLE_CONNECTIONS),
+            transport=transport, trust_env=False)
+
+    # -- members --------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``protocol://host:port`` of the member in use."""
+        return v3proto.base_url(self.protocol, self.endpoints[self._current])
+
+    def failover(self, failed_url: Optional[str] = None) -> str:
+        """Move to the next member; return the new :attr:`base_url`.
+
+        ``failed_url`` is the base URL the failed request went to: if the
+        client has already moved on from it, this does nothing, so that one
+        failure seen by several requests moves only once.
+        """
+        if failed_url is None or failed_url == self.base_url:
+            self._current = (self._current + 1) % len(self.endpoints)
+        return self.base_url
+
+    def translate(self, what: str, url: Optional[str] = None,
+                  stream: Optional[MessageStream] = None) -> _Translate:
+        """A context manager that turns httpx errors into etcdwatch's.
+
+        On EtcdUnavailable it moves off the member (``url``, the stream's,
+        or the one in use), unless ``stream`` was aborted on purpose.
+        """
+        failed = url or (stream.url if stream is not None else
+                         self.base_url)
+
+        def unavailable():
+            if stream is None or not stream.aborted:
+                self.failover(failed)
+        return _Translate(what, unavailable)
+
+    # -- requests -------------------------------------------------------------
+
+    async def request_headers(self) -> Dict[str, str]:
+        """Headers for every request and stream to etcd.
+
+        The one place credentials will go (an ``Authorization`` token);
+        none yet.  Never logged.
+        """
+        return {}
+
+    async def _url(self, path: str) -> str:
+        # The member in use can change: the API path is the cluster's, the
+        # base URL the member's.
+        if self._api_path is None:
+            resp = await self.http.get(self.base_url + '/version',
+                                       headers=await self.request_headers())
+            if resp.status_code != 200:
+                v3proto.raise_for('etcd version', resp.status_code, None)
+            self._api_path = v3proto.api_path(resp.json()['etcdserver'])
+        return '%s/%s/%s' % (self.base_url, self._api_path, path.strip('/'))
+
+    async def post(self, path: str, payload: Mapping[str, Any], *,
+                   what: Optional[str] = None,
+                   timeout: Optional[float] = None) -> Dict[str, Any]:
+        """POST one unary request (``path`` below the API path, such as
+        ``'kv/range'``); return the answer's JSON result.
+
+        Within ``timeout`` seconds, or the client's timeout if shorter, in
+        all.  Raises :class:`~etcdwatch.exceptions.EtcdUnavailable` (after
+        moving to the next member) when the member cannot be reached or
+        does not answer in time, and the other errors of
+        :func:`~etcdwatch.backends.v3proto.raise_for` for etcd's refusals.
+        ``what`` names the request in errors.
+        """
+        what = what or path
+        timeout = self.timeout if timeout is None else min(timeout,
+                                                           self.timeout)
+        with self.translate(what):
+            try:
+                return await asyncio.wait_for(
+                    self._post(path, payload, what, timeout), timeout)
+            except asyncio.TimeoutError:
+                raise exceptions.EtcdUnavailable(
+                    '%s: etcd did not answer within %.1fs' % (what, timeout))
+
+    async def _post(self, path, payload, what, timeout):
+        url = await self._url(path)
+        resp = await self.http.post(url, json=payload, timeout=timeout,
+                                    headers=await self.request_headers())
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        return v3proto.unary_answer(what, resp.status_code, body)
+
+    async def open_stream(self, path: str, payload: Mapping[str, Any], *,
+                          what: Optional[str] = None,
+                          wait: Optional[float] = None,
+                          headers: Optional[Mapping[str, str]] = None
+                          ) -> Optional[MessageStream]:
+        """POST a streaming request (a watch); its :class:`MessageStream`.
+
+        Waits up to ``wait`` seconds (None: no limit) for etcd to answer;
+        connecting takes at most the client's timeout.  No answer in time
+        returns None if ``wait`` is too short to blame etcd for (under
+        :data:`~etcdwatch.backends.v3proto.MIN_SILENCE`), else raises
+        EtcdUnavailable.  An error answer raises as :meth:`post` (a member
+        without a leader: EtcdUnavailable).  The caller owns the stream
+        (:meth:`MessageStream.aclose`).
+        """
+        what = what or path
+        url = self.base_url
+        connect = self.timeout if wait is None else min(wait, self.timeout)
+        with self.translate(what, url):
+            all_headers = dict(headers or {})
+            all_headers.update(await self.request_headers())
+            request = self.http.build_request(
+                'POST', await self._url(path), json=payload,
+                headers=all_headers,
+                timeout=httpx.Timeout(self.timeout, connect=connect,
+                                      read=None))
+            try:
+                response = await asyncio.wait_for(
+                    self.http.send(request, stream=True), wait)
+            except asyncio.TimeoutError:
+                return v3proto.unanswered(what, wait)
+            try:
+                if response.status_code != 200:
+                    try:
+                        body = json.loads(await asyncio.wait_for(
+                            response.aread(), self.timeout))
+                    except ValueError:
+                        body = None
+                    v3proto.raise_for(what, response.status_code, body)
+                return MessageStream(response, url)
+            except BaseException:
+                await asyncio.shield(response.aclose())
+                raise
+
+    # -- lifetime -------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close every connection (streams included)."""
+        await self.http.aclose()
+
+    async def __aenter__(self) -> 'AsyncEtcd3Client':
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return '<AsyncEtcd3Client %s of %s>' % (
+            self.base_url, ','.join(v3proto.base_url(self.protocol, e)
+                                    for e in self.endpoints))
