@@ -5,7 +5,6 @@ that applies ports to a local table.
 """
 
 import threading
-import time
 
 import etcd
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from etcdwatch import EtcdChangeWatcher
 from etcdwatch.testing import FakeClock
 from etcdwatch.testing import FakeEtcdClient
+from etcdwatch.testing import wait_caught_up
 
 
 class PortAgent(EtcdChangeWatcher):
@@ -48,18 +48,6 @@ def running(client):
     thread.join(10)
 
 
-def caught_up(agent, client, timeout=10):
-    """Wait until the agent has applied everything etcd holds."""
-    index = client.index
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        stats = agent.stats()
-        if (stats['index'] or 0) >= index and not stats['pending']:
-            return True
-        time.sleep(0.005)
-    return False
-
-
 def test_loads_what_is_there(client):
     client.write('/ports/p1', 'up')
     agent = PortAgent(client)          # the constructor loads the tree
@@ -69,8 +57,15 @@ def test_loads_what_is_there(client):
 def test_follows_changes(client, running):
     client.write('/ports/p1', 'up')
     client.write('/ports/p1', 'down')
-    assert caught_up(running, client)
+    wait_caught_up(running, client)    # raises TimeoutError after 10 s
     assert running.ports == {'p1': 'down'}
+
+
+def test_writes_elsewhere_are_not_waited_for(client, running):
+    client.write('/ports/p1', 'up')
+    client.write('/routers/r1', 'up')  # etcd's newest index, not under /ports
+    wait_caught_up(running, client)
+    assert running.ports == {'p1': 'up'}
 
 
 def test_counts_requests(client, running):
@@ -79,7 +74,7 @@ def test_counts_requests(client, running):
     assert client.wait_for_watches(1)
     client.calls.clear()
     client.write('/ports/p1', 'up')
-    assert caught_up(running, client)
+    wait_caught_up(running, client)
     assert client.calls['write'] == 1
 
 
@@ -89,7 +84,7 @@ def test_rides_out_an_etcd_outage(client, running):
         with pytest.raises(etcd.EtcdConnectionFailed):
             client.read('/ports')
     client.write('/ports/p1', 'up')
-    assert caught_up(running, client)
+    wait_caught_up(running, client)
     assert running.ports == {'p1': 'up'}
     assert running.stats()['errors'] >= 1
 
@@ -99,7 +94,7 @@ def test_retries_a_failed_watch(client, running):
     client.fail_next('watch', etcd.EtcdConnectionFailed('boom'), times=2)
     client.write('/ports/p1', 'up')    # wakes the watch already parked
     client.write('/ports/p2', 'up')    # the next two watches fail
-    assert caught_up(running, client)
+    wait_caught_up(running, client)
     assert running.ports == {'p1': 'up', 'p2': 'up'}
 
 
