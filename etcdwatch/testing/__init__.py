@@ -6,6 +6,8 @@ real etcd by etcdwatch's conformance suite); ``EtcdServer`` and
 faults (kill, stop, pause, resume, restart) on each member, and
 ``NetnsCluster`` (root only) puts each member in a network namespace of
 its own, so that a test can cut one off from the others.
+``FakeEtcd3Server`` is an in-memory etcd v3 behind its JSON gateway, for
+etcd3gw clients and the asyncio recipes (held to a real etcd too).
 ``wait_caught_up(watcher, client, timeout)`` waits until a watcher has
 applied everything etcd holds under its prefix.
 
@@ -20,7 +22,7 @@ from etcdwatch.testing.wait import wait_caught_up
 __all__ = ['FakeClock', 'FakeEtcdClient', 'wait_caught_up', 'EtcdServer',
            'EtcdCluster', 'EtcdServerFixture', 'EtcdClusterFixture',
            'find_etcd_binary', 'EtcdBinaryNotFound', 'NetnsCluster',
-           'netns_available']
+           'netns_available', 'FakeEtcd3Server']
 
 _SERVER_NAMES = frozenset(['EtcdServer', 'EtcdCluster', 'EtcdServerFixture',
                            'EtcdClusterFixture', 'find_etcd_binary',
@@ -35,6 +37,9 @@ def __getattr__(name):
     if name in _SERVER_NAMES:
         from etcdwatch.testing import server
         return getattr(server, name)
+    if name == 'FakeEtcd3Server':
+        from etcdwatch.testing import fake_v3
+        return fake_v3.FakeEtcd3Server
     if name in _NETNS_NAMES:
         from etcdwatch.testing import netns
         return getattr(netns, name)
