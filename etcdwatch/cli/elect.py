@@ -7,7 +7,6 @@ from etcdwatch.cli.client import etcd_for
 from etcdwatch.cli.common import add_election
 from etcdwatch.cli.common import add_seconds
 from etcdwatch.cli.common import election_key
-from etcdwatch.cli.common import LOG
 from etcdwatch.cli.common import PROG
 from etcdwatch.cli.common import subcommand
 from etcdwatch.cli.supervisor import Supervisor
@@ -42,11 +41,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Supervise COMMAND; exit with its status."""
-    key = election_key(args)
-    client = etcd_for(args, key)
+    client = etcd_for(args, election_key(args))
     supervisor = Supervisor(client, args.name, args.election_path,
                             args.command, ttl=args.ttl,
                             recovery_time=args.recovery_time,
                             grace=args.grace)
-    LOG.info('campaigning for %s as %s', key, supervisor.elector.thread_id)
     return supervisor.run()

@@ -95,6 +95,9 @@ class Supervisor(object):
     def run(self) -> int:
         """Campaign, run COMMAND while elected; return the exit status."""
         with Signals(self.events):
+            # Once signals are ours: a signal after this line is handled.
+            LOG.info('campaigning for %s as %s', self.elector.master_key,
+                     self.elector.thread_id)
             threading.Thread(target=self._look_at_leader,
                              name='etcdwatch-leader', daemon=True).start()
             try:
