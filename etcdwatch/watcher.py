@@ -190,8 +190,12 @@ class EtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
         for short_key in sorted(set(self.expected_keys) - set(short_keys)):
             self.removed(short_key)
 
-    def removed(self, short_key: str) -> None:
-        """A key went away (see :class:`EtcdChangeWatcher`)."""
+    def removed(self, key: str) -> None:
+        """A key went away (see :class:`EtcdChangeWatcher`).
+
+        ``key`` is the short key (below ``watch_path + '/'``); the
+        parameter keeps networking-vpp's name.
+        """
 
     # -- running ----------------------------------------------------------
 
@@ -378,8 +382,8 @@ class EtcdChangeWatcher(EtcdWatcher):
         else:
             self.added(short_key, value)
 
-    def added(self, short_key: str, value: Any) -> None:
-        """A key appeared or took a new value."""
+    def added(self, key: str, value: Any) -> None:
+        """A key appeared or took a new value (``key`` is the short key)."""
 
-    def removed(self, short_key: str) -> None:
-        """A key went away."""
+    def removed(self, key: str) -> None:
+        """A key went away (``key`` is the short key)."""

@@ -93,8 +93,8 @@ class AsyncEtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
         for short_key in sorted(set(self.expected_keys) - set(short_keys)):
             await driving.maybe_await(self.removed(short_key))
 
-    def removed(self, short_key: str) -> Any:
-        """A key went away (see :class:`AsyncEtcdChangeWatcher`)."""
+    def removed(self, key: str) -> Any:
+        """A key went away (``key`` is the short key)."""
 
     # -- running ----------------------------------------------------------
 
@@ -253,8 +253,8 @@ class AsyncEtcdChangeWatcher(AsyncEtcdWatcher):
             return self.removed(short_key)
         return self.added(short_key, value)
 
-    def added(self, short_key: str, value: Any) -> Any:
-        """A key appeared or took a new value."""
+    def added(self, key: str, value: Any) -> Any:
+        """A key appeared or took a new value (``key`` is the short key)."""
 
-    def removed(self, short_key: str) -> Any:
-        """A key went away."""
+    def removed(self, key: str) -> Any:
+        """A key went away (``key`` is the short key)."""

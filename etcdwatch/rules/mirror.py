@@ -205,11 +205,12 @@ class Mirror(object):
                 ask = requests.callback('do_work', *item)
             try:
                 ran = yield ask
-            except Exception:
+            except Exception as e:
                 failures = self.queue.failed()
                 self.stats['callback_errors'] += 1
-                LOG.exception('%s: callback for %s failed (attempt %d); '
-                              'will retry', self.name,
+                LOG.exception('%s: callback %s() failed on %s (attempt '
+                              '%d); will retry', self.name,
+                              self._culprit(e, ask.name),
                               delivery.describe(item), failures)
                 return False
             if ran is requests.NOT_RUN:
@@ -217,6 +218,19 @@ class Mirror(object):
             self.queue.succeeded()
         self.synced = True
         return True
+
+    def _culprit(self, exc, called):
+        """The innermost hook of ours in ``exc``'s traceback.
+
+        So a log names ``added``, not the ``do_work`` that called it.
+        """
+        name = called
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_locals.get('self') is self._hooks:
+                name = tb.tb_frame.f_code.co_name
+            tb = tb.tb_next
+        return name
 
     # -- pure steps -------------------------------------------------------
 

@@ -133,3 +133,26 @@ def test_bad_arguments_name_the_argument(fake):
         Recorder(client, 'bad', '/ok', heartbeat=-1)
     with pytest.raises(TypeError, match='etcd_client'):
         Recorder(object(), 'bad', '/ok')
+
+
+@pytest.mark.asyncio
+async def test_a_failing_hook_is_named_in_the_log(fake, caplog):
+    writer = fake.client()
+
+    class Broken(Recorder):
+        CALLBACK_RETRY_MIN = 0.01
+
+        def added(self, key, value):
+            if not self.reports:
+                self.reports.append('failed once')
+                raise ValueError('broken')
+
+    async with client_of(fake) as client:
+        async with Broken(client, 'broken', '/t', heartbeat=2) as w:
+            writer.put('/t/a', '1')
+            await until(lambda: w.stats()['callback_errors'] == 1)
+    failures = [r.getMessage() for r in caplog.records
+                if 'will retry' in r.getMessage()]
+    # The hook that raised (added), not the do_all_work that called it.
+    assert failures and failures[0].startswith(
+        'broken: callback added() failed on')
