@@ -62,6 +62,13 @@ class _Cursor(v3proto.Cursor):
         if stream is not None:
             await stream.aclose()
 
+    def release(self, timeout, now):
+        """End a watch call that took ``timeout``: note the stream's use."""
+        if self.stream is not None:
+            self.stream.last_used = now
+            self.stream.timeout = timeout
+        self.lock.release()
+
 
 class AsyncV3Backend(base.AsyncBackend):
     """:class:`~etcdwatch.backends.base.AsyncBackend` for etcd's v3 API.
@@ -181,15 +188,13 @@ class AsyncV3Backend(base.AsyncBackend):
                 await self._take(cursor, message, what)
                 self._epochs.check(ident, what)
         except exceptions.ClusterRewound:
-            await cursor.close_stream()
+            # Its positions mean nothing now.
             if self._cursors.get(ident) is cursor:
                 del self._cursors[ident]
+            await cursor.close_stream()
             raise
         finally:
-            if cursor.stream is not None:
-                cursor.stream.last_used = loop.time()
-                cursor.stream.timeout = timeout
-            cursor.lock.release()
+            cursor.release(timeout, loop.time())
 
     async def _take(self, cursor, message, what):
         """Fold a message into the cursor, whole; on error, drop the stream.
