@@ -345,7 +345,8 @@ def ml2_vpp_conf(monkeypatch):
                        default='Controller.*')]
     cfg.CONF.register_opts(opts, 'ml2_vpp')
     yield cfg.CONF.ml2_vpp
-    cfg.CONF.clear_override('jwt_signing', 'ml2_vpp')
+    for opt in opts:
+        cfg.CONF.clear_override(opt.name, 'ml2_vpp')
     cfg.CONF.unregister_opts(opts, 'ml2_vpp')
 
 
@@ -356,8 +357,6 @@ def test_inside_networking_vpp_its_jwt_agent_signs(networking_vpp,
     assert isinstance(writer.jwt_agent, networking_vpp.jwt_agent.JWTUtils)
     assert writer.jwt_agent.made[-1] == ('n.pem', None, None,
                                          'Controller.*')
-    for name in ('jwt_node_cert',):
-        cfg.CONF.clear_override(name, 'ml2_vpp')
 
 
 def test_json_writer_follows_jwt_signing(ml2_vpp_conf, pki):
@@ -368,13 +367,11 @@ def test_json_writer_follows_jwt_signing(ml2_vpp_conf, pki):
                         ('jwt_node_private_key', key),
                         ('jwt_ca_cert', pki.ca)):
         cfg.CONF.set_override(name, value, 'ml2_vpp')
-    try:
-        writer = nv.json_writer(client)
-        assert type(writer) is nv.SignedEtcdJSONWriter
-        assert isinstance(writer.jwt_agent, nv_jwt.JWTUtils)
-    finally:
-        for name in ('jwt_node_cert', 'jwt_node_private_key', 'jwt_ca_cert'):
-            cfg.CONF.clear_override(name, 'ml2_vpp')
+    writer = nv.json_writer(client)
+    assert type(writer) is nv.SignedEtcdJSONWriter
+    assert isinstance(writer.jwt_agent, nv_jwt.JWTUtils)
+    writer.write(COMPUTE_KEY, VALUE)
+    assert 'jwt' in json.loads(client.read(COMPUTE_KEY).value)
 
 
 # -- writers and results ------------------------------------------------------
