@@ -3,7 +3,10 @@
 Python examples in ``docs/*.rst`` are either doctests (``>>>``, run here
 with :mod:`doctest`) or ``literalinclude`` of ``docs/examples/*.py``: the
 scripts are run, the ``test_*.py`` ones with pytest, each in its own
-process.  Shell examples of the command are parsed by its argument parser.
+process.  The scripts of :data:`REAL_ETCD_SCRIPTS` talk to an etcd at
+127.0.0.1:2379 as a reader's program would: here each runs against an
+etcd of its own (v3 only), its port put in place of 2379.  Shell examples
+of the command are parsed by its argument parser.
 Configuration files and other shell commands (``ini``, ``sh``) are not
 Python and are not run.
 """
@@ -11,14 +14,19 @@ Python and are not run.
 import doctest
 import glob
 import os
+import queue
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 from etcdwatch import cli
+from etcdwatch.testing import EtcdServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -26,8 +34,12 @@ DOCS = os.path.join(ROOT, 'docs')
 EXAMPLES = os.path.join(DOCS, 'examples')
 
 PAGES = sorted(glob.glob(os.path.join(DOCS, '*.rst')))
+#: Scripts that need an etcd at 127.0.0.1:2379; run by their own tests.
+REAL_ETCD_SCRIPTS = {'quickstart_election.py', 'quickstart_watcher.py',
+                     'handover_on_sigterm.py'}
 SCRIPTS = sorted(p for p in glob.glob(os.path.join(EXAMPLES, '*.py'))
-                 if not os.path.basename(p).startswith('test_'))
+                 if not os.path.basename(p).startswith('test_')
+                 and os.path.basename(p) not in REAL_ETCD_SCRIPTS)
 TEST_MODULES = sorted(glob.glob(os.path.join(EXAMPLES, 'test_*.py')))
 
 # Languages of code blocks that are not Python and are not run.
@@ -118,7 +130,8 @@ def test_every_included_example_exists_and_every_example_is_included():
             path = os.path.normpath(os.path.join(DOCS, body))
             assert os.path.isfile(path), '%s:%d' % (_name(page), line)
             included.add(path)
-    examples = set(SCRIPTS) | set(TEST_MODULES)
+    examples = (set(SCRIPTS) | set(TEST_MODULES) |
+                {os.path.join(EXAMPLES, n) for n in REAL_ETCD_SCRIPTS})
     assert examples, 'no examples found'
     assert examples - included == set(), 'examples no page shows'
 
@@ -174,3 +187,127 @@ def test_command_line_examples_parse():
         except SystemExit:
             raise AssertionError('%s:%d: %r does not parse'
                                  % (_name(page), line, text))
+
+
+# -- the examples on a real etcd at 127.0.0.1:2379 --------------------------
+
+ADDRESS = "host='127.0.0.1', port=2379"
+
+
+@pytest.fixture
+def etcd_v3():
+    with EtcdServer(name='docs', enable_v2=False) as server:
+        yield server
+
+
+def _etcd3(server):
+    import etcd3gw
+    return etcd3gw.client(host=server.host, port=server.port, timeout=10)
+
+
+def _pointed_at(name, server, tmp_path):
+    """The example ``name``, as a file talking to ``server``."""
+    text = _read(os.path.join(EXAMPLES, name))
+    assert text.count(ADDRESS) == 1, name
+    assert server.host == '127.0.0.1'
+    path = tmp_path / name
+    path.write_text(text.replace(ADDRESS, "host='127.0.0.1', port=%d"
+                                 % server.port))
+    return str(path)
+
+
+class _Process(object):
+    """A running example, its output read line by line."""
+
+    def __init__(self, path):
+        env = dict(os.environ)
+        env['PYTHONPATH'] = os.pathsep.join(
+            [ROOT] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep)
+                      if p])
+        env['PYTHONWARNINGS'] = 'ignore'
+        self.proc = subprocess.Popen(
+            [sys.executable, path], cwd=ROOT, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.lines = queue.Queue()
+        self.seen = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip('\n'))
+
+    def expect(self, text, timeout=30):
+        """Wait for a line starting with ``text``; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(
+                    timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError('no %r in %r within %ss; stderr: %s' % (
+                    text, self.seen, timeout, self._stderr()))
+            self.seen.append(line)
+            if line.startswith(text):
+                return line
+
+    def _stderr(self):
+        if self.proc.poll() is None:
+            return '(still running)'
+        return self.proc.stderr.read()
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+def test_quickstart_election_on_a_real_etcd(etcd_v3, tmp_path):
+    proc = _run([_pointed_at('quickstart_election.py', etcd_v3, tmp_path)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith('leading, fencing token ')
+    assert lines[1:] == ['step 0', 'step 1', 'step 2']
+    # It resigned: the key is free.
+    assert _etcd3(etcd_v3).get('/elections/master_nightly-job') == []
+
+
+def test_quickstart_watcher_on_a_real_etcd(etcd_v3, tmp_path):
+    client = _etcd3(etcd_v3)
+    client.put('/ports/p1', 'up')
+    watcher = _Process(_pointed_at('quickstart_watcher.py', etcd_v3,
+                                   tmp_path))
+    try:
+        watcher.expect('port p1 is up')
+        client.put('/ports/p2', 'down')
+        watcher.expect('port p2 is down')
+        client.delete('/ports/p1')
+        watcher.expect('port p1 is gone')
+    finally:
+        watcher.kill()
+
+
+def test_handover_on_sigterm_is_immediate(etcd_v3, tmp_path):
+    # work_time is 30 s: without the handler, the second worker would
+    # wait that long for the first one's key to expire.
+    path = _pointed_at('handover_on_sigterm.py', etcd_v3, tmp_path)
+    first = _Process(path)
+    second = None
+    try:
+        first.expect('leading, fencing token')
+        second = _Process(path)
+        stopped = time.monotonic()
+        assert first.stop() == 0
+        second.expect('leading, fencing token', timeout=20)
+        assert time.monotonic() - stopped < 20
+        assert second.stop() == 0
+        # The second resigned too.
+        assert _etcd3(etcd_v3).get('/elections/master_nightly-job') == []
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
