@@ -6,7 +6,8 @@ from etcdwatch import EtcdElection
 from etcdwatch import EtcdElectionLost
 from etcdwatch.testing import FakeEtcdClient
 
-# In production: etcd.Client(host='10.0.0.1', port=2379)
+# In production: etcd3gw.client(host='10.0.0.1', port=2379) (v3), or
+# python-etcd's etcd.Client(host='10.0.0.1', port=2379) (v2).
 client = FakeEtcdClient()
 
 # One elector per worker; the same name and election_path make them rivals.

@@ -20,6 +20,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -311,3 +312,46 @@ def test_handover_on_sigterm_is_immediate(etcd_v3, tmp_path):
         first.kill()
         if second is not None:
             second.kill()
+
+
+def test_readme_example_is_the_quickstart_watcher():
+    # README.rst is not a page of the docs; its one Python example is the
+    # quick start that test_quickstart_watcher_on_a_real_etcd runs.
+    readme = _read(os.path.join(ROOT, 'README.rst'))
+    [body] = [body for line, kind, language, body in code_blocks(readme)
+              if kind == 'code' and language == 'python']
+    script = _read(os.path.join(EXAMPLES, 'quickstart_watcher.py'))
+    shown = '\n'.join(script.splitlines()[2:]).strip('\n')
+    assert textwrap.dedent(body) == shown
+
+
+def _simple_table_headers(text):
+    """(line, header text) of every simple table of an rst page."""
+    lines = text.splitlines()
+    border = re.compile(r'^\s*=+( +=+)+\s*$')
+    i = 0
+    while i < len(lines):
+        if border.match(lines[i]):
+            columns = [m.span() for m in re.finditer(r'=+', lines[i])]
+            end = i + 1
+            while end < len(lines) and not border.match(lines[end]):
+                end += 1
+            if end + 1 < len(lines) and end > i + 1:
+                for header in lines[i + 1:end]:
+                    yield i + 2, [header[a:b].strip() for a, b in columns]
+            # Skip to the table's last border.
+            while end + 1 < len(lines) and lines[end + 1].strip():
+                end += 1
+            i = end
+        i += 1
+
+
+def test_table_headers_are_not_blank():
+    # A simple table whose header row starts blank renders with no
+    # headers at all (docutils reads the row as a continuation line).
+    blank = []
+    for page in PAGES + [os.path.join(ROOT, 'README.rst')]:
+        for line, cells in _simple_table_headers(_read(page)):
+            if not cells[0]:
+                blank.append('%s:%d' % (_name(page), line))
+    assert blank == []
