@@ -76,6 +76,10 @@ def parse_endpoints(text: str) -> List[Endpoint]:
                 raise ValueError('%r: only http:// and https:// are '
                                  'supported' % part)
             part = part[match.end():].rstrip('/')
+        if '@' in part:
+            # Not echoed: it may hold a password.
+            raise ValueError('an address with a user name or password '
+                             '(USER@HOST) is not supported')
         match = re.match(r'(?:\[([0-9A-Fa-f:.]+)\]|([^:/\[\]\s]+))'
                          r'(?::([0-9]{1,5}))?\Z', part)
         if not match:

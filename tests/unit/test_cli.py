@@ -264,6 +264,14 @@ def test_parse_endpoints(text, expected):
     assert cli.parse_endpoints(text) == [cli.Endpoint(*e) for e in expected]
 
 
+def test_an_address_with_a_password_is_refused_without_echoing_it(capsys):
+    for address in ('http://root:s3cret-PW@h:1', 'root:s3cret-PW@h'):
+        status, out, err = run_main(capsys, 'leader', 'x', '--etcd',
+                                    address)
+        assert (status, out) == (2, '')
+        assert 'USER@HOST' in err and 's3cret-PW' not in err
+
+
 @pytest.mark.parametrize('text', ['', 'a:', 'a:0', 'a:65536', 'a:b:c',
                                   'a/b', 'unix://x', '[::1', 'a b'])
 def test_parse_endpoints_refuses(text):
