@@ -1,4 +1,4 @@
-"""Elect a leader among workers (docs/guide.rst, "Elect a leader")."""
+"""Elect a leader among workers (docs/guide.rst, "More on elections")."""
 
 import threading
 

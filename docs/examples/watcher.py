@@ -1,4 +1,4 @@
-"""Follow a prefix, and stop (docs/guide.rst, "Watch a prefix")."""
+"""Follow a prefix, and stop (docs/guide.rst, "More on watching")."""
 
 import threading
 import time
