@@ -450,6 +450,22 @@ def case_auth(t):
     t.call('grant lease no token', '/v3/lease/grant', {'TTL': 100})
     t.call('grant lease bad token', '/v3/lease/grant', {'TTL': 100},
            'bogus.2')
+    t.call('grant lease', '/v3/lease/grant', {'TTL': 100, 'ID': 500},
+           token)
+    t.call('put on lease', '/v3/kv/put', {'key': b64('/p/l'),
+                                          'value': b64('1'), 'lease': 500},
+           token)
+    t.call('ttl bad token', '/v3/lease/timetolive', {'ID': 500},
+           'bogus.4')
+    t.call('ttl no token', '/v3/lease/timetolive', {'ID': 500,
+                                                    'keys': True})
+    t.call('keepalive bad token', '/v3/lease/keepalive', {'ID': 500},
+           'bogus.5')
+    t.call('leases u1', '/v3/lease/leases', {}, token)
+    t.call('compact u1', '/v3/kv/compaction', {'revision': 2}, token)
+    t.call('compact no token', '/v3/kv/compaction', {'revision': 3})
+    t.call('status no token', '/v3/maintenance/status', {})
+    t.outcomes[-1] = t.outcomes[-1][:2] + (sorted(t.outcomes[-1][2]),)
     _watched(t, 'watch denied', [{'create_request': {'key': b64('a')}}],
              None, token)
     _watched(t, 'watch no token', [{'create_request': {
@@ -465,6 +481,42 @@ def case_auth(t):
     _, answer = t.call('root token', '/v3/auth/authenticate',
                        {'name': 'root', 'password': 'pw'})
     root = answer['token']
+    t.call('role r2', '/v3/auth/role/add', {'name': 'r2'}, root)
+    t.call('role r2 perm', '/v3/auth/role/grant', {'name': 'r2', 'perm': {
+        'key': b64('/p/l'), 'permType': 'READ'}}, root)
+    t.call('role r2 prefix', '/v3/auth/role/grant', {'name': 'r2', 'perm': {
+        'key': b64('/z'), 'range_end': b64('\0'), 'permType': 1}}, root)
+    t.call('user u2', '/v3/auth/user/add', {'name': 'u2', 'password': 'p'},
+           root)
+    t.call('grant u2', '/v3/auth/user/grant', {'user': 'u2', 'role': 'r2'},
+           root)
+    _, answer = t.call('u2 token', '/v3/auth/authenticate',
+                       {'name': 'u2', 'password': 'p'})
+    u2 = answer['token']
+    t.call('u2 reads', '/v3/kv/range', {'key': b64('/p/l')}, u2)
+    t.call('u2 writes', '/v3/kv/put', {'key': b64('/p/l'),
+                                       'value': b64('2')}, u2)
+    t.call('u2 writes /zz', '/v3/kv/put', {'key': b64('/zz'),
+                                           'value': b64('2')}, u2)
+    t.call('u2 revokes lease', '/v3/lease/revoke', {'ID': 500}, u2)
+    t.call('user get', '/v3/auth/user/get', {'name': 'u2'}, root)
+    t.call('user get missing', '/v3/auth/user/get', {'name': 'nope'}, root)
+    t.call('user list', '/v3/auth/user/list', {}, root)
+    t.call('role get', '/v3/auth/role/get', {'role': 'r2'}, root)
+    t.call('role list', '/v3/auth/role/list', {}, root)
+    t.call('role revoke perm', '/v3/auth/role/revoke', {
+        'role': 'r2', 'key': b64('/p/l')}, root)
+    t.call('role revoke again', '/v3/auth/role/revoke', {
+        'role': 'r2', 'key': b64('/p/l')}, root)
+    t.call('u2 reads revoked', '/v3/kv/range', {'key': b64('/p/l')}, u2)
+    t.call('user revoke', '/v3/auth/user/revoke', {'name': 'u2',
+                                                   'role': 'r2'}, root)
+    t.call('user revoke again', '/v3/auth/user/revoke', {'name': 'u2',
+                                                         'role': 'r2'}, root)
+    t.call('user delete', '/v3/auth/user/delete', {'name': 'u2'}, root)
+    t.call('deleted user token', '/v3/kv/range', {'key': b64('/p/l')}, u2)
+    t.call('role delete', '/v3/auth/role/delete', {'role': 'r2'}, root)
+    t.call('auth status', '/v3/auth/status', {}, root)
     t.call('disable as u1', '/v3/auth/disable', {}, 'bogus.3')
     t.call('disable', '/v3/auth/disable', {}, root)
     t.call('range after disable', '/v3/kv/range', {'key': b64('a')})

@@ -444,3 +444,31 @@ def test_unknown_path_and_method(server):
     assert resp.status_code == 405
     assert server.session().get(server.base_url + '/version').json() == {
         'etcdserver': '3.5.1', 'etcdcluster': '3.5.0'}
+
+
+def test_async_v3_backend_runs_on_the_async_transport(server):
+    from etcdwatch.aio.client import AsyncEtcd3Client
+    from etcdwatch.backends.v3_async import AsyncV3Backend
+
+    async def scenario():
+        client = AsyncEtcd3Client([(server.host, server.port)], timeout=WAIT,
+                                  transport=server.async_httpx_transport())
+        backend = AsyncV3Backend(client)
+        try:
+            index = await backend.create('/e/leader', 'me', 10)
+            quiet = await backend.watch_tree('/e', index + 1, 0.05)
+            writer = asyncio.get_running_loop().run_in_executor(
+                None, server.client().put, '/e/x', 'y')
+            put = await backend.watch_tree('/e', index + 1, WAIT)
+            await writer
+            server.advance(10)
+            expired = await backend.watch_tree('/e', index + 2, WAIT)
+            return quiet, put, expired
+        finally:
+            await backend.aclose()
+            await client.aclose()
+    quiet, put, expired = asyncio.run(scenario())
+    assert quiet is None
+    assert (put.kind, put.key, put.value) == ('put', '/e/x', 'y')
+    assert (expired.kind, expired.key) == ('delete', '/e/leader')
+    wait_until(lambda: server.watch_count == 0, WAIT)

@@ -68,7 +68,7 @@ class AuthStore(object):
         self._clock = clock
         self.token_ttl = float(token_ttl)
         self.enabled = False
-        self.revision = 1
+        self.revision = 0
         self._users = {}
         self._roles = {}        # name -> list of (perm_type, interval)
         self._tokens = {}       # token -> [user name, expiry]

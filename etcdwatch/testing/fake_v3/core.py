@@ -652,7 +652,6 @@ class FakeEtcd3(object):
     def do_lease_timetolive(self, req, token):
         ident = codec.get_int(req, 'ID')
         keys = codec.get_bool(req, 'keys')
-        self._user(token)
         lease = self._leases.get(ident)
         out = {'header': self.header(), 'ID': str(ident)}
         if lease is None:
