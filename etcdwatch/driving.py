@@ -15,7 +15,7 @@ Rule = Generator[requests.Request, Any, Any]
 
 
 def drive(rule: Rule, backend: Any, host: Any,
-          lock: Any = None,
+          lock: Any = None, hooks_locked: bool = True,
           run_callback: Optional[Callable[[str, tuple], Any]] = None,
           sleep: Optional[Callable[[float], bool]] = None) -> Any:
     """Run ``rule`` to its end; return what it returns.
@@ -26,6 +26,9 @@ def drive(rule: Rule, backend: Any, host: Any,
     :param lock: held while the rule's own code and its callbacks run,
         never across a backend request or a sleep (so a caller that takes
         the lock waits for a callback, not for etcd).
+    :param hooks_locked: whether HOOK and CALLBACK requests are served
+        with ``lock`` held (a watcher's callbacks are; an election's
+        on_elected / on_lost are not).
     :param run_callback: ``(name, args) -> answer`` for CALLBACK requests;
         may answer :data:`~etcdwatch.rules.requests.NOT_RUN`.
     :param sleep: ``seconds -> stopped`` for SLEEP requests.
@@ -43,20 +46,26 @@ def drive(rule: Rule, backend: Any, host: Any,
                 if done:
                     return ask
                 answer, error = None, None
-                if ask.kind in (requests.BACKEND, requests.SLEEP):
+                if ask.kind in (requests.BACKEND, requests.SLEEP) or (
+                        not hooks_locked):
                     break
                 try:
-                    if ask.kind == requests.CALLBACK and run_callback:
-                        answer = run_callback(ask.name, ask.args)
-                    else:
-                        answer = getattr(host, ask.name)(*ask.args)
+                    answer = _call(host, ask, run_callback)
                 except Exception as e:
                     error = e
         try:
             if ask.kind == requests.BACKEND:
                 answer = getattr(backend, ask.name)(*ask.args)
-            else:
+            elif ask.kind == requests.SLEEP:
                 assert sleep is not None, 'this rule cannot sleep here'
                 answer = sleep(*ask.args)
+            else:
+                answer = _call(host, ask, run_callback)
         except Exception as e:
             error = e
+
+
+def _call(host, ask, run_callback):
+    if ask.kind == requests.CALLBACK and run_callback:
+        return run_callback(ask.name, ask.args)
+    return getattr(host, ask.name)(*ask.args)

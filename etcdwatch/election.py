@@ -12,7 +12,6 @@ import contextlib
 import os
 import socket
 import threading
-import time
 import uuid
 import weakref
 from typing import Any, Callable, Iterator, Optional, TypeVar, Union
@@ -20,12 +19,11 @@ from typing import Any, Callable, Iterator, Optional, TypeVar, Union
 from oslo_log import log as logging
 
 from etcdwatch import backends
-from etcdwatch.backends import base
-from etcdwatch import backoff
+from etcdwatch import driving
 from etcdwatch import exceptions
 from etcdwatch import handlers
 from etcdwatch import keys
-from etcdwatch import outage
+from etcdwatch.rules import candidacy
 
 LOG = logging.getLogger(__name__)
 
@@ -83,26 +81,8 @@ def _make_id():
                          uuid.uuid4().hex[:12])
 
 
-class Term(object):
-    """One term of leadership.
-
-    ``fencing_token`` is the etcd index at which it was won; it grows with
-    every new term, so work tagged with it can be told from a stale
-    leader's.  ``lost`` is an event set when the term ends, for any reason.
-    """
-
-    def __init__(self, fencing_token: int, lost_event: Any) -> None:
-        self.fencing_token = fencing_token
-        self.lost = lost_event
-
-    def check(self) -> None:
-        """Raise :class:`EtcdElectionLost` if the term has ended."""
-        if self.lost.is_set():
-            raise EtcdElectionLost('term %s has ended' % self.fencing_token)
-
-    def __repr__(self) -> str:
-        return '<Term %s%s>' % (self.fencing_token,
-                                ' lost' if self.lost.is_set() else '')
+#: One term of leadership (see :class:`etcdwatch.rules.candidacy.Term`).
+Term = candidacy.Term
 
 
 class EtcdElection(object):
@@ -169,49 +149,49 @@ class EtcdElection(object):
         self.name = name
         #: This worker's id, the value it writes into the election key.
         self.thread_id = _make_id()
-        self.work_time = work_time
-        self.recovery_time = recovery_time
-        self.multi_worker_ok = bool(multi_worker_ok)
         self.master_key = self.election_path + '/master_' + name
         self.on_elected = on_elected
         self.on_lost = on_lost
+        # The rules (etcdwatch.rules.candidacy) and this candidate's state;
+        # this class runs them on threads, under _lock.
+        self._candidacy = candidacy.Candidacy(
+            name, self.master_key, self.thread_id, work_time, recovery_time,
+            bool(multi_worker_ok))
 
         self._lock = self._handler.rlock()
-        self._campaign_outage = outage.OutageLog(
-            LOG, '%s: campaigning for %s' % (name, self.master_key))
-        # Candidates that failed together (an etcd restart) must not all
-        # come back together: jittered, growing to twice recovery_time.
-        self._campaign_backoff = backoff.Backoff(recovery_time,
-                                                 2 * recovery_time)
-        #: The current :class:`Term`, or None.
-        self.term: Optional[Term] = None
-        # Monotonic time after which we no longer believe we lead: when the
-        # last confirmed create/refresh was *sent*, plus the TTL, minus a
-        # margin for etcd expiring keys early on its own clock.
-        self._lease_deadline: Optional[float] = None
-        self._lease_margin = min(1.0, work_time / 4.0)
-        # Monotonic time until which the worker has shown life; the
-        # keepalive renews the key only before it.
-        self._alive_until = 0.0
-        # (term, task) of the keepalive and of the guard (_guard_loop).
+        # (term, task) of the keepalive and of the guard.
         self._keepalive: Any = (None, None)
         self._guard: Any = (None, None)
-        # The highest etcd index seen, and until when (monotonic) not to
-        # campaign because etcd's index went back below it.
-        self._seen_index: Optional[int] = None
-        self._hold_until = 0.0
-        # (term, thread, event set once its on_lost returned) of the term
-        # that ended last.
-        self._ending: Optional[Any] = None
-        # True once etcd said the key is someone else's (not merely that
-        # it could not be reached); cleared by a new term.
-        self._refused = False
         # Whether the key may be ours: shared with the finalizer, which
         # releases it at exit or collection without a reference to self.
-        self._held = [False]
+        self._held = self._candidacy.held
         weakref.finalize(self, _release_if_held, self._backend,
                          self.master_key, self.thread_id, self._held)
         _live_electors.add(self)
+
+    # -- settings and state, kept by the rules -----------------------------
+
+    work_time = property(
+        lambda self: self._candidacy.work_time,
+        lambda self, value: setattr(self._candidacy, 'work_time', value),
+        doc='The key\'s TTL, and how long showing life lasts.')
+    recovery_time = property(
+        lambda self: self._candidacy.recovery_time,
+        lambda self, value: setattr(self._candidacy, 'recovery_time', value),
+        doc='The longest wait for a vacancy.')
+    multi_worker_ok = property(
+        lambda self: self._candidacy.multi_worker_ok,
+        lambda self, value: setattr(self._candidacy, 'multi_worker_ok',
+                                    bool(value)),
+        doc='Prefer at least one worker to at most one.')
+    term = property(
+        lambda self: self._candidacy.term,
+        lambda self, value: setattr(self._candidacy, 'term', value),
+        doc='The current :class:`Term`, or None.')
+    _lease_deadline = property(
+        lambda self: self._candidacy.lease_deadline,
+        lambda self, value: setattr(self._candidacy, 'lease_deadline',
+                                    value))
 
     # -- what callers ask -------------------------------------------------
 
@@ -225,8 +205,7 @@ class EtcdElection(object):
         key can expire on the server, so another worker can only be elected
         after this turns False.
         """
-        deadline = self._lease_deadline
-        return deadline is not None and time.monotonic() < deadline
+        return self._candidacy.is_elected()
 
     @property
     def fencing_token(self) -> Optional[int]:
@@ -255,10 +234,7 @@ class EtcdElection(object):
         Raises :class:`EtcdElectionLost` if the term has ended (with
         ``multi_worker_ok``, only if etcd said the key is not ours).
         """
-        self._alive_until = time.monotonic() + self.work_time
-        if self.is_elected:
-            return
-        if self.multi_worker_ok and not self._refused:
+        if self._candidacy.checked_in():
             return
         raise EtcdElectionLost('%s does not hold %s'
                                % (self.thread_id, self.master_key))
@@ -273,20 +249,8 @@ class EtcdElection(object):
         after that.
         """
         keys.check_duration('duration', duration)
-        now = time.monotonic()
-        self._alive_until = max(self._alive_until, now + duration)
-        try:
-            if self._renew(duration):
-                self._ensure_keepalive()
-                return
-        except exceptions.EtcdUnavailable:
-            if self.is_elected or self.multi_worker_ok:
-                LOG.warning('%s: could not reach etcd to extend the '
-                            'election; still within the lease',
-                            self.name, exc_info=True)
-                return
-            self._end_term('etcd unreachable past the lease')
-        LOG.info('%s: election lost by %s', self.name, self.thread_id)
+        if self._drive(self._candidacy.extend(duration)):
+            return
         raise EtcdElectionLost('%s no longer holds %s'
                                % (self.thread_id, self.master_key))
 
@@ -343,110 +307,28 @@ class EtcdElection(object):
         with self.leadership():
             return func(*args, **kwargs)
 
-    # -- the campaign -----------------------------------------------------
+    # -- running the rules -------------------------------------------------
 
     def _campaign(self, stop):
         """Loop until elected (True) or ``stop`` is set (False)."""
-        self._alive_until = time.monotonic() + self.work_time
-        if self.is_elected and self._keepalive_running():
-            return True
-        while stop is None or not stop.is_set():
-            try:
-                if self._holding_off(stop):
-                    continue
-                won = self._try_lead()
-                self._campaign_outage.succeeded()
-                self._campaign_backoff.succeeded()
-                if won:
-                    self._alive_until = time.monotonic() + self.work_time
-                    self._ensure_keepalive()
-                    return True
-                self._wait_for_vacancy()
-            except exceptions.ClusterRewound as e:
-                self._rewound(e)
-            except exceptions.BackendError as e:
-                if self.multi_worker_ok:
-                    LOG.warning('%s: etcd unreachable; working anyway '
-                                '(multi_worker_ok)', self.name,
-                                exc_info=True)
-                    return True
-                if not self.is_elected:
-                    self._end_term('etcd unreachable past the lease')
-                pause = self._campaign_backoff.failed()
-                if isinstance(e, exceptions.EtcdUnavailable):
-                    # Once per outage, not once per retry.
-                    self._campaign_outage.failed(e, round(pause, 1))
-                else:
-                    LOG.warning('%s: election failed on an etcd error; '
-                                'retrying in %.1fs', self.name, pause,
-                                exc_info=True)
-                self._sleep(stop, pause)
-        return False
+        if stop is None:
+            return self._drive(self._candidacy.campaign(lambda: False),
+                               sleep=self._handler.sleep)
+        return self._drive(self._candidacy.campaign(stop.is_set),
+                           sleep=stop.wait)
 
-    def _try_lead(self):
-        """Renew our key or create it; True if we now lead."""
-        if self.term is not None and self._renew(self.work_time):
-            return True
-        sent = time.monotonic()
-        index = self._backend.create(self.master_key, self.thread_id,
-                                     self.work_time)
-        if index is not None and self._went_back(index):
-            # Won on an etcd that forgot its past: give the key back and
-            # hold off (see _rewound).
-            self._backend.delete_if(self.master_key, self.thread_id)
-            return False
-        if index is not None:
-            self._begin_term(index, sent + self.work_time)
-            return True
-        # The key exists: it may still be ours from a term we had
-        # forgotten (after a restart of the keepalive, say).
-        return self._renew(self.work_time)
+    def _drive(self, rule, sleep=None):
+        return driving.drive(rule, self._backend, self, lock=self._lock,
+                             hooks_locked=False, sleep=sleep)
 
-    def _renew(self, ttl, term=None):
-        """Refresh the key's TTL if it is ours; False if it is not.
-
-        ``term``: renew for that term only (the keepalive's).  A term that
-        ended while its refresh was on its way (the guard saw the key
-        taken, or the lease deadline passed) is not revived by it; only a
-        caller's own campaign or extend_election() takes up a key that is
-        ours but belongs to no term we hold.
-        """
-        sent = time.monotonic()
-        if self._backend.refresh(self.master_key, self.thread_id, ttl):
-            with self._lock:
-                self._held[0] = True
-                if self.term is not None and (term is None or
-                                              self.term is term):
-                    self._lease_deadline = sent + ttl - self._lease_margin
-                    return True
-            if term is not None:
-                return False
-            # Ours, but from a term we did not record: take it up, unless
-            # etcd went back in time (a restore can bring back our key
-            # from then, while another leads now): then give it back.
-            state, index = self._backend.read_key(self.master_key)
-            if self._went_back(index) or self._hold_until > time.monotonic():
-                self._backend.delete_if(self.master_key, self.thread_id)
-                return False
-            if state is not None and state.value == self.thread_id:
-                self._begin_term(state.created_index, sent + ttl)
-                return True
-            return False
-        self._refused = True
-        self._end_term('the key is no longer ours')
-        return False
+    # -- what the rules ask (HOOK requests) --------------------------------
 
     def _begin_term(self, token, expires):
         with self._lock:
-            self._lease_deadline = expires - self._lease_margin
-            self._held[0] = True
-            self._refused = False
-            if self.term is not None and self.term.fencing_token == token:
-                return
-            self.term = Term(token, self._handler.event())
-        LOG.info('%s: %s elected at index %s', self.name, self.thread_id,
-                 token)
-        self._callback(self.on_elected, self.term)
+            term = self._candidacy.begin_term(token, expires,
+                                              self._handler.event)
+        if term is not None:
+            self._callback(self.on_elected, term)
 
     def _end_term(self, why):
         """End the current term, if any; on_lost has run when this returns.
@@ -457,24 +339,16 @@ class EtcdElection(object):
         EtcdElectionLost only after on_lost ran (unless on_lost itself is
         what is running here).
         """
+        me = threading.get_ident()
         with self._lock:
-            term, self.term = self.term, None
-            self._lease_deadline = None
-            if term is None:
-                ended = self._ending
-            else:
-                term.lost.set()
-                self._ending = ended = (term, threading.get_ident(),
-                                        self._handler.event())
+            term, ended = self._candidacy.end_term(me, self._handler.event)
         if term is None:
-            if ended is not None and ended[1] != threading.get_ident():
+            if ended is not None and ended[1] != me:
                 # Bounded: a callback that never returns must not hang us.
                 ended[2].wait(self._CALLBACK_WAIT)
             return
         try:
-            level = logging.INFO if why == 'resigned' else logging.WARNING
-            LOG.log(level, '%s: %s no longer leads (term %s): %s',
-                    self.name, self.thread_id, term.fencing_token, why)
+            self._candidacy.log_lost(term, why)
             self._callback(self.on_lost, term)
         finally:
             ended[2].set()
@@ -486,73 +360,6 @@ class EtcdElection(object):
             func(term)
         except Exception:
             LOG.exception('%s: election callback %r failed', self.name, func)
-
-    def _wait_for_vacancy(self):
-        """Sleep until the key changes, or at most recovery_time."""
-        state, index = self._backend.read_key(self.master_key)
-        if self._went_back(index) or state is None:
-            return
-        try:
-            event = self._backend.watch_key(self.master_key, index + 1,
-                                            self.recovery_time)
-        except exceptions.ClusterRewound:
-            raise
-        except exceptions.HistoryGone:
-            return
-        if event is not None:
-            self._went_back(event.index)
-
-    # -- etcd going back in time ------------------------------------------
-
-    def _went_back(self, index):
-        """Note an index etcd answered with; True if it went back.
-
-        Only for the answers of one thread's requests in the order it made
-        them (the campaign's): answers that cross in flight prove nothing.
-        """
-        if index is None:
-            return False
-        with self._lock:
-            seen = self._seen_index
-            self._seen_index = index if seen is None else max(seen, index)
-            if seen is None or index >= seen:
-                return False
-        self._rewound(exceptions.ClusterRewound(
-            'etcd answered at index %d, below %d seen before' % (index, seen),
-            index))
-        return True
-
-    def _rewound(self, exc):
-        """etcd was wiped, restored or replaced: hold off for work_time.
-
-        The rewound etcd no longer holds the key of whoever led before, so
-        the key is free at once, while that leader still believes it leads
-        until its local lease deadline, at most ``work_time`` after it last
-        reached etcd.  Waiting that long before taking the key keeps terms
-        from overlapping.
-        """
-        with self._lock:
-            self._seen_index = exc.current_index
-            self._hold_until = time.monotonic() + self.work_time
-        LOG.warning('%s: %s; not campaigning for %ss, until any leader of '
-                    'the etcd before has seen its term end', self.name, exc,
-                    self.work_time)
-
-    def _holding_off(self, stop):
-        """Sleep out a hold after a rewind; True if there was one."""
-        remaining = self._hold_until - time.monotonic()
-        if remaining <= 0 or self.term is not None:
-            return False
-        self._sleep(stop, remaining)
-        return True
-
-    def _sleep(self, stop, seconds):
-        if stop is None:
-            self._handler.sleep(seconds)
-        else:
-            stop.wait(seconds)
-
-    # -- the keepalive ----------------------------------------------------
 
     def _keepalive_running(self):
         """Whether the keepalive and the guard both serve the current term.
@@ -575,118 +382,52 @@ class EtcdElection(object):
             task_term, task = self._keepalive
             if task_term is not term or task is None or not task.is_alive():
                 self._keepalive = (term, self._handler.spawn(
-                    _keepalive_loop, ref, term))
+                    _run_while_leading, ref, 'keepalive', term))
             task_term, task = self._guard
             if task_term is not term or task is None or not task.is_alive():
                 self._guard = (term, self._handler.spawn(
-                    _guard_loop, ref, term))
+                    _run_while_leading, ref, 'guard', term))
 
     def _key_not_ours(self, why):
-        self._refused = True
+        self._candidacy.refused = True
         self._end_term(why)
 
 
-def _keepalive_loop(elector_ref, term):
-    """Renew the key of ``term`` while its worker shows life.
+class _ElectorGone(Exception):
+    """The elector a keepalive or guard served was collected."""
 
-    Holds the elector only weakly between renewals, so a leader that is
-    dropped is collected (and its finalizer releases the key).
+
+class _WeakHost(object):
+    """An elector's hooks, reached through a weak reference.
+
+    So a keepalive or guard thread does not keep a dropped leader alive:
+    once it is collected (and its finalizer released the key), the next
+    hook the rule asks for ends the thread.
     """
-    while not term.lost.is_set():
-        elector = elector_ref()
+
+    def __init__(self, ref):
+        self._ref = ref
+
+    def __getattr__(self, name):
+        elector = self._ref()
         if elector is None:
-            return
-        interval = elector.work_time / 3.0
-        now = time.monotonic()
-        if now >= elector._alive_until:
-            # The worker has not shown life for work_time: stop renewing
-            # and let the key expire, as the seed's election did.
-            if not elector.is_elected:
-                elector._end_term('the worker stopped checking in')
-                return
-        else:
-            try:
-                elector._renew(elector.work_time, term)
-            except exceptions.BackendError:
-                if not elector.is_elected and not elector.multi_worker_ok:
-                    elector._end_term('etcd unreachable past the lease')
-                    return
-                LOG.warning('%s: keepalive could not reach etcd; retrying',
-                            elector.name, exc_info=True)
-                interval /= 3.0
-        wait = term.lost.wait
-        del elector
-        wait(interval)
+            raise _ElectorGone(name)
+        return getattr(elector, name)
 
 
-def _guard_loop(elector_ref, term):
-    """End ``term`` the moment it stops being ours.
+def _run_while_leading(elector_ref, which, term):
+    """Run the keepalive or the guard rule of ``term`` on this thread.
 
-    Watches the election key, so a key deleted or taken by someone else
-    (an operator, a restore) ends the term within one round trip, not at
-    the next renewal up to ``work_time / 3`` later.  And ends the term
-    when its lease deadline passes unconfirmed (unless multi_worker_ok):
-    a renewal sent to a member cut off from its cluster can block for
-    the client's whole timeout, and ``on_lost`` must fire before the key
-    can expire on the server, not after another worker was elected.
-    Holds the elector only weakly between watches, as the keepalive does.
+    Its sleeps end when the term is lost.
     """
-    index = None
-    while not term.lost.is_set():
-        elector = elector_ref()
-        if elector is None:
-            return
-        deadline = elector._lease_deadline
-        now = time.monotonic()
-        if deadline is None or now >= deadline:
-            if not elector.multi_worker_ok:
-                elector._end_term(
-                    'the worker stopped checking in' if
-                    now >= elector._alive_until else
-                    'the lease ran out before etcd confirmed a renewal')
-                return
-            deadline = now + elector.recovery_time
-        wait = min(deadline - now, elector.recovery_time)
-        backend, key, me = elector._backend, elector.master_key, \
-            elector.thread_id
-        del elector
-        why = None
-        try:
-            if index is None:
-                # Not fed to _went_back: an answer that arrives after the
-                # campaign saw a newer index is not etcd going back.
-                state, index = backend.read_key(key)
-                if state is None or state.value != me:
-                    why = _holder(state)
-            else:
-                event = backend.watch_key(key, index + 1, wait)
-                if event is None:
-                    # Only a close() returns early: do not spin.
-                    term.lost.wait(max(0.0, now + wait - time.monotonic()))
-                else:
-                    index = event.index
-                    if event.kind == base.DELETE or event.value != me:
-                        why = _holder(None if event.kind == base.DELETE
-                                      else event)
-        except exceptions.ClusterRewound as e:
-            index = None
-            elector = elector_ref()
-            if elector is not None:
-                elector._rewound(e)
-            del elector
-        except exceptions.HistoryGone:
-            index = None
-        except exceptions.BackendError:
-            # The deadline above decides; look again soon.
-            term.lost.wait(min(1.0, wait))
-        if why is not None and not term.lost.is_set():
-            elector = elector_ref()
-            if elector is not None and elector.term is term:
-                elector._key_not_ours(why)
-            return
-
-
-def _holder(state):
-    if state is None:
-        return 'the key was deleted'
-    return 'the key was taken by %s' % (state.value,)
+    elector = elector_ref()
+    if elector is None:
+        return
+    rule = getattr(elector._candidacy, which)(term)
+    backend, lock = elector._backend, elector._lock
+    del elector
+    try:
+        driving.drive(rule, backend, _WeakHost(elector_ref), lock=lock,
+                      hooks_locked=False, sleep=term.lost.wait)
+    except _ElectorGone:
+        pass
