@@ -133,15 +133,9 @@ class EtcdElection(object):
                  multi_worker_ok: bool = False, handler: HandlerArg = None,
                  on_elected: Optional[Callable[[Term], Any]] = None,
                  on_lost: Optional[Callable[[Term], Any]] = None) -> None:
-        keys.check_name('name', name)
-        self.election_path = keys.check_path('election_path', election_path)
-        keys.check_duration('work_time', work_time)
-        keys.check_duration('recovery_time', recovery_time)
-        for argument, value in (('on_elected', on_elected),
-                                ('on_lost', on_lost)):
-            if value is not None and not callable(value):
-                raise ValueError('%s must be callable, not %r'
-                                 % (argument, value))
+        self.election_path = candidacy.check_arguments(
+            name, election_path, work_time, recovery_time, on_elected,
+            on_lost)
         self._backend = backends.for_client(etcd_client)
         self._handler = handlers.get_handler(handler)
 

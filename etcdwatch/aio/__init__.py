@@ -1,4 +1,4 @@
-"""asyncio recipes: etcdwatch's watchers on an event loop.
+"""asyncio recipes: etcdwatch's election and watchers on an event loop.
 
 The same rules (:mod:`etcdwatch.rules`) as the threaded recipes, driven by
 coroutines (:mod:`etcdwatch.aio.driving`) over etcd's v3 gateway
@@ -6,11 +6,13 @@ coroutines (:mod:`etcdwatch.aio.driving`) over etcd's v3 gateway
 """
 
 from etcdwatch.aio.client import AsyncEtcd3Client
+from etcdwatch.aio.election import AsyncEtcdElection
 from etcdwatch.aio.iterate import Change
 from etcdwatch.aio.iterate import RESYNC
 from etcdwatch.aio.iterate import watch_prefix
 from etcdwatch.aio.watcher import AsyncEtcdChangeWatcher
 from etcdwatch.aio.watcher import AsyncEtcdWatcher
 
-__all__ = ['AsyncEtcd3Client', 'AsyncEtcdChangeWatcher', 'AsyncEtcdWatcher',
-           'Change', 'RESYNC', 'watch_prefix']
+__all__ = ['AsyncEtcd3Client', 'AsyncEtcdChangeWatcher',
+           'AsyncEtcdElection', 'AsyncEtcdWatcher', 'Change', 'RESYNC',
+           'watch_prefix']

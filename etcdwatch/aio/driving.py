@@ -8,6 +8,7 @@ both work), sleeps are awaited.  No lock is held across an ``await``:
 one watcher's rules and callbacks run on its own task, one at a time.
 """
 
+import asyncio
 import inspect
 from typing import Any, Awaitable, Callable, Optional
 
@@ -19,6 +20,20 @@ async def maybe_await(result: Any) -> Any:
     if inspect.isawaitable(result):
         return await result
     return result
+
+
+def sleep_until(event: Any) -> Callable[[float], Awaitable[bool]]:
+    """A SLEEP server that ends early when ``event`` is set.
+
+    It answers whether the event is set.
+    """
+    async def sleep(seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        return event.is_set()
+    return sleep
 
 
 async def drive(rule: Any, backend: Any, host: Any,

@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterable, Optional
 from oslo_log import log as logging
 
 from etcdwatch.aio import driving
+from etcdwatch.aio import election as aio_election
 from etcdwatch import backends
 from etcdwatch.rules import changes
 from etcdwatch.rules import requests
@@ -33,8 +34,16 @@ class AsyncEtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
 
     :param etcd_client: an :class:`etcdwatch.aio.AsyncEtcd3Client` (or an
         :class:`~etcdwatch.backends.base.AsyncBackend`).
-    :param name: a name for logs.
+    :param name: a name for logs, and the election's name when elected.
     :param watch_path: the etcd prefix to follow; it need not exist yet.
+    :param election_path: where to elect, with ``wait_until_elected``.
+    :param wait_until_elected: only the elected worker among those with
+        the same name and election_path watches and runs callbacks (an
+        :class:`~etcdwatch.aio.AsyncEtcdElection`, as
+        :class:`etcdwatch.EtcdWatcher` does with threads).  It loads the
+        whole tree when it wins, stops delivering when it loses, and
+        resigns when it stops, once a running callback has returned.
+    :param recovery_time: the election's recovery_time.
     :param data: anything; kept as ``self.data`` for the subclass.
     :param heartbeat: the longest one watch waits for a change, so
         ``do_tick()`` runs at least that often; a silent heartbeat is
@@ -49,12 +58,23 @@ class AsyncEtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
     """
 
     def __init__(self, etcd_client: Any, name: str, watch_path: str, *,
-                 data: Any = None, heartbeat: float = 60,
-                 codec: Any = None) -> None:
-        self._check_arguments(name, watch_path, None, False, 1,
-                              heartbeat, codec)
+                 election_path: Optional[str] = None,
+                 wait_until_elected: bool = False,
+                 recovery_time: float = 5, data: Any = None,
+                 heartbeat: float = 60, codec: Any = None) -> None:
+        self._check_arguments(name, watch_path, election_path,
+                              wait_until_elected, recovery_time, heartbeat,
+                              codec)
         self._backend = backends.for_async_client(etcd_client)
         self.etcd_client = etcd_client
+        self.etcd_elector: Optional[aio_election.AsyncEtcdElection] = None
+        if wait_until_elected:
+            assert election_path is not None    # checked above
+            self.etcd_elector = aio_election.AsyncEtcdElection(
+                etcd_client, name, election_path,
+                work_time=heartbeat + self.DANGER_PAUSE + recovery_time,
+                recovery_time=recovery_time)
+        self._term: Optional[int] = None
         self._init_state(name, data, heartbeat, codec)
         self._stop = asyncio.Event()
         self._synced = asyncio.Event()
@@ -149,6 +169,10 @@ class AsyncEtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
                 raise
         finally:
             self._cancelled_by_stop = False
+            if self.etcd_elector is not None:
+                # Only now, with no callback running, may another worker
+                # act as leader.
+                await asyncio.shield(self.etcd_elector.resign())
 
     async def run_once(self) -> bool:
         """One pass of the loop, errors handled; False once stopped."""
@@ -156,10 +180,14 @@ class AsyncEtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
             return False
         try:
             await driving.maybe_await(self.do_tick())
+            if self.etcd_elector is not None:
+                if not await self._waiting(self._wait_until_elected()):
+                    return False
             await self.do_watch()
             self._mirror.succeeded()
         except Exception as e:
-            await self._sleep(self._mirror.failed(e, *self._danger_pauses()))
+            await driving.sleep_until(self._stop)(
+                self._mirror.failed(e, *self._danger_pauses()))
         return not self._stop.is_set()
 
     async def do_watch(self) -> None:
@@ -176,11 +204,35 @@ class AsyncEtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
 
     # -- internals --------------------------------------------------------
 
+    async def _wait_until_elected(self):
+        """Campaign (stop() ends it); on a new term, start from a read.
+
+        Also the check-in that keeps the election's keepalive renewing.
+        """
+        assert self.etcd_elector is not None
+        if not await self.etcd_elector._campaign(self._stop):
+            return False
+        term = self.etcd_elector.fencing_token
+        if term != self._term:
+            LOG.info('%s: elected (term %s); loading %s', self.name, term,
+                     self.watch_path)
+            self._term = term
+            self._mirror.new_term()
+        return True
+
+    async def _waiting(self, awaitable):
+        """Await what stop() may cut short (a wait on etcd)."""
+        self._in_backend = True
+        try:
+            return await awaitable
+        finally:
+            self._in_backend = False
+
     async def _drive(self, rule):
         try:
             return await driving.drive(rule, _Waiting(self), self,
                                        run_callback=self._run_callback,
-                                       sleep=self._sleep)
+                                       sleep=driving.sleep_until(self._stop))
         finally:
             if self._mirror.synced:
                 self._synced.set()
@@ -189,13 +241,6 @@ class AsyncEtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
         if self._stop.is_set():
             return requests.NOT_RUN
         return await driving.maybe_await(getattr(self, name)(*args))
-
-    async def _sleep(self, seconds):
-        try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
-        return self._stop.is_set()
 
 
 class _Waiting(object):
@@ -208,11 +253,7 @@ class _Waiting(object):
         operation = getattr(self._watcher._backend, name)
 
         async def call(*args):
-            self._watcher._in_backend = True
-            try:
-                return await operation(*args)
-            finally:
-                self._watcher._in_backend = False
+            return await self._watcher._waiting(operation(*args))
         return call
 
 

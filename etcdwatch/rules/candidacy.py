@@ -27,6 +27,7 @@ from oslo_log import log as logging
 from etcdwatch.backends import base
 from etcdwatch import backoff
 from etcdwatch import exceptions
+from etcdwatch import keys
 from etcdwatch import outage
 from etcdwatch.rules import requests
 
@@ -56,6 +57,22 @@ class Term(object):
     def __repr__(self) -> str:
         return '<Term %s%s>' % (self.fencing_token,
                                 ' lost' if self.lost.is_set() else '')
+
+
+def check_arguments(name: str, election_path: str, work_time: float,
+                    recovery_time: float, on_elected: Any,
+                    on_lost: Any) -> str:
+    """Refuse bad election arguments, naming each; the normalised path."""
+    keys.check_name('name', name)
+    path = keys.check_path('election_path', election_path)
+    keys.check_duration('work_time', work_time)
+    keys.check_duration('recovery_time', recovery_time)
+    for argument, value in (('on_elected', on_elected),
+                            ('on_lost', on_lost)):
+        if value is not None and not callable(value):
+            raise ValueError('%s must be callable, not %r'
+                             % (argument, value))
+    return path
 
 
 def holder_of(state: Any) -> str:
