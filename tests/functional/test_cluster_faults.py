@@ -151,6 +151,11 @@ def work_spans(workers):
     return [tuple(s) for s in spans.values()]
 
 
+def asyncio_flags(api, flags):
+    """Extra worker flags for an asyncio worker on ``api``: v3 only."""
+    return [list(flags) + ['--asyncio']] if api == 'v3' else []
+
+
 def addresses(cluster, order):
     return ','.join('%s:%d' % cluster.hosts[i] for i in order)
 
@@ -203,6 +208,8 @@ def test_partition_of_the_watchers_member(netns_cluster):
         watchers = [workers.start('watch', hosts, prefix, HEARTBEAT, *flags),
                     workers.start('watch', hosts, prefix, HEARTBEAT,
                                   '--eventlet', *flags)]
+        watchers += [workers.start('watch', hosts, prefix, HEARTBEAT, *more)
+                     for more in asyncio_flags(api, flags)]
         truth = writer.state(prefix)
         _converges(watchers, truth, time.monotonic(), 60)
         cut_url = cluster.member(cut).client_url
@@ -226,9 +233,23 @@ def test_partition_of_the_watchers_member(netns_cluster):
           % (api, took, CONVERGE_BOUND, took_healed))
 
 
-def test_partition_of_the_leaders_member(netns_cluster):
-    """The old leader reports the loss before a new one starts."""
-    cluster, api = netns_cluster
+@pytest.fixture(params=['v2', 'v3', 'v3-asyncio'])
+def netns_leaders(request):
+    """``(cluster, api, flags of the first leader)``."""
+    api = request.param.split('-')[0]
+    with NetnsCluster(size=3, enable_v2=api == 'v2') as cluster:
+        cluster.wait_for_leader()
+        yield cluster, api, ['--asyncio'] if 'asyncio' in request.param \
+            else []
+
+
+def test_partition_of_the_leaders_member(netns_leaders):
+    """The old leader reports the loss before a new one starts.
+
+    On v3, the others are a threaded and an asyncio candidate; the cut-off
+    leader is one or the other.
+    """
+    cluster, api, first_flags = netns_leaders
     name = 'svc' + uuid.uuid4().hex[:8]
     ttl, recovery = 3, 1
     leader = cluster.wait_for_leader()
@@ -237,10 +258,11 @@ def test_partition_of_the_leaders_member(netns_cluster):
     with Workers() as workers:
         # Each worker's client knows only its own member.
         first = workers.start('lead', addresses(cluster, [cut]), name, ttl,
-                              recovery, 0.1, *flags)
+                              recovery, 0.1, *(flags + first_flags))
         first.wait_for(lambda lines: first.events('work'), timeout=30)
+        kinds = [[], ['--asyncio'] if api == 'v3' else []]
         others = [workers.start('lead', addresses(cluster, [i]), name, ttl,
-                                recovery, 0.1, *flags)
+                                recovery, 0.1, *(flags + kinds.pop()))
                   for i in range(3) if i != cut]
         for w in others:
             w.wait_for(lambda lines, w=w: w.events('campaigning'))
@@ -274,9 +296,12 @@ def test_partition_of_the_raft_leader(netns_cluster):
     rest = [i for i in range(3) if i != leader]
     writer, hosts, flags = _seeded(cluster, api, prefix, first=leader)
     with Workers() as workers:
-        watchers = [workers.start('watch', hosts, prefix, HEARTBEAT, *flags)]
-        leads = [workers.start('lead', hosts, name, 3, 1, 0.1, *flags)
-                 for _ in range(3)]
+        watchers = [workers.start('watch', hosts, prefix, HEARTBEAT, *more)
+                    for more in [flags] + asyncio_flags(api, flags)]
+        kinds = [flags, flags,
+                 flags + (['--asyncio'] if api == 'v3' else [])]
+        leads = [workers.start('lead', hosts, name, 3, 1, 0.1, *more)
+                 for more in kinds]
         _converges(watchers, writer.state(prefix), time.monotonic(), 60)
         wait_until(lambda: any(w.events('work') for w in leads), timeout=30)
 
@@ -322,11 +347,13 @@ def test_etcd_rewound_under_watchers_and_electors(fresh_backend, how):
                    else d.server.backup_data())
         d.reconnect()
     with Workers() as workers:
-        watchers = [workers.start(*d.worker_args('watch', prefix, HEARTBEAT)),
-                    workers.start(*d.worker_args('watch', prefix, HEARTBEAT,
-                                                 '--eventlet'))]
-        leads = [workers.start(*d.worker_args('lead', name, 3, 1, 0.1))
-                 for _ in range(3)]
+        extra = ['--asyncio'] if d.name == 'v3' else []
+        watchers = [workers.start(*d.worker_args('watch', prefix, HEARTBEAT,
+                                                 *more))
+                    for more in [[], ['--eventlet']] + [extra] * bool(extra)]
+        leads = [workers.start(*d.worker_args('lead', name, 3, 1, 0.1,
+                                              *more))
+                 for more in [[], [], extra]]
         # Newer than the copy: keys it lacks, values it does not have.
         _changes(d, prefix, 20, 30)
         _converges(watchers, d.state(prefix), time.monotonic(), 60)

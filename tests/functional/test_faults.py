@@ -68,11 +68,12 @@ def test_etcd_killed_and_restarted_under_watchers_and_an_election(
         d.put('%s/k%d' % (prefix, i), 'v%d' % i)
     name = 'svc' + uuid.uuid4().hex[:8]
     with Workers() as workers:
-        watchers = [workers.start(*d.worker_args('watch', prefix, 2)),
-                    workers.start(*d.worker_args('watch', prefix, 2,
-                                                 '--eventlet'))]
-        for _ in range(3):
-            workers.start(*d.worker_args('lead', name, 3, 1, 0.1))
+        # On v3, an asyncio watcher and candidate too.
+        extra = ['--asyncio'] if d.name == 'v3' else []
+        watchers = [workers.start(*d.worker_args('watch', prefix, 2, *more))
+                    for more in [[], ['--eventlet']] + [extra] * bool(extra)]
+        for more in [[], [], extra]:
+            workers.start(*d.worker_args('lead', name, 3, 1, 0.1, *more))
         for w in watchers:
             w.wait_for(lambda lines, w=w: len(reported(w)) == 20)
         wait_until(lambda: any(w.events('work') for w in workers.all),

@@ -5,6 +5,8 @@
     python -m tests.functional.worker watch HOST:PORT PREFIX HEARTBEAT
 
 ``--eventlet`` monkey-patches the process first (the OpenStack agent way).
+``--asyncio`` runs etcdwatch.aio's recipes on an event loop instead, with
+an AsyncEtcd3Client on HOSTS (v3 only; the lines printed are the same).
 ``--v3`` gives the recipes an etcd3gw client (etcd's v3 API) instead of a
 python-etcd one (several HOSTS: an etcdwatch.v3client.FailoverEtcd3Client).
 Every line printed is one JSON object, flushed at once:
@@ -29,6 +31,7 @@ if '--eventlet' in sys.argv:
     import eventlet
     eventlet.monkey_patch()
 
+import asyncio  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
@@ -122,8 +125,77 @@ def watch(address, prefix, heartbeat):
     watcher.watch_forever()
 
 
+# -- the asyncio recipes ------------------------------------------------------
+
+def aio_client_for(address):
+    from etcdwatch import aio
+    return aio.AsyncEtcd3Client(address.split(','), timeout=10)
+
+
+async def aio_lead(address, name, work_time, recovery_time, unit):
+    from etcdwatch import aio
+    client = aio_client_for(address)
+    elector = aio.AsyncEtcdElection(
+        client, name, '/elections', work_time=float(work_time),
+        recovery_time=float(recovery_time),
+        on_lost=lambda term: say(event='term_lost',
+                                 term=term.fencing_token))
+    say(event='campaigning', id=elector.thread_id)
+    try:
+        while True:
+            await elector.campaign()
+            say(event='elected', id=elector.thread_id,
+                term=elector.fencing_token, base_uri=client.base_url)
+            while True:
+                t = time.time()
+                if not elector.is_elected:
+                    say(event='lost', why='is_elected')
+                    break
+                say(event='work', t=t, term=elector.fencing_token)
+                await asyncio.sleep(float(unit))
+                try:
+                    elector.check_in()
+                except etcdwatch.EtcdElectionLost:
+                    say(event='lost', why='check_in')
+                    break
+    finally:
+        await elector.aclose()
+
+
+async def aio_watch(address, prefix, heartbeat):
+    from etcdwatch import aio
+
+    class AsyncReporter(aio.AsyncEtcdChangeWatcher):
+        def key_change(self, action, key, value):
+            say(action=action, key=key, value=value)
+
+    client = aio_client_for(address)
+    async with AsyncReporter(client, 'reporter', prefix,
+                             heartbeat=float(heartbeat)) as watcher:
+        await watcher.wait_synced()
+        say(event='synced', handler='asyncio', base_uri=client.base_url)
+        await watcher._task
+
+
+def run_asyncio(mode, *args):
+    """Run an asyncio mode; SIGTERM cancels it (so a leader resigns)."""
+    async def main():
+        task = asyncio.ensure_future(
+            {'lead': aio_lead, 'watch': aio_watch}[mode](*args))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM,
+                                                      task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+    asyncio.run(main())
+
+
 def main(argv):
     args = [a for a in argv if not a.startswith('--')]
+    if '--asyncio' in argv:
+        run_asyncio(*args)
+        return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args[0] == 'elect':
         elect(*args[1:])
