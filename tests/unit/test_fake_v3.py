@@ -472,3 +472,35 @@ def test_async_v3_backend_runs_on_the_async_transport(server):
     assert (put.kind, put.key, put.value) == ('put', '/e/x', 'y')
     assert (expired.kind, expired.key) == ('delete', '/e/leader')
     wait_until(lambda: server.watch_count == 0, WAIT)
+
+
+def test_watch_prev_kv_is_the_key_before_the_revision(server, client):
+    """A key put and deleted in one txn: its delete has no prev_kv.
+
+    etcd reads a watch event's prev_kv at the revision before the event,
+    when that key did not exist yet.
+    """
+    client.put('/t/old', 'o')
+    stream = server.handle('POST', '/v3/watch', json.dumps(
+        {'create_request': {'key': b64('/t/'), 'range_end': b64('\0'),
+                            'prev_kv': True}}).encode())
+    stream.next_message(0)
+    client.transaction({'success': [
+        {'request_put': {'key': b64('/t/new'), 'value': b64('n')}},
+        {'request_delete_range': {'key': b64('/t/'),
+                                  'range_end': b64('\0')}}]})
+    events = json.loads(stream.next_message(0))['result']['events']
+    stream.close()
+    assert [(e.get('type', 'PUT'), base64.b64decode(e['kv']['key']),
+             'prev_kv' in e) for e in events] == [
+        ('PUT', b'/t/new', False), ('DELETE', b'/t/new', False),
+        ('DELETE', b'/t/old', True)]
+
+
+def test_watch_at_the_compaction_revision_keeps_its_delete(server, client):
+    client.put('/k', 'v')
+    client.delete('/k')
+    post(server, '/v3/kv/compaction', {'revision': server.revision})
+    event = client.watch_once('/k', timeout=WAIT,
+                              start_revision=server.revision)
+    assert event['type'] == 'DELETE'

@@ -1018,6 +1018,9 @@ class _Batch(object):
         self.server = server
         self.base = server.revision
         self.events = []
+        # Each key touched, as it was before the batch: a watch's prev_kv
+        # is the key at the revision before the event's, as etcd reads it.
+        self._before = {}
 
     def view_revision(self):
         return self.base + 1 if self.events else self.base
@@ -1046,7 +1049,7 @@ class _Batch(object):
             self.server._leases[lease].keys.add(key)
         self.server._live[key] = kv
         self._record(kv)
-        self.events.append((PUT, kv, prev))
+        self.events.append((PUT, kv, self._before.setdefault(key, prev)))
         return rev
 
     def delete(self, prev):
@@ -1055,7 +1058,8 @@ class _Batch(object):
         del self.server._live[prev.key]
         tomb = KV(prev.key, b'', 0, rev, 0, 0)
         self._record(tomb)
-        self.events.append((DELETE, tomb, prev))
+        self.events.append((DELETE, tomb,
+                            self._before.setdefault(prev.key, prev)))
 
     def commit(self):
         if not self.events:
