@@ -38,7 +38,9 @@ class App(object):
         self.violations = []
 
 
-class ModelWatcher(EtcdChangeWatcher):
+class Checking(object):
+    """What the model's watchers share: the app, and the checks."""
+
     CALLBACK_RETRY_MIN = 0.001
     CALLBACK_RETRY_MAX = 0.002
     DANGER_PAUSE = 0.01
@@ -46,7 +48,7 @@ class ModelWatcher(EtcdChangeWatcher):
     def __init__(self, app, *args, **kwargs):
         self.app = app
         self.told = {}
-        super(ModelWatcher, self).__init__(*args, **kwargs)
+        super(Checking, self).__init__(*args, **kwargs)
 
     def init_resync_start(self):
         return list(self.app.state)
@@ -67,7 +69,7 @@ class ModelWatcher(EtcdChangeWatcher):
             app.violations.append('no-op change of %s' % key)
         elif action == 'delete' and key not in self.told:
             app.violations.append('delete of unreported key %s' % key)
-        super(ModelWatcher, self).key_change(action, key, value)
+        super(Checking, self).key_change(action, key, value)
         if action == 'delete':
             del self.told[key]
         else:
@@ -80,8 +82,25 @@ class ModelWatcher(EtcdChangeWatcher):
         self.app.state.pop(short_key, None)
 
 
+class ModelWatcher(Checking, EtcdChangeWatcher):
+    """The threaded change watcher under test."""
+
+
 class Model(object):
-    def __init__(self, driver, prefix, seed, clock=None, history_loss=None):
+    """The model of a change watcher's life, and its invariant.
+
+    ``aio_client`` (an AsyncEtcd3Client on the driver's etcd) puts an
+    AsyncEtcdChangeWatcher under test instead, pumped on an event loop of
+    the model's own.
+    """
+
+    def __init__(self, driver, prefix, seed, clock=None, history_loss=None,
+                 aio_client=None):
+        self.aio_client = aio_client
+        self.loop = None
+        if aio_client is not None:
+            import asyncio
+            self.loop = asyncio.new_event_loop()
         self.driver = driver
         self.prefix = prefix
         self.seed = seed
@@ -93,8 +112,21 @@ class Model(object):
         self.log = []
 
     def _new_watcher(self):
+        if self.aio_client is not None:
+            from etcdwatch import aio
+
+            class AsyncModelWatcher(Checking, aio.AsyncEtcdChangeWatcher):
+                pass
+            return AsyncModelWatcher(self.app, self.aio_client, 'model',
+                                     self.prefix, heartbeat=0.01)
         return ModelWatcher(self.app, self.driver.client, 'model',
                             self.prefix, heartbeat=0.01)
+
+    def close(self):
+        if self.loop is not None:
+            self.loop.run_until_complete(self.watcher.aclose())
+            self.loop.run_until_complete(self.aio_client.aclose())
+            self.loop.close()
 
     def _key(self):
         return '%s/%s' % (self.prefix, self.rng.choice(KEYS))
@@ -139,6 +171,8 @@ class Model(object):
     def op_restart(self):
         # The old watcher is dropped mid-stream; the app keeps its state.
         self.watcher.stop()
+        if self.loop is not None:
+            self.loop.run_until_complete(self.watcher.aclose())
         self.watcher = self._new_watcher()
 
     def op_toggle_failures(self):
@@ -153,7 +187,10 @@ class Model(object):
 
     def _pump_once(self):
         try:
-            self.watcher.do_watch()
+            if self.loop is not None:
+                self.loop.run_until_complete(self.watcher.do_watch())
+            else:
+                self.watcher.do_watch()
         except Exception:
             # watch_forever would log this and pause; the model just goes
             # on (the fake raises nothing here unless told to).
