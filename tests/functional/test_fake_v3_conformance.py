@@ -24,13 +24,15 @@ Everything else (revisions, versions, base64 keys and values, omitted
 zero fields, ``more``, ``count``, error bodies and codes) must be equal.
 
 Watches are read message by message: the fake says how many messages a
-watch gives before going quiet; the real etcd must give as many (waited
-for, bounded by WAIT), and then a fence write into the watched range (a
-put and a delete) must come next on both, so an extra message on etcd
-would show.  The fence's two revisions are compared as events and the
-not by message: etcd may send them in one message or two, under the
-revision current when it sends.  Lease expiry
-and token expiry, which take real seconds on etcd, move the fake's clock.
+watch gives before going quiet (created, catch-up, cancellation); the real
+etcd must give as many (waited for, bounded by WAIT), and then a fence
+write into the watched range (a put and a delete) must come next on both,
+so an extra message on etcd would show.  The fence's events are compared
+as events, not by message: etcd may send two quick revisions in one
+message, under the revision current when it sends.  Live watches (held
+open while the random requests go on) are compared the same way, every
+event up to their fence.  Lease expiry and token expiry, which take real
+seconds on etcd, move the fake's clock.
 """
 
 import base64

@@ -42,6 +42,9 @@ _JSON_HEADERS = (('Access-Control-Allow-Headers',
                  ('Access-Control-Allow-Origin', '*'),
                  ('Content-Type', 'application/json'))
 _GRPC_HEADER = ('Grpc-Metadata-Content-Type', 'application/grpc')
+#: The headers of a watch answer (streamed, chunked on the wire).
+STREAM_HEADERS = list(_JSON_HEADERS) + [_GRPC_HEADER,
+                                        ('Transfer-Encoding', 'chunked')]
 
 PUT, DELETE = 'PUT', 'DELETE'
 
@@ -161,11 +164,22 @@ class WatchStream(object):
             self._messages.append(_dumps({'result': result}) + b'\n')
             self._cond.notify_all()
             listeners = list(self._listeners)
+        self._wake(listeners)
+
+    @staticmethod
+    def _wake(listeners):
         for listener in listeners:
-            listener()
+            try:
+                listener()
+            except Exception:  # noqa: a reader gone (its loop closed)
+                pass
 
     def add_listener(self, callback):
-        """Call ``callback()`` (from any thread) when a message arrives."""
+        """Call ``callback()`` (from any thread) when a message arrives.
+
+        Also at the end of the stream.  An exception it raises is ignored:
+        a reader that went away must not fail the write that woke it.
+        """
         with self._cond:
             self._listeners.append(callback)
 
@@ -208,8 +222,7 @@ class WatchStream(object):
             self._messages.clear()
             self._cond.notify_all()
             listeners = list(self._listeners)
-        for listener in listeners:
-            listener()
+        self._wake(listeners)
 
     def __repr__(self):
         return '<WatchStream %d watches%s>' % (

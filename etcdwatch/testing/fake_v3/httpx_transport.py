@@ -13,7 +13,6 @@ import asyncio
 import httpx
 
 from etcdwatch.testing.fake_v3 import core
-from etcdwatch.testing.fake_v3 import transport
 
 
 def _answer(server, request, body):
@@ -28,8 +27,7 @@ def _read_timeout(request):
 
 def _headers(answer):
     if isinstance(answer, core.WatchStream):
-        return list(core._JSON_HEADERS) + [core._GRPC_HEADER] + (
-            transport.STREAM_HEADERS)
+        return core.STREAM_HEADERS
     return answer.headers + [('Content-Length', str(len(answer.body)))]
 
 

@@ -1,9 +1,10 @@
-"""FakeEtcd3Server: the fake etcd v3 with its clients wired to it."""
+"""FakeEtcd3Server: the fake etcd v3 with its clients wired to it.
 
-import requests
+requests (for etcd3gw) and httpx are imported on first use: either alone
+is enough for the clients that use it.
+"""
 
 from etcdwatch.testing.fake_v3 import core
-from etcdwatch.testing.fake_v3 import transport
 
 
 class FakeEtcd3Server(core.FakeEtcd3):
@@ -33,6 +34,7 @@ class FakeEtcd3Server(core.FakeEtcd3):
 
     def adapter(self):
         """A ``requests`` transport adapter answering from this fake."""
+        from etcdwatch.testing.fake_v3 import transport
         return transport.RequestsAdapter(self)
 
     def session(self):
@@ -41,6 +43,7 @@ class FakeEtcd3Server(core.FakeEtcd3):
         Only the fake's base URL (http and https) is mounted: a request
         anywhere else goes to the network as usual.
         """
+        import requests
         session = requests.Session()
         session.trust_env = False
         adapter = self.adapter()

@@ -29,8 +29,6 @@ _REASONS = {200: 'OK', 400: 'Bad Request', 401: 'Unauthorized',
             405: 'Method Not Allowed', 499: 'Client Closed Request',
             500: 'Internal Server Error', 503: 'Service Unavailable'}
 
-STREAM_HEADERS = [('Transfer-Encoding', 'chunked')]
-
 
 def request_path(url):
     parts = urlsplit(url)
@@ -143,8 +141,7 @@ class RequestsAdapter(BaseAdapter):
         response.url = request.url
         if isinstance(answer, core.WatchStream):
             response.status_code = 200
-            headers = list(core._JSON_HEADERS) + [core._GRPC_HEADER] + (
-                STREAM_HEADERS)
+            headers = core.STREAM_HEADERS
             raw = StreamRaw(answer, read_timeout(timeout), request.url)
             response.raw = raw
             response.connection = _StreamConnection(raw)
