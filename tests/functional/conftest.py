@@ -22,6 +22,9 @@
     Parametrized the same way: ``(cluster, api)``, a 3-member cluster of
     this test's own (v2 disabled for 'v3'); ``drivers.make_driver(api,
     member)`` writes through one member.
+``etcd_cluster_v3``
+    A 3-member cluster of this test's own with v2 disabled (for the
+    asyncio recipes, which speak v3 only).
 
 etcd3gw is a test requirement: nothing here skips without it.
 """
@@ -91,3 +94,10 @@ def backend_cluster(request):
     """``(cluster, api)``: a 3-member cluster of this test's own."""
     with EtcdCluster(size=3, enable_v2=request.param == 'v2') as cluster:
         yield cluster, request.param
+
+
+@pytest.fixture
+def etcd_cluster_v3():
+    """A 3-member cluster with the v2 API disabled, of this test's own."""
+    with EtcdCluster(size=3, enable_v2=False) as cluster:
+        yield cluster

@@ -16,6 +16,7 @@ import uuid
 from etcdwatch import backends
 from etcdwatch.backends import base
 from etcdwatch import EtcdElection
+from tests import drivers
 from tests.drivers import make_driver
 from tests.functional.procs import Workers
 from tests.helpers import campaign_in_thread
@@ -217,10 +218,22 @@ def test_sigstop_of_the_leader_past_its_ttl(backend_client):
 
     And the periods in which each process believed it led never overlap.
     """
-    d, name, work_time = backend_client, unique_name(), 2
+    _sigstop_of_the_leader(backend_client, [[], [], []])
+
+
+def test_sigstop_of_an_asyncio_leader_past_its_ttl(etcd_v3_server,
+                                                   etcd3_client):
+    """The same with asyncio candidates (v3), and a threaded one."""
+    d = drivers.V3Driver(etcd_v3_server, etcd3_client)
+    _sigstop_of_the_leader(d, [['--asyncio'], ['--asyncio'], []])
+
+
+def _sigstop_of_the_leader(d, kinds):
+    name, work_time = unique_name(), 2
     with Workers() as workers:
-        for _ in range(3):
-            workers.start(*d.worker_args('lead', name, work_time, 0.5, 0.1))
+        for more in kinds:
+            workers.start(*d.worker_args('lead', name, work_time, 0.5, 0.1,
+                                         *more))
         wait_until(lambda: _lines(workers, 'work'), timeout=30)
         first = _lines(workers, 'elected')[0][1]
         first.signal(signal.SIGSTOP)
@@ -258,12 +271,22 @@ def test_sigstop_of_the_leader_past_its_ttl(backend_client):
 
 def test_leader_survives_losing_its_cluster_member(backend_cluster):
     """Its client moves on to another member (v3: FailoverEtcd3Client)."""
+    cluster, api = backend_cluster
+    _leader_survives_losing_its_member(
+        cluster, list(make_driver(api, cluster.members[0]).worker_flags))
+
+
+def test_asyncio_leader_survives_losing_its_cluster_member(etcd_cluster_v3):
+    """The same with an AsyncEtcd3Client on every member (v3)."""
+    _leader_survives_losing_its_member(etcd_cluster_v3,
+                                       ['--v3', '--asyncio'])
+
+
+def _leader_survives_losing_its_member(cluster, flags):
     # The TTL must outlast the cluster's own failover: if the member was
     # raft's leader, writes stall until the others elect a new one.
-    cluster, api = backend_cluster
     name, work_time = unique_name(), 10
     hosts = ','.join('%s:%d' % hp for hp in cluster.hosts)
-    flags = make_driver(api, cluster.members[0]).worker_flags
     cluster.wait_for_leader()
     with Workers() as workers:
         leader = workers.start('lead', hosts, name, work_time, 1, 0.1,
