@@ -504,3 +504,22 @@ def test_watch_at_the_compaction_revision_keeps_its_delete(server, client):
     event = client.watch_once('/k', timeout=WAIT,
                               start_revision=server.revision)
     assert event['type'] == 'DELETE'
+
+
+def test_outage_refuses_requests_and_ends_streams(server, client):
+    client.put('/k', 'v')
+    lease = client.lease(10)
+    events, cancel = client.watch('/k')
+    wait_until(lambda: server.watch_count == 1, WAIT)
+    with server.outage():
+        assert server.watch_count == 0
+        with pytest.raises(gw_exceptions.ConnectionFailedError):
+            client.get('/k')
+        with httpx.Client(transport=server.httpx_transport(),
+                          base_url=server.base_url) as http:
+            with pytest.raises(httpx.ConnectError):
+                http.post('/v3/kv/range', json={'key': b64('/k')})
+        server.advance(10)          # the store carries on
+    cancel()
+    assert lease.ttl() == -1
+    assert client.get('/k') == [b'v']

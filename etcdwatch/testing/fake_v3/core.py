@@ -13,6 +13,7 @@ progress notifications get one every ``progress_interval`` seconds of it.
 """
 
 import collections
+import contextlib
 import json
 import threading
 
@@ -266,7 +267,36 @@ class FakeEtcd3(object):
         self._streams = []
         self.auth = auth_mod.AuthStore(self.clock, token_ttl, seed)
         self._last_progress = self.clock.time()
+        self._available = True
         self.clock._subscribe(self._on_tick)
+
+    # -- outages
+
+    @property
+    def available(self):
+        """False while etcd is unreachable: see :meth:`outage`."""
+        return self._available
+
+    @available.setter
+    def available(self, value):
+        self._available = bool(value)
+        if not value:
+            self.close_streams()
+
+    @contextlib.contextmanager
+    def outage(self):
+        """Make etcd unreachable for the ``with`` block.
+
+        The transports refuse every request as a closed port would
+        (``requests.exceptions.ConnectionError``, ``httpx.ConnectError``)
+        and every open watch stream ends.  The store carries on: leases
+        still expire when the clock moves.
+        """
+        self.available = False
+        try:
+            yield self
+        finally:
+            self.available = True
 
     # -- the clock
 

@@ -15,6 +15,12 @@ import httpx
 from etcdwatch.testing.fake_v3 import core
 
 
+def _check_available(server, request):
+    if not server.available:
+        raise httpx.ConnectError('fake etcd %s is unavailable (outage)'
+                                 % request.url, request=request)
+
+
 def _answer(server, request, body):
     return server.handle(request.method, request.url.raw_path.decode(),
                          body, dict(request.headers))
@@ -92,6 +98,7 @@ class HTTPXTransport(httpx.BaseTransport):
         self.server = server
 
     def handle_request(self, request):
+        _check_available(self.server, request)
         answer = _answer(self.server, request, request.read())
         if isinstance(answer, core.WatchStream):
             return httpx.Response(200, headers=_headers(answer),
@@ -109,6 +116,7 @@ class AsyncHTTPXTransport(httpx.AsyncBaseTransport):
         self.server = server
 
     async def handle_async_request(self, request):
+        _check_available(self.server, request)
         answer = _answer(self.server, request, await request.aread())
         if isinstance(answer, core.WatchStream):
             return httpx.Response(200, headers=_headers(answer),

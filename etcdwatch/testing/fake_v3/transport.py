@@ -129,6 +129,10 @@ class RequestsAdapter(BaseAdapter):
 
     def send(self, request, stream=False, timeout=None, verify=True,
              cert=None, proxies=None):
+        if not self.server.available:
+            raise requests.exceptions.ConnectionError(
+                'fake etcd %s is unavailable (outage)' % request.url,
+                request=request)
         body = request.body or b''
         if hasattr(body, 'read'):
             body = body.read()
