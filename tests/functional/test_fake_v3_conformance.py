@@ -16,6 +16,9 @@ body after normalising what legitimately differs:
   15 s of it (the fake's arithmetic is unit-tested);
 - auth tokens (random) become ``'TOKEN'``.
 
+The answers' ``Content-Type`` and ``Grpc-Metadata-Content-Type`` headers
+are compared too.
+
 Known etcd 3.5.1 bugs the fake does not copy are kept out of the random
 requests: a watch starting exactly at the compaction revision (etcd
 #19179, fixed in 3.5.18, loses a delete made at that revision).
@@ -123,7 +126,9 @@ class Side(object):
             answer = json.loads(resp.content.decode('utf-8'))
         except ValueError:
             answer = resp.content.decode('utf-8')
-        self.outcomes.append((label, resp.status_code, self.norm(answer)))
+        self.outcomes.append((label, resp.status_code, self.norm(answer),
+                              resp.headers.get('Content-Type'),
+                              resp.headers.get('Grpc-Metadata-Content-Type')))
         return resp.status_code, answer
 
     def note(self, label, value):
@@ -278,6 +283,8 @@ def case_kv_basics(t):
     t.call('status', '/v3/maintenance/status', {})
     t.outcomes[-1] = t.outcomes[-1][:2] + (
         sorted(t.outcomes[-1][2]),)
+    t.note('get version', _get(t, '/version'))
+    t.note('get on a POST path', _get(t, '/v3/kv/range'))
 
 
 def case_leases(t):
@@ -402,6 +409,11 @@ def case_watches(t):
         {'create_request': {'key': b64('c'), 'watch_id': 5}}], None)
     _watched(t, 'progress', [{'progress_request': {}}], None)
     t.note('garbage watch', _garbage_watch(t))
+
+
+def _get(t, path):
+    resp = t.session.get(t.base_url + path, timeout=WAIT)
+    return resp.status_code, resp.headers.get('Content-Type'), resp.text
 
 
 def _garbage_watch(t):
