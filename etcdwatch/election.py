@@ -153,9 +153,10 @@ class EtcdElection(object):
             bool(multi_worker_ok))
 
         self._lock = self._handler.rlock()
-        # (term, task) of the keepalive and of the guard.
+        # (term, task) of the keepalive, the guard and the lease timer.
         self._keepalive: Any = (None, None)
         self._guard: Any = (None, None)
+        self._timer: Any = (None, None)
         # Whether the key may be ours: shared with the finalizer, which
         # releases it at exit or collection without a reference to self.
         self._held = self._candidacy.held
@@ -356,7 +357,7 @@ class EtcdElection(object):
             LOG.exception('%s: election callback %r failed', self.name, func)
 
     def _keepalive_running(self):
-        """Whether the keepalive and the guard both serve the current term.
+        """Whether the keepalive, guard and lease timer serve this term.
 
         A task of an ended term exits by itself (it waits on that term's
         ``lost``), but may still be alive just after a new term began.
@@ -365,7 +366,8 @@ class EtcdElection(object):
             term = self.term
             return term is not None and all(
                 task is not None and task_term is term and task.is_alive()
-                for task_term, task in (self._keepalive, self._guard))
+                for task_term, task in (self._keepalive, self._guard,
+                                        self._timer))
 
     def _ensure_keepalive(self):
         with self._lock:
@@ -373,14 +375,14 @@ class EtcdElection(object):
             if term is None:
                 return
             ref = weakref.ref(self)
-            task_term, task = self._keepalive
-            if task_term is not term or task is None or not task.is_alive():
-                self._keepalive = (term, self._handler.spawn(
-                    _run_while_leading, ref, 'keepalive', term))
-            task_term, task = self._guard
-            if task_term is not term or task is None or not task.is_alive():
-                self._guard = (term, self._handler.spawn(
-                    _run_while_leading, ref, 'guard', term))
+            for attribute, rule in (('_keepalive', 'keepalive'),
+                                    ('_guard', 'guard'),
+                                    ('_timer', 'lease_timer')):
+                task_term, task = getattr(self, attribute)
+                if task_term is not term or task is None or \
+                        not task.is_alive():
+                    setattr(self, attribute, (term, self._handler.spawn(
+                        _run_while_leading, ref, rule, term)))
 
     def _key_not_ours(self, why):
         self._candidacy.refused = True
@@ -410,7 +412,7 @@ class _WeakHost(object):
 
 
 def _run_while_leading(elector_ref, which, term):
-    """Run the keepalive or the guard rule of ``term`` on this thread.
+    """Run the keepalive, guard or lease timer of ``term`` on this thread.
 
     Its sleeps end when the term is lost.
     """

@@ -65,8 +65,10 @@ class AsyncEtcdElection(object):
         self._candidacy = candidacy.Candidacy(
             name, self.master_key, self.thread_id, work_time, recovery_time,
             bool(multi_worker_ok))
+        # (term, task) of the keepalive, the guard and the lease timer.
         self._keepalive: Any = (None, None)
         self._guard: Any = (None, None)
+        self._timer: Any = (None, None)
 
     # -- what callers ask -------------------------------------------------
 
@@ -156,7 +158,7 @@ class AsyncEtcdElection(object):
     async def aclose(self) -> None:
         """Resign, and end the keepalive and the guard."""
         await self.resign()
-        for _term, task in (self._keepalive, self._guard):
+        for _term, task in (self._keepalive, self._guard, self._timer):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -246,25 +248,28 @@ class AsyncEtcdElection(object):
         term = self.term
         return term is not None and all(
             task is not None and task_term is term and not task.done()
-            for task_term, task in (self._keepalive, self._guard))
+            for task_term, task in (self._keepalive, self._guard,
+                                    self._timer))
 
     def _ensure_keepalive(self):
         term = self.term
         if term is None:
             return
         for attribute, rule in (('_keepalive', self._candidacy.keepalive),
-                                ('_guard', self._candidacy.guard)):
+                                ('_guard', self._candidacy.guard),
+                                ('_timer', self._candidacy.lease_timer)):
             task_term, task = getattr(self, attribute)
             if task_term is not term or task is None or task.done():
                 setattr(self, attribute, (term, asyncio.ensure_future(
                     self._while_leading(rule(term), term))))
 
     async def _while_leading(self, rule, term):
-        """Run the keepalive or the guard; its sleeps end with the term."""
+        """Run the keepalive, guard or timer; its sleeps end with the term."""
         try:
             await self._drive(rule, driving.sleep_until(term.lost))
         except Exception:
             # A bug, not etcd (the rules handle etcd's errors): the
             # deadline still ends the term, and the next campaign restarts
             # the task.
-            LOG.exception('%s: keepalive or guard failed', self.name)
+            LOG.exception('%s: keepalive, guard or lease timer failed',
+                          self.name)

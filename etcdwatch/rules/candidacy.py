@@ -9,7 +9,9 @@ and the rules it follows, as generators that yield
   go; back off on errors; hold off after etcd went back in time;
 - :meth:`~Candidacy.keepalive`: renew the key while the worker shows life;
 - :meth:`~Candidacy.guard`: end the term the moment the key stops being
-  ours, or at the local lease deadline.
+  ours;
+- :meth:`~Candidacy.lease_timer`: end the term at the local lease
+  deadline, whatever the I/O of the others is waiting for.
 
 Starting and ending terms involves callbacks and whatever the driver
 waits on, so the rules ask the host for them with HOOK requests:
@@ -384,19 +386,15 @@ class Candidacy(object):
                     interval /= 3.0
             yield requests.sleep(interval)
 
-    def guard(self, term: Term):
-        """End ``term`` the moment it stops being ours.
+    def lease_timer(self, term: Term):
+        """End ``term`` when its local lease deadline passes unconfirmed.
 
-        Watches the election key, so a key deleted or taken by someone
-        else (an operator, a restore) ends the term within one round trip,
-        not at the next renewal up to ``work_time / 3`` later.  And ends
-        the term when its lease deadline passes unconfirmed (unless
-        multi_worker_ok): a renewal sent to a member cut off from its
-        cluster can block for the client's whole timeout, and on_lost must
-        fire before the key can expire on the server, not after another
-        worker was elected.  Sleeps end early when ``term.lost`` is set.
+        Unless multi_worker_ok.  No I/O: a renewal sent to a member cut
+        off from its cluster, or a read of the guard's, can block for the
+        client's whole timeout, and on_lost must fire before the key can
+        expire on the server, not after another worker was elected.
+        Sleeps end early when ``term.lost`` is set.
         """
-        index = None
         while not term.lost.is_set():
             deadline = self.lease_deadline
             now = self.clock()
@@ -408,7 +406,22 @@ class Candidacy(object):
                         'the lease ran out before etcd confirmed a renewal')
                     return
                 deadline = now + self.recovery_time
-            wait = min(deadline - now, self.recovery_time)
+            yield requests.sleep(deadline - now)
+
+    def guard(self, term: Term):
+        """End ``term`` the moment the key stops being ours.
+
+        Watches the election key from the index the term was won at, so a
+        key deleted or taken by someone else (an operator, a restore) ends
+        the term within one round trip, not at the next renewal up to
+        ``work_time / 3`` later.  (The lease deadline is
+        :meth:`lease_timer`'s.)  Sleeps end early when ``term.lost`` is
+        set.
+        """
+        index: Optional[int] = term.fencing_token
+        while not term.lost.is_set():
+            wait = self.recovery_time
+            started = self.clock()
             why = None
             try:
                 if index is None:
@@ -425,7 +438,7 @@ class Candidacy(object):
                     if event is None:
                         # Only a close() returns early: do not spin.
                         yield requests.sleep(
-                            max(0.0, now + wait - self.clock()))
+                            max(0.0, started + wait - self.clock()))
                     else:
                         index = event.index
                         if event.kind == base.DELETE or \
@@ -438,7 +451,7 @@ class Candidacy(object):
             except exceptions.HistoryGone:
                 index = None
             except exceptions.BackendError:
-                # The deadline above decides; look again soon.
+                # The lease timer decides; look again soon.
                 yield requests.sleep(min(1.0, wait))
             if why is not None and not term.lost.is_set():
                 if self.term is term:

@@ -302,3 +302,33 @@ def _leader_survives_losing_its_member(cluster, flags):
                         2 * work_time, timeout=60)
         assert not leader.events('lost'), leader.events('lost')
         assert len(leader.events('elected')) == 1
+
+
+def test_etcd_paused_just_after_winning_ends_the_term_by_its_lease(
+        fresh_backend):
+    """Whatever the keepalive's and the guard's requests wait for.
+
+    etcd is paused right after the election, while the leader keeps
+    showing life: its renewals (and any read) hang for the client's whole
+    timeout (10 s), yet the term ends by the local lease deadline.
+    """
+    d, work_time = fresh_backend, 3
+    ends = []
+    e = EtcdElection(d.client, unique_name(), '/el-pause', work_time=work_time,
+                     recovery_time=1,
+                     on_lost=lambda term: ends.append(time.monotonic()))
+    e.wait_until_elected()
+    d.server.pause()
+    paused = time.monotonic()
+    try:
+        while not ends:
+            if e.is_elected:
+                e.check_in()
+            time.sleep(0.05)
+            assert time.monotonic() - paused < WAIT
+    finally:
+        d.server.resume()
+    print('\n%s: term ended %.2f s into an etcd pause (work_time %s s)'
+          % (d.name, ends[0] - paused, work_time))
+    assert ends[0] - paused <= work_time
+    e.clean()
