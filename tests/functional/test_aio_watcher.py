@@ -1,11 +1,13 @@
 """The asyncio watchers on a real etcd (v3 gateway through httpx)."""
 
 import asyncio
+import time
 
 import pytest
 
 from etcdwatch.aio import client as aio_client
 from etcdwatch.aio import watcher as aio_watcher
+from tests import drivers
 
 pytestmark = pytest.mark.asyncio
 
@@ -168,4 +170,79 @@ async def test_watch_prefix_yields_adds_then_resync_then_changes(
     assert await asyncio.wait_for(anext(changes), TIMEOUT) == aio.Change(
         'change', 'b', 'y')
     await changes.aclose()
+    await client.aclose()
+
+
+async def test_etcd_paused_longer_than_the_heartbeat(fresh_etcd_v3_server,
+                                                     etcd_prefix):
+    """The silent watch is checked, given up, and caught up after."""
+    server, heartbeat = fresh_etcd_v3_server, 2
+    writer = drivers.v3_client(server)
+    writer.put(etcd_prefix + '/a', '1')
+    client = async_client(server)
+    w = Recorder(client, 'paused', etcd_prefix, heartbeat=heartbeat)
+    w.DANGER_PAUSE = 0.5
+    async with w:
+        assert await w.wait_synced(TIMEOUT)
+        server.pause()
+        paused_at = time.monotonic()
+        try:
+            await until(lambda: w.stats()['errors'] >= 1,
+                        timeout=heartbeat + 5 + 5)
+            gave_up = time.monotonic() - paused_at
+        finally:
+            server.resume()
+        await asyncio.to_thread(writer.put, etcd_prefix + '/b', '2')
+        await asyncio.to_thread(writer.delete, etcd_prefix + '/a')
+        await until(lambda: w.state == etcd_state(writer, etcd_prefix))
+    print('\nasyncio: watch gave up %.1f s into the pause (heartbeat %s s)'
+          % (gave_up, heartbeat))
+    assert gave_up < heartbeat + 5
+    assert w.state == {'b': '2'}
+    await client.aclose()
+
+
+async def test_an_elected_watcher_stopped_mid_callback(etcd_v3_server,
+                                                       etcd3_client,
+                                                       etcd_prefix):
+    """The next leader's first callback starts after the old one returns."""
+    log = []
+
+    class Timed(aio_watcher.AsyncEtcdWatcher):
+        def __init__(self, *args, **kwargs):
+            self.slow_started = asyncio.Event()
+            super().__init__(*args, **kwargs)
+
+        async def do_all_work(self):
+            await self.do_work('all', None, None)
+
+        async def do_work(self, action, key, value):
+            start = time.monotonic()
+            if key is not None and key.endswith('/slow'):
+                self.slow_started.set()
+                await asyncio.sleep(1.5)        # the user's work
+            log.append((id(self), start, time.monotonic()))
+
+    etcd3_client.put(etcd_prefix + '/data/a', '1')
+    client = async_client(etcd_v3_server)
+    args = dict(election_path=etcd_prefix + '/e', wait_until_elected=True,
+                heartbeat=1, recovery_time=1)
+    a = Timed(client, 'svc', etcd_prefix + '/data', **args).start()
+    await until(lambda: a.synced)
+    b = Timed(client, 'svc', etcd_prefix + '/data', **args).start()
+    await asyncio.to_thread(etcd3_client.put, etcd_prefix + '/data/slow', '1')
+    await asyncio.wait_for(a.slow_started.wait(), TIMEOUT)
+    asked = time.monotonic()
+    a.stop()
+    took = time.monotonic() - asked
+    await until(lambda: any(who == id(b) for who, _s, _e in log))
+    await a.aclose()
+    await b.aclose()
+    a_end = max(end for who, _s, end in log if who == id(a))
+    b_start = min(start for who, start, _e in log if who == id(b))
+    print('\nasyncio: stop() returned in %.3f s; the next leader\'s first '
+          'callback started %.2f s after the old one returned'
+          % (took, b_start - a_end))
+    assert took < 0.1
+    assert b_start > a_end
     await client.aclose()
