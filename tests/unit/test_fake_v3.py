@@ -523,3 +523,29 @@ def test_outage_refuses_requests_and_ends_streams(server, client):
     cancel()
     assert lease.ttl() == -1
     assert client.get('/k') == [b'v']
+
+
+def test_etcd3gw_api_on_the_fake(server, client):
+    assert client.create('/c', 'one') is True
+    assert client.create('/c', 'two') is False
+    assert client.replace('/c', 'one', 'three') is True
+    assert client.replace('/c', 'one', 'four') is False
+    client.put('/d/a', '1')
+    client.put('/d/b', '2')
+    assert [v for v, _ in client.get_prefix('/d/', sort_order='descend')] == [
+        b'2', b'1']
+    assert [m['key'] for _, m in client.get_all()] == [b'/c', b'/d/a',
+                                                       b'/d/b']
+    assert client.delete('/c') is True
+    assert client.delete('/c') is False
+    assert client.delete_prefix('/d/') is True
+    assert client.get_all() == []
+    assert client.status()['version'] == '3.5.1'
+    assert [m['ID'] for m in client.members()] == [str(server.member_id)]
+    lock = client.lock('job', ttl=10)
+    assert lock.acquire() is True
+    assert client.lock('job', ttl=10).acquire() is False
+    assert lock.is_acquired()
+    server.advance(10)
+    assert not lock.is_acquired()
+    assert client.lock('job', ttl=10).acquire() is True
