@@ -29,10 +29,11 @@ Term = candidacy.Term
 class AsyncEtcdElection(object):
     """One participant in the election of a leader of kind ``name``.
 
+    ``name``, ``election_path``, ``work_time``, ``recovery_time`` and
+    ``multi_worker_ok`` are :class:`etcdwatch.EtcdElection`'s.
+
     :param etcd_client: an :class:`etcdwatch.aio.AsyncEtcd3Client` (or an
         :class:`~etcdwatch.backends.base.AsyncBackend`).
-    :param name, election_path, work_time, recovery_time, multi_worker_ok:
-        as :class:`etcdwatch.EtcdElection`'s.
     :param on_elected: called with the new :class:`Term` when this worker
         wins a term; a plain function or a coroutine function.
     :param on_lost: called with the ended term when a term ends for any

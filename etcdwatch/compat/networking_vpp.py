@@ -25,7 +25,7 @@ Exceptions are those networking-vpp's code catches: python-etcd's from
 the writers and the helper; when networking-vpp is importable, its own
 ``networking_vpp.exceptions`` classes from the factory and its own
 ``jwt_agent`` for signing (so ``jwt_agent.JWTSigningFailed``); otherwise
-this module's ``InvalidEtc*`` classes (``ValueError``s naming the option)
+this module's ``InvalidEtc*`` classes (``ValueError`` subclasses naming the option)
 and :mod:`etcdwatch.compat.networking_vpp_jwt`.
 """
 

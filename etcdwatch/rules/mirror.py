@@ -31,9 +31,10 @@ DELETE = 'delete'
 
 def apply_event(data: Dict[str, Any], event: base.Event,
                 decode: Callable[[str, str], Any]) -> list:
-    """Fold ``event`` into ``data``; return the ``(action, key, value)``s.
+    """Fold ``event`` into ``data``; return its ``(action, key, value)``.
 
-    ``decode(key, raw)`` returns ``(True, value)``, or ``(False, None)`` for
+    One change per key it touched, in a list.  ``decode(key, raw)``
+    returns ``(True, value)``, or ``(False, None)`` for
     a value it refuses (the key then counts as absent).  A directory's
     DELETE removes every key below it, one 'delete' each, in key order.
     """
