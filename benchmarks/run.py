@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks import aio  # noqa: E402
 from benchmarks import apis  # noqa: E402
 from benchmarks import catchup  # noqa: E402
 from benchmarks import common  # noqa: E402
@@ -50,6 +51,7 @@ CASES = (
     ('fanout', fanout),
     ('quiet', quiet),
     ('restart', restart),
+    ('aio', aio),
 )
 DOCS = os.path.join(ROOT, 'docs')
 #: The last run's rows as JSON, and everything it measured, so that the

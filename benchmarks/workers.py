@@ -11,6 +11,16 @@ prints {"event": "elected", "t": ...} when it wins; SIGUSR1 makes it
 release the election (``clean()``) and print "resigned"; SIGTERM exits
 cleanly (atexit handlers release it).
 
+``aio`` (``python -m benchmarks.workers aio IMPL HOST PORT ROOT COUNT``)
+follows COUNT prefixes ``ROOT/pNNNN`` (v3) with etcdwatch's asyncio
+``AsyncEtcdWatcher`` on one shared ``AsyncEtcd3Client`` (IMPL ``async``),
+threaded ``EtcdWatcher`` s, a thread each, on one shared
+``FailoverEtcd3Client`` (``threads``), or a bare httpx loop per prefix
+(``bare``: a range read, then a streaming POST to /v3/watch, parsing its
+JSON lines); COUNT 0 is the baseline process of that IMPL.  It prints
+"ready" once all are synced; an input line "count" prints how many events
+it received; at end of input it prints them all, with the time.
+
 ``fanout`` monkey-patches eventlet first, then follows COUNT nested
 prefixes (``ROOT/c``, ``ROOT/c/c``, ...) with etcdwatch watchers or bare
 loops (IMPL ``etcdwatch`` or ``bare``), all sharing one python-etcd client
@@ -225,12 +235,155 @@ def fanout(impl, host, port, root, count, heartbeat):
     os._exit(0)
 
 
+# -- aio -------------------------------------------------------------------
+
+def aio_prefix(root, number):
+    """The prefix of the aio case's watcher ``number`` under ``root``."""
+    return '%s/p%04d' % (root, number)
+
+
+def _aio_async(host, port, prefixes, received, ready):
+    import asyncio
+    from etcdwatch import aio
+
+    class Watcher(aio.AsyncEtcdWatcher):
+        def do_work(self, action, key, value):
+            received.on_event(key, value)
+
+        def do_all_work(self):
+            pass
+
+    async def run():
+        client = aio.AsyncEtcd3Client(['%s:%s' % (host, port)],
+                                      timeout=READ_TIMEOUT)
+        watchers = [Watcher(client, 'aio%d' % number, prefix).start()
+                    for number, prefix in enumerate(prefixes)]
+        for watcher in watchers:
+            if not await watcher.wait_synced(READ_TIMEOUT):
+                raise SystemExit('%s: not synced' % watcher.watch_path)
+        ready(len(watchers))
+        await asyncio.Event().wait()
+    asyncio.run(run())
+
+
+def _aio_threads(host, port, prefixes, received, ready):
+    import etcdwatch
+    from etcdwatch import v3client
+
+    class Watcher(etcdwatch.EtcdWatcher):
+        def do_work(self, action, key, value):
+            received.on_event(key, value)
+
+        def do_all_work(self):
+            pass
+
+    client = v3client.client(['%s:%s' % (host, port)], timeout=READ_TIMEOUT)
+    watchers = [Watcher(client, 'thr%d' % number, prefix)
+                for number, prefix in enumerate(prefixes)]
+    for watcher in watchers:
+        threading.Thread(target=watcher.watch_forever, daemon=True).start()
+    for watcher in watchers:
+        if not watcher.wait_synced(READ_TIMEOUT):
+            raise SystemExit('%s: not synced' % watcher.watch_path)
+    ready(len(watchers))
+    threading.Event().wait()
+
+
+def _aio_bare(host, port, prefixes, received, ready):
+    """The least asyncio code that follows each prefix through the gateway.
+
+    One httpx client; per prefix a range read (for its revision), then a
+    streaming POST to /v3/watch from the next revision, each JSON line
+    parsed and its events applied to a dict.  No reconnection, no
+    heartbeat, no re-read: what etcdwatch adds is what it costs.
+    """
+    import asyncio
+    import base64
+    import httpx
+
+    base = 'http://%s:%s/v3/' % (host, port)
+
+    def b64(text):
+        return base64.b64encode(text.encode()).decode()
+
+    def text(value):
+        return base64.b64decode(value or '').decode()
+
+    async def follow(http, prefix, synced):
+        span = {'key': b64(prefix + '/'), 'range_end': b64(prefix + '0')}
+        answer = (await http.post(base + 'kv/range', json=span)).json()
+        data = {text(kv['key']): text(kv.get('value'))
+                for kv in answer.get('kvs', ())}
+        start = int(answer['header']['revision']) + 1
+        request = {'create_request': dict(span, start_revision=start)}
+        async with http.stream('POST', base + 'watch', json=request) as resp:
+            synced.set()
+            async for line in resp.aiter_lines():
+                for event in json.loads(line).get('result', {}).get(
+                        'events', ()):
+                    kv = event['kv']
+                    key = text(kv['key'])
+                    if event.get('type') == 'DELETE':
+                        data.pop(key, None)
+                    else:
+                        value = data[key] = text(kv.get('value'))
+                        received.on_event(key, value)
+
+    async def run():
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(READ_TIMEOUT, read=None),
+            limits=httpx.Limits(max_connections=None,
+                                max_keepalive_connections=20),
+            trust_env=False)
+        synced = [asyncio.Event() for _ in prefixes]
+        tasks = [asyncio.ensure_future(follow(http, prefix, event))
+                 for prefix, event in zip(prefixes, synced)]
+        for event in synced:
+            await event.wait()
+        ready(len(tasks))
+        await asyncio.gather(*tasks)
+    asyncio.run(run())
+
+
+def aio_case(impl, host, port, root, count):
+    """Follow COUNT prefixes; answer "count" lines; report at end of input.
+
+    The followers run in a thread of their own (their event loop, or the
+    watchers' threads); this thread only reads the input.
+    """
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    received = _Received()
+    prefixes = [aio_prefix(root, number) for number in range(int(count))]
+    run = {'async': _aio_async, 'threads': _aio_threads,
+           'bare': _aio_bare}[impl]
+
+    def ready(followers):
+        say(event='ready', followers=followers)
+
+    def follow():
+        try:
+            run(host, port, prefixes, received, ready)
+        except BaseException as e:
+            say(event='failed', error=repr(e))
+            os._exit(1)
+    threading.Thread(target=follow, daemon=True).start()
+    for line in sys.stdin:
+        if line.strip() == 'count':
+            say(event='count', n=len(received))
+    say(event='received', received=list(received))
+    os._exit(0)
+
+
 def main(argv):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if argv[0] == 'elect':
         elect(*argv[1:])
     elif argv[0] == 'fanout':
         fanout(*argv[1:])
+    elif argv[0] == 'aio':
+        aio_case(*argv[1:])
     else:
         raise SystemExit('unknown mode %r' % argv[0])
 
