@@ -46,7 +46,7 @@ DEFAULT_PORT = 2379
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_API_VERSION = 'v2'
 API_VERSIONS = ('v2', 'v3')
-_V3_INSTALL = "pip install 'etcdwatch[v3]'"
+_V3_INSTALL = "pip install '.[v3]' (from a clone of etcdwatch)"
 
 _OPTS = [
     cfg.StrOpt('api_version', default=DEFAULT_API_VERSION,
@@ -349,7 +349,7 @@ class EtcdClientFactory(object):
     :param allow_reconnect: fail over to other members; required with
         several hosts.  Not used with ``api_version`` 'v3'.
     :param api_version: 'v2' (python-etcd clients, the default) or 'v3'
-        (etcd3gw clients; needs ``pip install 'etcdwatch[v3]'``).
+        (etcd3gw clients; needs the ``v3`` extra: ``pip install '.[v3]'`` in a clone).
 
     Everything is checked here, files included (they must load as PEM
     certificates and keys), and nothing is sent: a bad setting raises

@@ -100,7 +100,7 @@ def _import_etcd3gw() -> Any:
             import etcd3gw
         except ImportError as e:
             raise CliError("--api v3 needs etcd3gw (%s): pip install "
-                           "'etcdwatch[v3]'" % e, EXIT_USAGE)
+                           "'.[v3]' in a clone of etcdwatch" % e, EXIT_USAGE)
     return etcd3gw
 
 

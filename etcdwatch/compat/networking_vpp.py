@@ -264,8 +264,8 @@ class SignedEtcdJSONWriter(EtcdJSONWriter):
         ``jwt_node_private_key``, ``jwt_ca_cert`` and
         ``jwt_controller_name_pattern``, with networking-vpp's
         ``jwt_agent`` where it can be imported, else
-        :mod:`etcdwatch.compat.networking_vpp_jwt` (which needs ``pip
-        install 'etcdwatch[networking-vpp]'``).
+        :mod:`etcdwatch.compat.networking_vpp_jwt` (which needs the
+        ``networking-vpp`` extra: ``pip install '.[networking-vpp]'``).
     """
 
     def __init__(self, etcd_client, jwt_utils=None):

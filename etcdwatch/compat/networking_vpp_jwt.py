@@ -1,9 +1,10 @@
 """networking-vpp's ``jwt_agent``: values signed as JWTs with X.509 keys.
 
 The same API and the same format as ``networking_vpp.jwt_agent``, on PyJWT
-and cryptography only (networking-vpp also needed pyOpenSSL)::
+and cryptography only (networking-vpp also needed pyOpenSSL), from the
+``networking-vpp`` extra (in a clone of etcdwatch)::
 
-    pip install 'etcdwatch[networking-vpp]'
+    pip install '.[networking-vpp]'
 
 A signed value, as stored in etcd (JSON)::
 
@@ -45,7 +46,7 @@ else:
 __all__ = ['JWTSigningFailed', 'JWTUtils', 'etcd_controller_path_pattern',
            'etcd_computeNode_path_pattern', 'nodeName']
 
-_INSTALL = "pip install 'etcdwatch[networking-vpp]'"
+_INSTALL = "pip install '.[networking-vpp]' (in a clone of etcdwatch)"
 
 #: Paths whose values a controller (networking-vpp's mechanism driver)
 #: signs; the signer's common name must match ``controller_name_re``.

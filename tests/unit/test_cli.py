@@ -240,7 +240,7 @@ def test_api_v3_without_etcd3gw_is_one_line(capsys, monkeypatch, listener):
                                 '--etcd', listener)
     assert (status, out) == (2, '')
     assert len(err.splitlines()) == 1
-    assert "pip install 'etcdwatch[v3]'" in err
+    assert "pip install '.[v3]'" in err
 
 
 def test_elect_takes_the_command_after_the_double_dash():

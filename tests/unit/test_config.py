@@ -352,12 +352,12 @@ def test_v3_without_etcd3gw_names_the_option_and_the_extra(monkeypatch):
     with pytest.raises(ConfigError) as info:
         EtcdClientFactory(api_version='v3')
     assert info.value.option == 'api_version'
-    assert "pip install 'etcdwatch[v3]'" in str(info.value)
+    assert "pip install '.[v3]'" in str(info.value)
     # Gone after the factory was made: the same error from client().
     with pytest.raises(ConfigError) as info:
         factory.client()
     assert info.value.option == 'api_version'
-    assert "pip install 'etcdwatch[v3]'" in str(info.value)
+    assert "pip install '.[v3]'" in str(info.value)
     # v2 does not need it.
     assert EtcdClientFactory(allow_reconnect=False).client().port == 2379
 
