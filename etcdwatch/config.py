@@ -349,7 +349,8 @@ class EtcdClientFactory(object):
     :param allow_reconnect: fail over to other members; required with
         several hosts.  Not used with ``api_version`` 'v3'.
     :param api_version: 'v2' (python-etcd clients, the default) or 'v3'
-        (etcd3gw clients; needs the ``v3`` extra: ``pip install '.[v3]'`` in a clone).
+        (etcd3gw clients; needs the ``v3`` extra: ``pip install
+        '.[v3]'`` in a clone).
 
     Everything is checked here, files included (they must load as PEM
     certificates and keys), and nothing is sent: a bad setting raises
