@@ -7,10 +7,15 @@ short keys).  :class:`etcdwatch.EtcdWatcher` and
 :class:`etcdwatch.aio.AsyncEtcdWatcher` add the I/O and the waiting.
 """
 
+import warnings
 from typing import Any, Dict, Iterable, Optional
+
+from oslo_log import log as logging
 
 from etcdwatch import keys
 from etcdwatch.rules import mirror
+
+LOG = logging.getLogger('etcdwatch.watcher')
 
 
 class WatcherBase(object):
@@ -46,10 +51,27 @@ class WatcherBase(object):
     CATCHUP_MIN_LAG: Optional[int] = None
     CATCHUP_TREE_FRACTION: Optional[int] = None
 
+    #: Attributes the constructor assigns: a subclass that set one before
+    #: calling it would lose its value silently (docs/guide.rst, "Names in
+    #: a subclass").
+    _ASSIGNED = ('codec', 'data', 'etcd_client', 'etcd_elector',
+                 'heartbeat', 'name', 'watch_path')
+
     def _check_arguments(self, name, watch_path, election_path,
                          wait_until_elected, recovery_time, heartbeat,
                          codec):
         """Refuse bad arguments, each error naming its argument."""
+        taken = sorted(set(vars(self)) & set(self._ASSIGNED))
+        if taken:
+            message = ('%s set %s before the watcher\'s constructor, which '
+                       'assigns %s itself: the value is lost (pass data= '
+                       'for data, or use names of your own; see "Names in '
+                       'a subclass" in the guide)'
+                       % (type(self).__name__, ', '.join(
+                           'self.' + n for n in taken),
+                          'it' if len(taken) == 1 else 'them'))
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            LOG.warning('%s', message)
         if codec is not None and not callable(getattr(codec, 'decode',
                                                       None)):
             raise ValueError('codec must have a decode(value) method, not %r'
