@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 import uuid
 import weakref
 from typing import Any, Callable, Iterator, Optional, TypeVar, Union
@@ -153,6 +154,8 @@ class EtcdElection(object):
             bool(multi_worker_ok))
 
         self._lock = self._handler.rlock()
+        # Set by cancel(); cleared by each wait_until_elected().
+        self._cancelled = self._handler.event()
         # (term, task) of the keepalive, the guard and the lease timer.
         self._keepalive: Any = (None, None)
         self._guard: Any = (None, None)
@@ -208,8 +211,13 @@ class EtcdElection(object):
         term = self.term
         return None if term is None else term.fencing_token
 
-    def wait_until_elected(self) -> None:
-        """Return once this worker leads; counts as showing life.
+    def wait_until_elected(self, timeout: Optional[float] = None) -> bool:
+        """Return True once this worker leads; counts as showing life.
+
+        With ``timeout`` (seconds), returns False if not elected by then;
+        :meth:`cancel` from another thread makes it return False too.
+        Either way the candidate then withdraws: it does not take the key
+        later unless asked to campaign again.
 
         A leader calls it again before each piece of work that takes at
         most ``work_time``; while the keepalive holds the lease that costs
@@ -221,7 +229,43 @@ class EtcdElection(object):
         ``multi_worker_ok=True``
         it also returns when etcd cannot be reached (logging a warning).
         """
-        self._campaign(stop=None)
+        if timeout is not None:
+            keys.check_duration('timeout', timeout)
+        self._cancelled.clear()
+        if timeout is None:
+            won = self._drive(self._candidacy.campaign(
+                self._cancelled.is_set), sleep=self._cancelled.wait)
+        else:
+            deadline = time.monotonic() + timeout
+
+            def time_left():
+                return deadline - time.monotonic()
+
+            def stopped():
+                return self._cancelled.is_set() or time_left() <= 0
+
+            def sleep(seconds):
+                return self._cancelled.wait(max(0.0, min(seconds,
+                                                         time_left())))
+            won = self._drive(self._candidacy.campaign(stopped, time_left),
+                              sleep=sleep)
+        if won and not self._cancelled.is_set():
+            return True
+        self._withdraw()
+        return False
+
+    def cancel(self) -> None:
+        """Make a pending :meth:`wait_until_elected` return False.
+
+        From any thread.  On v3 the campaign returns at once; on v2 within
+        its current wait for the key (at most ``recovery_time``).  A key
+        the campaign took in the meantime is given back.  A later call of
+        wait_until_elected() campaigns again.  A leader that is not
+        campaigning is not affected: use :meth:`resign`.
+        """
+        self._cancelled.set()
+        # Wakes a wait for the key (v3 streams) in the campaigning thread.
+        self._backend.close()
 
     def check_in(self) -> None:
         """Show life without blocking; raise if no longer elected.
@@ -303,6 +347,18 @@ class EtcdElection(object):
             return func(*args, **kwargs)
 
     # -- running the rules -------------------------------------------------
+
+    def _withdraw(self):
+        """A campaign was cut short: leave no key and no term behind."""
+        if self.term is not None:
+            self.resign()
+            return
+        try:
+            self._backend.delete_if(self.master_key, self.thread_id)
+        except exceptions.BackendError:
+            LOG.warning('%s: could not withdraw from %s; a key created '
+                        'just now will expire', self.name, self.master_key,
+                        exc_info=True)
 
     def _campaign(self, stop):
         """Loop until elected (True) or ``stop`` is set (False)."""

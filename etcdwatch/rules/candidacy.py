@@ -225,8 +225,13 @@ class Candidacy(object):
 
     # -- the campaign -----------------------------------------------------
 
-    def campaign(self, stopped: Callable[[], bool]):
-        """Loop until elected (True) or ``stopped()`` (False)."""
+    def campaign(self, stopped: Callable[[], bool],
+                 time_left: Optional[Callable[[], float]] = None):
+        """Loop until elected (True) or ``stopped()`` (False).
+
+        ``time_left()``, if given, bounds each wait for a vacancy (the
+        caller's deadline; ``stopped()`` says when it passed).
+        """
         self.alive_until = self.clock() + self.work_time
         if self.is_elected() and (yield requests.hook('_keepalive_running')):
             return True
@@ -243,7 +248,9 @@ class Candidacy(object):
                     self.alive_until = self.clock() + self.work_time
                     yield requests.hook('_ensure_keepalive')
                     return True
-                yield from self.wait_for_vacancy()
+                yield from self.wait_for_vacancy(
+                    self.recovery_time if time_left is None else
+                    max(0.01, min(self.recovery_time, time_left())))
             except exceptions.ClusterRewound as e:
                 self.rewound(e)
             except exceptions.BackendError as e:
@@ -341,14 +348,18 @@ class Candidacy(object):
         LOG.info('%s: election lost by %s', self.name, self.me)
         return False
 
-    def wait_for_vacancy(self):
-        """Sleep until the key changes, or at most recovery_time."""
+    def wait_for_vacancy(self, longest: Optional[float] = None):
+        """Sleep until the key changes, or at most ``longest`` seconds.
+
+        ``longest`` is recovery_time by default.
+        """
         state, index = yield requests.backend('read_key', self.key)
         if self.went_back(index) or state is None:
             return
         try:
-            event = yield requests.backend('watch_key', self.key, index + 1,
-                                           self.recovery_time)
+            event = yield requests.backend(
+                'watch_key', self.key, index + 1,
+                self.recovery_time if longest is None else longest)
         except exceptions.ClusterRewound:
             raise
         except exceptions.HistoryGone:

@@ -543,3 +543,46 @@ def test_a_refresh_that_lands_after_the_term_ended_revives_nothing(client):
         assert events[0][1].lost.is_set()
     finally:
         release.set()
+
+
+def test_wait_until_elected_with_a_timeout_withdraws(client):
+    a, b = elector(client), elector(client)
+    assert a.wait_until_elected() is True
+    started = time.monotonic()
+    assert b.wait_until_elected(timeout=0.3) is False
+    assert 0.3 <= time.monotonic() - started < 0.3 + 1 + 2   # + a watch
+    a.resign()
+    time.sleep(0.2)
+    # b does not take the key later: nobody campaigns.
+    assert holder(client) is None and not b.is_elected
+    assert b.wait_until_elected(timeout=5) is True    # asked again
+    b.resign()
+
+
+def test_cancel_makes_a_pending_campaign_return_false(client):
+    a, b = elector(client), elector(client, recovery_time=1)
+    a.wait_until_elected()
+    result = []
+    thread = threading.Thread(
+        target=lambda: result.append(b.wait_until_elected()), daemon=True)
+    thread.start()
+    client.wait_for_watches(2)        # b waits on the key (a's guard too)
+    b.cancel()
+    thread.join(5)
+    assert result == [False]
+    a.resign()
+    time.sleep(0.2)
+    assert holder(client) is None and not b.is_elected
+
+
+def test_cancel_gives_back_a_key_won_in_the_meantime(client):
+    b = elector(client)
+    original = b._candidacy.campaign
+
+    def campaign(stopped, time_left=None):
+        won = yield from original(lambda: False, time_left)
+        b._cancelled.set()  # as if cancel() came while the create was sent
+        return won
+    b._candidacy.campaign = campaign
+    assert b.wait_until_elected() is False
+    assert holder(client) is None and not b.is_elected
