@@ -135,6 +135,8 @@ class EtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
         # the release of an election to the loop (guarded by the lock).
         self._handover_lock = self._handler.lock()
         self._in_callback = False
+        # The task of start(), if any.
+        self._task: Any = None
 
         if self.etcd_elector is None:
             # The seed's contract: the tree is loaded (and do_all_work run)
@@ -209,7 +211,17 @@ class EtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
         attempt at DEBUG); any other error is logged with its traceback.
         Returns within one ``heartbeat`` (plus one callback) of
         :meth:`stop`.  An elected watcher releases the election on return.
+        Ctrl-C (KeyboardInterrupt) while it runs in the foreground ends it
+        quietly, as :meth:`stop` would.
         """
+        try:
+            self._watch_until_stopped()
+        except KeyboardInterrupt:
+            self._stop.set()
+            LOG.info('%s: interrupted; stopped watching %s', self.name,
+                     self.watch_path)
+
+    def _watch_until_stopped(self):
         try:
             while not self._stop.is_set():
                 try:
@@ -227,6 +239,35 @@ class EtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
                 self.etcd_elector.clean()
             # A stream opened in a race with stop() must not outlive us.
             self._backend.close()
+
+    def start(self) -> 'EtcdWatcher':
+        """Run :meth:`watch_forever` in the background; return the watcher.
+
+        On a thread, or a green thread with the eventlet handler.  Once
+        per watcher; :meth:`close` stops it and waits for it.
+        """
+        if self._task is not None:
+            raise RuntimeError('%s: start() was called already' % self.name)
+        self._task = self._handler.spawn(self.watch_forever)
+        return self
+
+    def close(self, timeout: Optional[float] = None) -> bool:
+        """Stop, and wait (up to ``timeout`` s) until watching has ended.
+
+        Returns True if it ended in time (or never started).  An elected
+        watcher has released the election when this returns True.
+        """
+        self.stop()
+        if self._task is None:
+            return True
+        self._task.join(timeout)
+        return not self._task.is_alive()
+
+    def __enter__(self) -> 'EtcdWatcher':
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     def stop(self) -> None:
         """Ask :meth:`watch_forever` to return (within one heartbeat).

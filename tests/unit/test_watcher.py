@@ -537,3 +537,39 @@ def test_codec_values_and_unparsable_values(client):
 def test_codec_must_decode(client):
     with pytest.raises(ValueError, match='codec'):
         make(client, codec=object())
+
+
+class _Table(EtcdChangeWatcher):
+    def __init__(self, *args, **kwargs):
+        self.table = {}
+        super().__init__(*args, **kwargs)
+
+    def added(self, key, value):
+        self.table[key] = value
+
+    def removed(self, key):
+        self.table.pop(key, None)
+
+
+def test_lifecycle_start_close_and_with(client):
+    client.write('/life/a', '1')
+    with _Table(client, 'life', '/life', heartbeat=1) as w:
+        client.write('/life/b', '2')
+        wait_until(lambda: w.table == {'a': '1', 'b': '2'})
+    assert not w._task.is_alive()         # the with block waited for it
+    with pytest.raises(RuntimeError, match='start'):
+        w.start()
+    assert _Table(client, 'never', '/life').close(timeout=1) is True
+
+
+def test_ctrl_c_in_a_foreground_watch_forever_ends_it_quietly(client,
+                                                              caplog):
+    class Interrupted(_Table):
+        def do_tick(self):
+            raise KeyboardInterrupt
+
+    w = Interrupted(client, 'fg', '/fg', heartbeat=1)
+    with caplog.at_level(logging.INFO, logger='etcdwatch'):
+        w.watch_forever()               # returns instead of raising
+    assert not w.stats()['errors']
+    assert any('interrupted' in r.getMessage() for r in caplog.records)
