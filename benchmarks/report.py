@@ -7,8 +7,10 @@ explains each goal that the run missed with the cause we found (see
 
 import math
 import os
+import re
 import time
 
+from benchmarks import aio
 from benchmarks import apis
 from benchmarks import catchup
 from benchmarks import failover
@@ -18,6 +20,9 @@ from benchmarks import throughput
 CATCHUP_PLOT = 'performance-catchup.png'
 LOAD_PLOT = 'performance-load.png'
 THROUGHPUT_PLOT = 'performance-throughput.png'
+AIO_PLOT = 'performance-aio.png'
+#: Plots shown in their case's own section, not in the page's opening.
+SECTION_PLOTS = {'aio': AIO_PLOT}
 PLOT_SIZE = (9, 4)
 PLOT_DPI = 100
 #: What the page says about the machine and the run, in order.
@@ -214,7 +219,37 @@ def write_plots(docs, measured):
             'Live throughput: index applied per second', 'writer processes',
             'events/s (median)', log=False)
         names.append(_save(pyplot, figure, docs, THROUGHPUT_PLOT))
+    if 'aio' in measured:
+        names.append(_aio_plot(pyplot, docs, measured['aio']['results']))
     return names
+
+
+def _aio_plot(pyplot, docs, results):
+    """Bars: asyncio, threads and the bare loop, one panel per figure."""
+    panels = (('idle', 'Idle CPU (%% of a core, %.0f s)'
+               % results['window']),
+              ('cpu', 'CPU per 1,000 events (ms)'),
+              ('sweep', 'One write per prefix:\nfirst write -> last '
+               'delivery (ms)'),
+              ('memory', 'Memory per watcher (KiB)'))
+    series = aio.plot_series(results)
+    figure, axes = pyplot.subplots(1, len(panels), figsize=(12, 3.6))
+    colours = ('tab:blue', 'tab:orange', 'tab:green')
+    for axis, (key, title) in zip(axes, panels):
+        labels = list(series[key])
+        values = [series[key][label] for label in labels]
+        bars = axis.bar(range(len(labels)), values, color=colours)
+        axis.bar_label(bars, labels=[_fmt(v) for v in values],
+                       fontsize='small')
+        axis.set_xticks(range(len(labels)))
+        axis.set_xticklabels([label.replace(' ', '\n', 1)
+                              for label in labels], fontsize='small')
+        axis.set_title(title, fontsize='medium')
+        axis.margins(y=0.15)
+        axis.grid(True, axis='y', alpha=0.3)
+    figure.suptitle('%d watchers in one process each (v3)'
+                    % results['count'], fontsize='medium')
+    return _save(pyplot, figure, docs, AIO_PLOT)
 
 
 # -- reStructuredText ---------------------------------------------------
@@ -340,6 +375,50 @@ _HISTORY = (
     'measure etcdwatch as it now is.')
 
 
+def _section_lines(name, module, measured, plots, machine=None):
+    """The lines of one case's section (title included).
+
+    ``machine`` is given when the section was measured apart from the
+    rest of the page (``--only``): it then says how and when.
+    """
+    title = _CASE_TITLES[name]
+    results = measured[name]['results']
+    if not hasattr(module, 'table'):
+        return _case_lines(title, module.__doc__, measured[name]['rows'])
+    lines = [title, '-' * len(title), '']
+    lines += [line.strip() for line in (module.__doc__ or '').strip()
+              .splitlines()]
+    lines.append('')
+    if machine is not None:
+        lines += _apart_lines(machine)
+    header, body = module.table(results)
+    lines += _rst_table([[cells[0]] + [_fmt(v) for v in cells[1:4]] +
+                         [_fmt(v, 2) for v in cells[4:]] for cells in body],
+                        header)
+    plot = SECTION_PLOTS.get(name)
+    if plot in plots:
+        lines += ['.. image:: %s' % plot, '']
+    said = module.section_findings(results)
+    lines += ['- ' + finding for finding in said]
+    return lines + ([''] if said else [])
+
+
+def _apart_lines(machine):
+    lines = ['*Measured apart from the rest of this page, by* ``python %s`` '
+             '*on %s* (etcdwatch at commit %s; etcd %s; load average %s at '
+             'start, %s at end; %s s).' % (
+                 machine.get('argv', 'benchmarks/run.py'),
+                 machine.get('date') or time.strftime('%Y-%m-%d %H:%M'),
+                 machine.get('source', '?'), machine.get('etcd', '?'),
+                 machine.get('load_at_start', '?'),
+                 machine.get('load_at_end', '?'),
+                 machine.get('runtime_s', '?')), '']
+    if machine.get('quick'):
+        lines += ['.. warning:: A ``--quick`` smoke run: few repeats and '
+                  'small sizes.  Do not quote these figures.', '']
+    return lines
+
+
 def _case_lines(title, doc, rows):
     lines = [title, '-' * len(title), '']
     lines += [line.strip() for line in (doc or '').strip().splitlines()]
@@ -362,6 +441,7 @@ _CASE_TITLES = {
     'fanout': 'Fan-out in one eventlet process',
     'quiet': 'Quiet prefixes on a busy etcd',
     'restart': 'Coming back after an etcd restart',
+    'aio': 'asyncio',
 }
 
 _INTRO = '''\
@@ -470,7 +550,8 @@ def write_rst(path, machine, cases, measured, table, plots):
     if machine['quick']:
         lines += ['.. warning:: A ``--quick`` smoke run: few repeats and '
                   'small sizes.  Do not quote these figures.', '']
-    lines += _headline_lines(table, plots)
+    lines += _headline_lines(table, [
+        plot for plot in plots if plot not in SECTION_PLOTS.values()])
     lines += _INTRO.splitlines() + ['', 'Machine', '-------', '']
     lines += ['- %s: %s' % (label, machine[key])
               for key, label in MACHINE_FIELDS if key in machine]
@@ -479,9 +560,80 @@ def write_rst(path, machine, cases, measured, table, plots):
     lines += _v3_lines(cases, measured, table)
     for name, module in cases:
         if name in measured:
-            lines += _case_lines(_CASE_TITLES[name], module.__doc__,
-                                 measured[name]['rows'])
+            lines += _section_lines(name, module, measured, plots)
     lines += _finding_lines(cases, measured)
     lines += [_HISTORY, '']
     with open(path, 'w') as out:
         out.write('\n'.join(lines).rstrip() + '\n')
+
+
+# -- updating the page in place (``--only``) -------------------------------
+
+_HEADING = re.compile(r'^(?P<title>[^\n]+)\n(?P<line>-+)\n', re.M)
+
+
+def _sections(text):
+    """[(title, start, end)] of the page's sections, in order."""
+    found = [m for m in _HEADING.finditer(text)
+             if len(m.group('line')) == len(m.group('title'))]
+    return [(m.group('title'), m.start(),
+             found[number + 1].start() if number + 1 < len(found) else
+             len(text)) for number, m in enumerate(found)]
+
+
+def update_rst(path, machine, cases, measured, table, plots):
+    """Put the sections of the measured cases into the page in place.
+
+    Every other section, the opening and the machine of the run that
+    wrote the page stay as they are; each measured case's section is
+    replaced (or added before "Findings"), says how and when it was
+    measured, and its rows of the goals table replace that case's old
+    ones.
+    """
+    with open(path) as source:
+        text = source.read()
+    for name, module in cases:
+        if name not in measured:
+            continue
+        section = '\n'.join(_section_lines(name, module, measured, plots,
+                                           machine)).rstrip() + '\n\n'
+        text = _replace_section(text, _CASE_TITLES[name], section)
+        case_rows = measured[name]['rows']
+        if case_rows:
+            text = _replace_goal_rows(text, case_rows)
+    with open(path, 'w') as out:
+        out.write(text.rstrip() + '\n')
+
+
+def _replace_section(text, title, section):
+    sections = _sections(text)
+    for found, start, end in sections:
+        if found == title:
+            return text[:start] + section + text[end:]
+    for found, start, end in sections:
+        if found == 'Findings':
+            return text[:start] + section + text[start:]
+    return text.rstrip() + '\n\n' + section
+
+
+def _replace_goal_rows(text, rows):
+    """The goals table with ``rows``' case's entries replaced by theirs."""
+    sections = dict((title, (start, end))
+                    for title, start, end in _sections(text))
+    if 'Goals' not in sections:
+        return text
+    start, end = sections['Goals']
+    body = text[start:end]
+    table_end = body.find('\n\n', body.find('   * - '))
+    if table_end < 0:
+        return text
+    head, entries = body[:table_end].split('\n   * - ', 1)
+    entries = ['   * - ' + entry for entry in entries.split('\n   * - ')]
+    cases = {row.case for row in rows}
+    header, kept = entries[0], [entry for entry in entries[1:]
+                                if entry.split('\n')[0][7:] not in cases]
+    new = [line for line in _goal_lines(rows) if line.startswith('   ')]
+    fresh = '\n'.join(new).split('\n   * - ')[2:]
+    kept += ['   * - ' + entry for entry in fresh]
+    body = '\n'.join([head, header] + kept) + body[table_end:]
+    return text[:start] + body + text[end:]

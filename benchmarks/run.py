@@ -8,7 +8,9 @@ Starts its own etcd for each API (``etcdwatch.testing.server.EtcdServer``:
 one with ``--enable-v2`` for v2, one with the v2 API disabled for v3),
 measures each case on each API it is shaped for, side by side with that
 API's baseline, prints a table, and writes ``docs/performance.rst`` and the
-plots ``docs/performance-*.png``.  ``--quick`` is a smoke run (fewer
+plots ``docs/performance-*.png``; with ``--only``, only those cases'
+sections of the page (and their goal rows) are replaced, in place, and
+the rest of the page is kept.  ``--quick`` is a smoke run (fewer
 repeats, smaller sizes; a few minutes); its figures are not worth
 publishing.
 """
@@ -159,8 +161,13 @@ def _report(machine, names, measured, write_docs):
     if not write_docs:
         return
     plots = report.write_plots(DOCS, measured)
-    report.write_rst(os.path.join(DOCS, 'performance.rst'), machine,
-                     CASES, measured, table, plots)
+    page = os.path.join(DOCS, 'performance.rst')
+    if set(names) != {name for name, _ in CASES} and os.path.exists(page):
+        # Some cases only: their sections change in place, the rest of the
+        # page (and its other cases' figures) stays.
+        report.update_rst(page, machine, CASES, measured, table, plots)
+    else:
+        report.write_rst(page, machine, CASES, measured, table, plots)
     with open(RAW_RESULTS, 'w') as out:
         json.dump({'machine': machine,
                    'rows': [r._asdict() for r in table]},

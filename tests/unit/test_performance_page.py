@@ -58,9 +58,17 @@ def test_page_opens_with_three_figures_and_the_plots():
     assert len(bullets) == 3
     assert all(re.search(r'\d', line) for line in bullets)
     plots = re.findall(r'^\.\. image:: (\S+)$', text, re.M)
-    assert plots and all(glance.count(plot) for plot in plots)
+    # A case's own plot (asyncio) sits in its section; the others open
+    # the page.
+    own = {plot: report._CASE_TITLES[case]
+           for case, plot in report.SECTION_PLOTS.items()}
+    assert plots and all(glance.count(plot) for plot in plots
+                         if plot not in own)
     for plot in plots:
         assert os.path.isfile(os.path.join(os.path.dirname(PAGE), plot))
+        if plot in own:
+            assert plot not in glance
+            assert plot in _section(text, own[plot])
 
 
 def test_the_seed_is_defined_where_it_is_first_used():
@@ -99,3 +107,106 @@ def test_generated_page_opens_with_the_glance(tmp_path):
     assert (text.index('\nAt a glance\n') <
             text.index('\nHow it was measured\n') < text.index('\nGoals\n'))
     assert '\nPlots\n' not in text
+
+
+_PAGE = """\
+Performance
+===========
+
+At a glance
+-----------
+
+- a figure 1.
+
+Goals
+-----
+
+.. list-table::
+   :header-rows: 1
+
+   * - case
+     - param
+     - metric
+     - goal
+     - figure
+     - result
+   * - latency
+     - v2
+     - p50
+     - < 5 ms
+     - 1 ms
+     - MET
+
+Event latency
+-------------
+
+Latency figures stay.
+
+asyncio
+-------
+
+Old asyncio figures.
+
+Findings
+--------
+
+- a finding.
+"""
+
+
+class _Case(object):
+    """A case with a section of its own (as benchmarks.aio)."""
+
+    __doc__ = 'A case.'
+
+    @staticmethod
+    def table(results):
+        return ['metric', 'a', 'b'], [['idle', results['idle'], 2.0]]
+
+    @staticmethod
+    def section_findings(results):
+        return ['idle is %s.' % results['idle']]
+
+
+def _update(path, idle, quick=False):
+    measured = {'aio': {'results': {'idle': idle}, 'rows': [common.row(
+        'asyncio', 'v3, 10 watchers', 'idle CPU', '%', idle, 'threads',
+        2.0, 'asyncio/threads', idle / 2.0, goal='< 1%', met=idle < 1)]}}
+    machine = {'argv': 'benchmarks/run.py --only aio', 'date': 'today',
+               'quick': quick}
+    report.update_rst(path, machine, [('aio', _Case)], measured,
+                      measured['aio']['rows'], [report.AIO_PLOT])
+
+
+def test_a_run_of_some_cases_updates_their_sections_in_place(tmp_path):
+    path = str(tmp_path / 'performance.rst')
+    with open(path, 'w') as f:
+        f.write(_PAGE)
+    _update(path, 0.5)
+    _update(path, 0.25)
+    with open(path) as f:
+        text = f.read()
+    assert 'Latency figures stay.' in text and '- a figure 1.' in text
+    assert 'Old asyncio figures.' not in text
+    section = _section(text, 'asyncio')
+    assert 'idle is 0.25.' in section and '0.5' not in section
+    assert '.. image:: %s' % report.AIO_PLOT in section
+    assert 'benchmarks/run.py --only aio' in section
+    assert text.index(section) < text.index('\nFindings\n')
+    goals = _section(text, 'Goals')
+    assert goals.count('* - asyncio') == 1 and '* - latency' in goals
+    assert '0.25 % vs 2.0 threads' in goals
+
+
+def test_a_new_case_section_goes_before_the_findings(tmp_path):
+    path = str(tmp_path / 'performance.rst')
+    with open(path, 'w') as f:
+        f.write(_PAGE.replace('asyncio\n-------\n\nOld asyncio figures.'
+                              '\n\n', ''))
+    _update(path, 0.5, quick=True)
+    with open(path) as f:
+        text = f.read()
+    section = _section(text, 'asyncio')
+    assert 'idle is 0.5.' in section and '--quick' in section
+    assert (text.index('\nEvent latency\n') < text.index(section) <
+            text.index('\nFindings\n'))
