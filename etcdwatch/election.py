@@ -10,6 +10,7 @@ as soon as it goes.
 
 import contextlib
 import os
+import queue
 import socket
 import threading
 import time
@@ -298,6 +299,32 @@ class EtcdElection(object):
         state, _index = self._backend.read_key(self.master_key)
         return None if state is None else state.value
 
+    def observe(self, on_change: Callable[[Optional[str]], Any]
+                ) -> 'Observer':
+        """Call ``on_change(leader_id or None)`` on each change of leader.
+
+        The current leader first, then each new one as it happens (a watch
+        on the key; it never campaigns), on a thread (or green thread) of
+        the handler.  Returns an :class:`Observer`; its ``stop()`` ends it.
+        """
+        if not callable(on_change):
+            raise ValueError('on_change must be callable, not %r'
+                             % (on_change,))
+        return Observer(self, on_change)
+
+    def leaders(self) -> Iterator[Optional[str]]:
+        """Yield the current leader's id (or None), then each new one.
+
+        Blocks between changes; closing the generator stops the watch.
+        """
+        changes: 'queue.Queue[Optional[str]]' = queue.Queue()
+        observer = self.observe(changes.put)
+        try:
+            while True:
+                yield changes.get()
+        finally:
+            observer.stop()
+
     def resign(self) -> None:
         """Give up leadership now: delete the key if it is ours.
 
@@ -443,6 +470,49 @@ class EtcdElection(object):
     def _key_not_ours(self, why):
         self._candidacy.refused = True
         self._end_term(why)
+
+
+class Observer(object):
+    """A running :meth:`EtcdElection.observe`; :meth:`stop` ends it."""
+
+    def __init__(self, elector: EtcdElection,
+                 on_change: Callable[[Optional[str]], Any]) -> None:
+        self._on_change = on_change
+        self._name = elector.name
+        self._stop = elector._handler.event()
+        # A backend of its own: closing it to stop must not disturb the
+        # elector's requests.
+        self._backend = backends.for_client(elector.etcd_client)
+        rule = elector._candidacy.observe(self._stop.is_set)
+        self._task = elector._handler.spawn(self._run, rule)
+
+    def _run(self, rule):
+        try:
+            driving.drive(rule, self._backend, self, sleep=self._stop.wait)
+        finally:
+            self._backend.close()
+
+    def _observed(self, leader):
+        if self._stop.is_set():
+            return
+        try:
+            self._on_change(leader)
+        except Exception:
+            LOG.exception('%s: observer %r failed', self._name,
+                          self._on_change)
+
+    def stop(self) -> None:
+        """End the observation: at once on v3, within recovery_time on v2.
+
+        No ``on_change`` starts after it returns.
+        """
+        self._stop.set()
+        self._backend.close()
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait until it has ended; True if it did within ``timeout``."""
+        self._task.join(timeout)
+        return not self._task.is_alive()
 
 
 class _ElectorGone(Exception):

@@ -140,6 +140,32 @@ class AsyncEtcdElection(object):
         state, _index = await self._backend.read_key(self.master_key)
         return None if state is None else state.value
 
+    async def leaders(self) -> AsyncIterator[Optional[str]]:
+        """Yield the current leader's id (or None), then each new one.
+
+        From a watch on the key (it never campaigns), in a task of its
+        own; leaving the ``async for`` stops it.
+        """
+        changes: 'asyncio.Queue[Optional[str]]' = asyncio.Queue()
+        stop = asyncio.Event()
+        host = _Observing(changes.put_nowait)
+        task = asyncio.ensure_future(driving.drive(
+            self._candidacy.observe(stop.is_set), self._backend, host,
+            sleep=driving.sleep_until(stop)))
+        try:
+            while True:
+                getting = asyncio.ensure_future(changes.get())
+                await asyncio.wait([getting, task],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not getting.done():
+                    getting.cancel()
+                    task.result()       # it failed: say why
+                yield getting.result()
+        finally:
+            stop.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def resign(self) -> None:
         """Give up leadership now: delete the key if it is ours.
 
@@ -274,3 +300,10 @@ class AsyncEtcdElection(object):
             # the task.
             LOG.exception('%s: keepalive, guard or lease timer failed',
                           self.name)
+
+
+class _Observing(object):
+    """The host of an observation: hands each leader to ``report``."""
+
+    def __init__(self, report: Callable[[Optional[str]], Any]) -> None:
+        self._observed = report

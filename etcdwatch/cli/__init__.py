@@ -5,7 +5,7 @@
     etcdwatch demo   [--etcd URL[,URL...]]
     etcdwatch watch  PREFIX [--json]
     etcdwatch elect  NAME [--grace SECONDS] -- COMMAND [ARGS...]
-    etcdwatch leader NAME
+    etcdwatch leader NAME [--follow] [--json]
 
 Every subcommand takes ``--etcd HOST:PORT[,HOST:PORT...]`` (default
 ``$ETCDWATCH_ETCD``, else ``127.0.0.1:2379``; ``demo`` runs on an in-memory

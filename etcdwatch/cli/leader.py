@@ -1,7 +1,10 @@
-"""``etcdwatch leader NAME``: print who leads NAME."""
+"""``etcdwatch leader NAME [--follow] [--json]``: print who leads NAME."""
 
 import argparse
-from typing import Any, TextIO
+import json
+import queue
+import time
+from typing import Any, Optional, TextIO
 
 from etcdwatch.cli.client import etcd_for
 from etcdwatch.cli.client import reason
@@ -12,6 +15,7 @@ from etcdwatch.cli.common import EXIT_FAILURE
 from etcdwatch.cli.common import EXIT_OK
 from etcdwatch.cli.common import EXIT_UNAVAILABLE
 from etcdwatch.cli.common import LOG
+from etcdwatch.cli.common import Signals
 from etcdwatch.cli.common import subcommand
 from etcdwatch.cli.output import write_line
 from etcdwatch import election
@@ -24,9 +28,39 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         sub, 'leader', help="print the current leader's id",
         description="Print the id of NAME's current leader "
                     '(host:pid:random), or exit with status 1 if there is '
-                    'none.')
+                    'none.  With --follow, print it, then every new '
+                    'leader as it happens ("(no leader)" while there is '
+                    'none), until interrupted.')
     add_election(parser)
+    parser.add_argument('--follow', action='store_true',
+                        help='go on printing each new leader')
+    parser.add_argument('--json', action='store_true',
+                        help='one JSON object a line: {"leader": ID or '
+                             'null, "t": UNIX_TIME}')
     return parser
+
+
+def _line(leader: Optional[str], as_json: bool) -> str:
+    if as_json:
+        return json.dumps({'leader': leader, 't': round(time.time(), 3)})
+    return '(no leader)' if leader is None else leader
+
+
+def _follow(elector: election.EtcdElection, args: argparse.Namespace,
+            out: TextIO) -> int:
+    """Print each new leader until a signal; status 0."""
+    events: 'queue.SimpleQueue[Any]' = queue.SimpleQueue()
+    with Signals(events):
+        observer = elector.observe(lambda leader: events.put(
+            ('leader', leader)))
+        try:
+            while True:
+                kind, what = events.get()
+                if kind == 'signal':
+                    return EXIT_OK
+                write_line(out, _line(what, args.json))
+        finally:
+            observer.stop()
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
@@ -35,6 +69,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     client = etcd_for(args, key)
     elector = election.EtcdElection(client, args.name, args.election_path,
                                     work_time=args.timeout)
+    if args.follow:
+        return _follow(elector, args, out)
     try:
         leader = elector.leader()
     except exceptions.BackendError as e:
@@ -42,6 +78,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
                        EXIT_UNAVAILABLE)
     if leader is None:
         LOG.info('%s has no leader', args.name)
+        if args.json:
+            write_line(out, _line(None, True))
         return EXIT_FAILURE
-    write_line(out, leader)
+    write_line(out, _line(leader, args.json))
     return EXIT_OK

@@ -367,6 +367,50 @@ class Candidacy(object):
         if event is not None:
             self.went_back(event.index)
 
+    # -- watching who leads ------------------------------------------------
+
+    def observe(self, stopped: Callable[[], bool]):
+        """Report each new leader: a ``_observed(leader_id or None)`` HOOK.
+
+        The current leader first, then each change as it happens, from a
+        watch on the key (etcd's Election.Observe, client-go's
+        OnNewLeader).  Never campaigns.  Re-reads when history is gone or
+        etcd went back in time; etcd errors are retried with backoff from
+        ``recovery_time`` (logged at DEBUG).  Ends when ``stopped()``.
+        """
+        unknown = object()
+        reported: Any = unknown
+        index: Optional[int] = None
+        errors = backoff.Backoff(self.recovery_time, 2 * self.recovery_time)
+        while not stopped():
+            try:
+                if index is None:
+                    state, index = yield requests.backend('read_key',
+                                                          self.key)
+                    leader = None if state is None else state.value
+                else:
+                    event = yield requests.backend(
+                        'watch_key', self.key, index + 1, self.recovery_time)
+                    if event is None:
+                        continue
+                    index = event.index
+                    leader = None if event.kind == base.DELETE else \
+                        event.value
+                errors.succeeded()
+            except exceptions.HistoryGone:
+                index = None        # ClusterRewound included: re-read
+                continue
+            except exceptions.BackendError as e:
+                index = None
+                pause = errors.failed()
+                LOG.debug('%s: observing %s failed (%s); retrying in %.1fs',
+                          self.name, self.key, e, pause)
+                yield requests.sleep(pause)
+                continue
+            if leader != reported:
+                reported = leader
+                yield requests.hook('_observed', leader)
+
     # -- while leading ----------------------------------------------------
 
     def keepalive(self, term: Term):

@@ -210,6 +210,36 @@ def test_leader_with_and_without_a_leader(backend_client, etcd_prefix):
     assert (status, out) == (1, '')
 
 
+def test_leader_follow_json_prints_each_new_leader(backend_client,
+                                                   etcd_prefix):
+    path = etcd_prefix + '/elections'
+    follower = Cli('leader', *flags(backend_client), '--election-path', path,
+                   '--follow', '--json', 'job')
+    try:
+        follower.wait_for(lambda lines: lines)
+        assert json.loads(follower.out[0])['leader'] is None
+        elector = elect(backend_client, etcd_prefix)
+        try:
+            elector.wait_for(lambda lines: starts(elector))
+            _, _, leader_id = starts(elector)[0]
+            follower.wait_for(lambda lines: len(lines) >= 2)
+            assert json.loads(follower.out[1])['leader'] == leader_id
+            elector.signal(signal.SIGTERM)
+            elector.wait()
+        finally:
+            elector.close()
+        # It resigned on its way out: the follower says so at once.
+        follower.wait_for(lambda lines: len(lines) >= 3, timeout=5)
+        assert json.loads(follower.out[2])['leader'] is None
+        follower.signal(signal.SIGINT)
+        assert follower.wait() == 0
+        assert all(set(json.loads(line)) == {'leader', 't'}
+                   for line in follower.out)
+        assert not [line for line in follower.err if 'Traceback' in line]
+    finally:
+        follower.close()
+
+
 @pytest.mark.parametrize('api', ['v2', 'v3'])
 def test_unreachable_etcd_is_one_line_and_status_3(fresh_etcd_server, api):
     where = address(fresh_etcd_server)

@@ -194,3 +194,23 @@ def test_bad_arguments_name_the_argument(fake):
             candidate(client, **kwargs)
     with pytest.raises(ValueError, match='name'):
         aio.AsyncEtcdElection(client, 'a/b', E, work_time=5)
+
+
+@pytest.mark.asyncio
+async def test_leaders_async_iterator(fake):
+    async with client_of(fake) as client:
+        a, b = candidate(client), candidate(client)
+        leaders = candidate(client).leaders()
+        assert await asyncio.wait_for(anext(leaders), TIMEOUT) is None
+        assert await a.campaign()
+        assert await asyncio.wait_for(anext(leaders), TIMEOUT) == \
+            a.thread_id
+        await a.resign()
+        assert await b.campaign()
+        seen = [await asyncio.wait_for(anext(leaders), TIMEOUT)]
+        if seen[0] is None:          # the gap between the two, if seen
+            seen.append(await asyncio.wait_for(anext(leaders), TIMEOUT))
+        assert seen[-1] == b.thread_id
+        await leaders.aclose()
+        await a.aclose()
+        await b.aclose()

@@ -586,3 +586,34 @@ def test_cancel_gives_back_a_key_won_in_the_meantime(client):
     b._candidacy.campaign = campaign
     assert b.wait_until_elected() is False
     assert holder(client) is None and not b.is_elected
+
+
+def test_observe_reports_each_new_leader(client):
+    seen = []
+    watcher = elector(client)
+    observer = watcher.observe(seen.append)
+    wait_until(lambda: seen == [None])
+    a, b = elector(client), elector(client)
+    a.wait_until_elected()
+    wait_until(lambda: seen == [None, a.thread_id])
+    a.resign()
+    b.wait_until_elected()
+    wait_until(lambda: seen[-1] == b.thread_id)
+    assert a.thread_id in seen and seen.index(a.thread_id) < seen.index(
+        b.thread_id)
+    observer.stop()
+    assert observer.join(5)
+    b.resign()
+    assert not watcher.is_elected and seen[-1] == b.thread_id
+    with pytest.raises(ValueError, match='on_change'):
+        watcher.observe('not callable')
+
+
+def test_leaders_generator(client):
+    a = elector(client)
+    a.wait_until_elected()
+    leaders = elector(client).leaders()
+    assert next(leaders) == a.thread_id
+    a.resign()
+    assert next(leaders) is None
+    leaders.close()
