@@ -23,7 +23,9 @@ async def _acquire(lock, timeout):
     True if acquired.  Cancelled or out of time, it never leaves the lock
     held.
     """
-    if timeout is None:
+    if timeout is None or not (lock.locked() or getattr(
+            lock, '_waiters', None)):
+        # Free and nobody queued (the usual case): taken without waiting.
         await lock.acquire()
         return True
     waiter = asyncio.ensure_future(lock.acquire())

@@ -376,3 +376,25 @@ async def test_a_watch_etcd_never_answers(timeout, expected):
                 await be.watch_tree('/p', 5, timeout)
         assert timeout * 0.9 <= loop.time() - began < timeout + 5
         assert be.open_streams() == 0
+
+
+@pytest.mark.asyncio
+async def test_waiting_for_a_cursor_never_leaks_its_lock():
+    lock = asyncio.Lock()
+    assert await v3_async._acquire(lock, 0)          # free: taken at once
+    assert await v3_async._acquire(lock, 0.05) is False
+    waiter = asyncio.ensure_future(v3_async._acquire(lock, WAIT))
+    await _until(lambda: len(lock._waiters or ()) == 1)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    # Handed over and cancelled in the same turn: given back.
+    waiter = asyncio.ensure_future(v3_async._acquire(lock, WAIT))
+    await _until(lambda: len(lock._waiters or ()) == 1)
+    lock.release()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await _until(lambda: not lock.locked())
+    assert await v3_async._acquire(lock, 0.05)
+    lock.release()
