@@ -16,7 +16,8 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Iterator, Optional, TypeVar, Union
+from typing import (Any, Callable, Dict, Iterator, Optional, TypeVar,
+                    Union)
 
 from oslo_log import log as logging
 
@@ -298,6 +299,16 @@ class EtcdElection(object):
         """The id of the current leader, or None; never campaigns."""
         state, _index = self._backend.read_key(self.master_key)
         return None if state is None else state.value
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters and state, as a new dict.
+
+        Terms won and lost, renewals and failed renewals, time spent
+        campaigning, whether elected, the term, seconds since etcd last
+        answered (see :meth:`Candidacy.report
+        <etcdwatch.rules.candidacy.Candidacy.report>`).
+        """
+        return self._candidacy.report()
 
     def observe(self, on_change: Callable[[Optional[str]], Any]
                 ) -> 'Observer':

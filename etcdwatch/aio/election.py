@@ -10,7 +10,7 @@ a guard ends the term the moment the key is deleted or taken.
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, AsyncIterator, Callable, Dict, Optional
 
 from oslo_log import log as logging
 
@@ -139,6 +139,10 @@ class AsyncEtcdElection(object):
         """The id of the current leader, or None; never campaigns."""
         state, _index = await self._backend.read_key(self.master_key)
         return None if state is None else state.value
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters, as :meth:`etcdwatch.EtcdElection.stats`."""
+        return self._candidacy.report()
 
     async def leaders(self) -> AsyncIterator[Optional[str]]:
         """Yield the current leader's id (or None), then each new one.

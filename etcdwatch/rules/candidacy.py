@@ -22,7 +22,7 @@ waits on, so the rules ask the host for them with HOOK requests:
 """
 
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from oslo_log import log as logging
 
@@ -132,6 +132,25 @@ class Candidacy(object):
         # Candidates that failed together (an etcd restart) must not all
         # come back together: jittered, growing to twice recovery_time.
         self.backoff = backoff.Backoff(recovery_time, 2 * recovery_time)
+        #: Counters and times for stats(): see EtcdElection.stats.
+        self.stats: Dict[str, Any] = {
+            'terms_won': 0, 'terms_lost': 0, 'renewals': 0,
+            'failed_renewals': 0, 'campaign_seconds': 0.0}
+        # Monotonic time of etcd's last answer to us, or None.
+        self.last_contact: Optional[float] = None
+
+    def _ask(self, name: str, *args: Any):
+        """One backend request; notes when etcd last answered."""
+        try:
+            answer = yield requests.backend(name, *args)
+        except exceptions.EtcdUnavailable:
+            raise
+        except exceptions.BackendError:
+            # An error from etcd (history gone, a rewind) is an answer.
+            self.last_contact = self.clock()
+            raise
+        self.last_contact = self.clock()
+        return answer
 
     # -- state ------------------------------------------------------------
 
@@ -159,6 +178,7 @@ class Candidacy(object):
         if self.term is not None and self.term.fencing_token == token:
             return None
         self.term = Term(token, make_event())
+        self.stats['terms_won'] += 1
         LOG.info('%s: %s elected at index %s', self.name, self.me, token)
         return self.term
 
@@ -174,6 +194,7 @@ class Candidacy(object):
         if term is None:
             return None, self.ending
         term.lost.set()
+        self.stats['terms_lost'] += 1
         self.ending = (term, owner, make_event())
         return term, self.ending
 
@@ -181,6 +202,23 @@ class Candidacy(object):
         LOG.log(20 if why == 'resigned' else 30,
                 '%s: %s no longer leads (term %s): %s', self.name, self.me,
                 term.fencing_token, why)
+
+    def report(self) -> Dict[str, Any]:
+        """The candidate's counters and state, as a new dict.
+
+        terms_won, terms_lost, renewals, failed_renewals (a refresh
+        refused or not answered), campaign_seconds (time spent campaigning
+        in all), elected, term (the fencing token, or None),
+        seconds_since_contact (since etcd last answered, or None).
+        """
+        result = dict(self.stats)
+        result['elected'] = self.is_elected()
+        result['term'] = None if self.term is None else \
+            self.term.fencing_token
+        result['seconds_since_contact'] = (
+            None if self.last_contact is None else
+            self.clock() - self.last_contact)
+        return result
 
     def checked_in(self) -> bool:
         """Show life; whether the caller may go on working."""
@@ -235,6 +273,13 @@ class Candidacy(object):
         self.alive_until = self.clock() + self.work_time
         if self.is_elected() and (yield requests.hook('_keepalive_running')):
             return True
+        started = self.clock()
+        try:
+            return (yield from self._campaign(stopped, time_left))
+        finally:
+            self.stats['campaign_seconds'] += self.clock() - started
+
+    def _campaign(self, stopped, time_left):
         while not stopped():
             try:
                 remaining = self.hold_until - self.clock()
@@ -278,12 +323,12 @@ class Candidacy(object):
         if self.term is not None and (yield from self.renew(self.work_time)):
             return True
         sent = self.clock()
-        index = yield requests.backend('create', self.key, self.me,
-                                       self.work_time)
+        index = yield from self._ask('create', self.key, self.me,
+                                     self.work_time)
         if index is not None and self.went_back(index):
             # Won on an etcd that forgot its past: give the key back and
             # hold off (see rewound).
-            yield requests.backend('delete_if', self.key, self.me)
+            yield from self._ask('delete_if', self.key, self.me)
             return False
         if index is not None:
             yield requests.hook('_begin_term', index, sent + self.work_time)
@@ -302,7 +347,13 @@ class Candidacy(object):
         ours but belongs to no term we hold.
         """
         sent = self.clock()
-        if (yield requests.backend('refresh', self.key, self.me, ttl)):
+        try:
+            renewed = yield from self._ask('refresh', self.key, self.me, ttl)
+        except exceptions.BackendError:
+            self.stats['failed_renewals'] += 1
+            raise
+        if renewed:
+            self.stats['renewals'] += 1
             self.held[0] = True
             if self.term is not None and (term is None or
                                           self.term is term):
@@ -313,15 +364,16 @@ class Candidacy(object):
             # Ours, but from a term we did not record: take it up, unless
             # etcd went back in time (a restore can bring back our key
             # from then, while another leads now): then give it back.
-            state, index = yield requests.backend('read_key', self.key)
+            state, index = yield from self._ask('read_key', self.key)
             if self.went_back(index) or self.hold_until > self.clock():
-                yield requests.backend('delete_if', self.key, self.me)
+                yield from self._ask('delete_if', self.key, self.me)
                 return False
             if state is not None and state.value == self.me:
                 yield requests.hook('_begin_term', state.created_index,
                                     sent + ttl)
                 return True
             return False
+        self.stats['failed_renewals'] += 1
         self.refused = True
         yield requests.hook('_end_term', 'the key is no longer ours')
         return False
@@ -353,11 +405,11 @@ class Candidacy(object):
 
         ``longest`` is recovery_time by default.
         """
-        state, index = yield requests.backend('read_key', self.key)
+        state, index = yield from self._ask('read_key', self.key)
         if self.went_back(index) or state is None:
             return
         try:
-            event = yield requests.backend(
+            event = yield from self._ask(
                 'watch_key', self.key, index + 1,
                 self.recovery_time if longest is None else longest)
         except exceptions.ClusterRewound:
@@ -385,11 +437,11 @@ class Candidacy(object):
         while not stopped():
             try:
                 if index is None:
-                    state, index = yield requests.backend('read_key',
-                                                          self.key)
+                    state, index = yield from self._ask('read_key',
+                                                        self.key)
                     leader = None if state is None else state.value
                 else:
-                    event = yield requests.backend(
+                    event = yield from self._ask(
                         'watch_key', self.key, index + 1, self.recovery_time)
                     if event is None:
                         continue
@@ -483,13 +535,13 @@ class Candidacy(object):
                     # Not fed to went_back: an answer that arrives after
                     # the campaign saw a newer index is not etcd going
                     # back.
-                    state, index = yield requests.backend('read_key',
-                                                          self.key)
+                    state, index = yield from self._ask('read_key',
+                                                        self.key)
                     if state is None or state.value != self.me:
                         why = holder_of(state)
                 else:
-                    event = yield requests.backend('watch_key', self.key,
-                                                   index + 1, wait)
+                    event = yield from self._ask('watch_key', self.key,
+                                                 index + 1, wait)
                     if event is None:
                         # Only a close() returns early: do not spin.
                         yield requests.sleep(

@@ -113,7 +113,7 @@ class Mirror(object):
         self.stats: Dict[str, Any] = {
             'events': 0, 'resyncs': 0, 'errors': 0, 'callback_errors': 0,
             'unparsable': 0, 'checks': 0, 'rewinds': 0,
-            'last_event_time': None}
+            'last_event_time': None, 'etcd_index': None}
         self.outage = outage.OutageLog(
             LOG, '%s: watching %s' % (name, path))
         self._backoff = backoff.Backoff(1.0, 1.0)
@@ -134,9 +134,10 @@ class Mirror(object):
             if event is None:
                 # Silence proves nothing: a member cut off from its
                 # cluster, or an etcd rebuilt below our index, is silent.
-                yield requests.backend('check_current', self.path,
-                                       self.tick - 1)
+                current = yield requests.backend(
+                    'check_current', self.path, self.tick - 1)
                 self.stats['checks'] += 1
+                self.saw_index(current)
                 return
         except exceptions.ClusterRewound as e:
             LOG.warning('%s: %s; re-reading %s', self.name, e, self.path)
@@ -148,6 +149,7 @@ class Mirror(object):
                      're-reading %s', self.name, self.tick, self.path)
             yield from self.reload()
             return
+        self.saw_index(event.current_index)
         if far_behind(event, len(self.data or ()), *self._catchup()):
             LOG.debug('%s: %s events behind; re-reading instead',
                       self.name, event.current_index - event.index)
@@ -170,6 +172,7 @@ class Mirror(object):
         snapshot = yield requests.backend('read_tree', self.path)
         self.data = self._decode_all(snapshot.items)
         self.tick = snapshot.index + 1
+        self.saw_index(snapshot.index)
         self.queue.reload(first)
         self.initial_load_done = True
         self.stats['resyncs'] += 1
@@ -243,6 +246,20 @@ class Mirror(object):
         self.tick = event.index + 1
         self.stats['events'] += 1
         self.stats['last_event_time'] = self._clock()
+
+    def saw_index(self, index: Optional[int]) -> None:
+        """etcd showed its current index (a watch, a read, a check)."""
+        if isinstance(index, int):
+            known = self.stats['etcd_index']
+            self.stats['etcd_index'] = index if known is None else max(
+                known, index)
+
+    def lag(self) -> Optional[int]:
+        """Indexes etcd is ahead of what was applied, or None."""
+        known = self.stats['etcd_index']
+        if known is None or self.tick is None:
+            return None
+        return max(0, known - (self.tick - 1))
 
     def new_term(self) -> None:
         """An elected watcher won a new term: start over from a read.

@@ -171,11 +171,15 @@ class WatcherBase(object):
         events, resyncs, errors, callback_errors, unparsable (values the
         codec refused), checks (quorum reads after a silent heartbeat),
         rewinds (re-reads because etcd's index went back), index (the
-        last index applied), last_event_time (time.time() of the last
-        event applied), synced, pending (callbacks waiting for a retry).
+        last index applied), etcd_index (the newest index etcd showed:
+        in a watch answer, a read or a check), lag (etcd_index - index:
+        how far behind the watcher is, as far as it knows), last_event_time
+        (time.time() of the last event applied), synced, pending
+        (callbacks waiting for a retry).
         """
         result = dict(self._mirror.stats)
         result['index'] = None if self.tick is None else self.tick - 1
+        result['lag'] = self._mirror.lag()
         result['synced'] = self.synced
         result['pending'] = len(self._mirror.queue)
         return result

@@ -617,3 +617,22 @@ def test_leaders_generator(client):
     a.resign()
     assert next(leaders) is None
     leaders.close()
+
+
+def test_stats(client):
+    a, b = elector(client), elector(client)
+    assert a.stats()['seconds_since_contact'] is None
+    a.wait_until_elected()
+    a.extend_election(5)
+    stats = a.stats()
+    assert stats['terms_won'] == 1 and stats['renewals'] >= 1
+    assert stats['elected'] and stats['term'] == a.fencing_token
+    assert 0 <= stats['seconds_since_contact'] < 5
+    assert not b.wait_until_elected(timeout=0.2)
+    assert b.stats()['campaign_seconds'] >= 0.2
+    client.delete(E + '/master_svc')
+    with pytest.raises(EtcdElectionLost):
+        a.extend_election(5)
+    stats = a.stats()
+    assert stats['terms_lost'] == 1 and stats['failed_renewals'] >= 1
+    assert not stats['elected'] and stats['term'] is None

@@ -573,3 +573,16 @@ def test_ctrl_c_in_a_foreground_watch_forever_ends_it_quietly(client,
         w.watch_forever()               # returns instead of raising
     assert not w.stats()['errors']
     assert any('interrupted' in r.getMessage() for r in caplog.records)
+
+
+def test_stats_show_etcd_index_and_lag(client):
+    client.write('/lag/a', '1')
+    w = _Table(client, 'lag', '/lag', heartbeat=1)
+    stats = w.stats()
+    assert stats['etcd_index'] == stats['index'] and stats['lag'] == 0
+    for i in range(3):
+        client.write('/lag/k%d' % i, str(i))
+    w.do_watch()        # one event applied; etcd is ahead by the others
+    stats = w.stats()
+    assert stats['etcd_index'] >= stats['index'] + 2
+    assert stats['lag'] == stats['etcd_index'] - stats['index']
