@@ -276,15 +276,15 @@ class AsyncEtcd3Client(object):
     async def post(self, path: str, payload: Mapping[str, Any], *,
                    what: Optional[str] = None,
                    timeout: Optional[float] = None) -> Dict[str, Any]:
-        """POST one unary request (``path`` below the API path, such as
-        ``'kv/range'``); return the answer's JSON result.
+        """POST one unary request; return the answer's JSON result.
 
-        Within ``timeout`` seconds, or the client's timeout if shorter, in
-        all.  Raises :class:`~etcdwatch.exceptions.EtcdUnavailable` (after
-        moving to the next member) when the member cannot be reached or
-        does not answer in time, and the other errors of
+        ``path`` is below the API path, such as ``'kv/range'``; ``what``
+        names the request in errors.  Takes at most ``timeout`` seconds,
+        or the client's timeout if shorter, in all.  Raises
+        :class:`~etcdwatch.exceptions.EtcdUnavailable` (after moving to the
+        next member) when the member cannot be reached or does not answer
+        in time, and the other errors of
         :func:`~etcdwatch.backends.v3proto.raise_for` for etcd's refusals.
-        ``what`` names the request in errors.
         """
         what = what or path
         timeout = self.timeout if timeout is None else min(timeout,
