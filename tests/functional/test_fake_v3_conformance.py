@@ -1,6 +1,10 @@
 """FakeEtcd3Server against a real etcd 3.5: the same requests, answer for
 answer.
 
+The fake is held to etcd twice over: through its requests adapter (what
+etcd3gw uses) and through its asyncio httpx transport (what the asyncio
+recipes use), each record compared with the real one.
+
 Each case is a function of a :class:`Side` (a requests session on the
 gateway, and a record of normalised answers).  It runs on a fresh
 FakeEtcd3Server and on a fresh real etcd (v2 off), both starting at
@@ -38,11 +42,14 @@ event up to their fence.  Lease expiry and token expiry, which take real
 seconds on etcd, move the fake's clock.
 """
 
+import asyncio
 import base64
 import json
 import random
+import threading
 import time
 
+import httpx
 import pytest
 import requests
 
@@ -213,6 +220,68 @@ def _real_side(server):
 def _fake_side():
     fake = FakeEtcd3Server(token_ttl=3)
     return Side(fake.base_url, fake.session(), fake)
+
+
+class _AsyncSession(object):
+    """A requests session's ``post()`` and ``get()``, over httpx.
+
+    An httpx.AsyncClient on the fake's asyncio transport, in an event loop
+    of its own thread.
+    """
+
+    def __init__(self, fake):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever,
+                                       daemon=True)
+        self.thread.start()
+        self.client = httpx.AsyncClient(
+            transport=fake.async_httpx_transport())
+
+    def run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine,
+                                                self.loop).result(WAIT)
+
+    def get(self, url, timeout=None):
+        return self.run(self.client.get(url, timeout=httpx.Timeout(WAIT)))
+
+    def post(self, url, data, headers=None, timeout=None, stream=False):
+        request = self.client.build_request(
+            'POST', url, content=data, headers=headers,
+            timeout=httpx.Timeout(WAIT))
+        response = self.run(self.client.send(request, stream=stream))
+        return _AsyncStreamed(self, response) if stream else response
+
+    def close(self):
+        self.run(self.client.aclose())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(WAIT)
+
+
+class _AsyncStreamed(object):
+    """A streamed httpx response, read as Watch reads a requests one."""
+
+    def __init__(self, session, response):
+        self.session = session
+        self.response = response
+        # The fake's watch stream, for pending_on_fake().
+        self.raw = type('Raw', (), {})()
+        self.raw.watch_stream = response.stream._stream._stream
+
+    def iter_content(self, chunk_size=None):
+        chunks = self.response.aiter_raw()
+        while True:
+            try:
+                yield self.session.run(chunks.__anext__())
+            except StopAsyncIteration:
+                return
+
+    def close(self):
+        self.session.run(self.response.aclose())
+
+
+def _async_fake_side():
+    fake = FakeEtcd3Server(token_ttl=3)
+    return Side(fake.base_url, _AsyncSession(fake), fake)
 
 
 def _watched(side, label, requests_, fence_key, token=None, filters=()):
@@ -570,10 +639,16 @@ def _wait_token_expired(t):
 def test_case(case, real_etcd):
     fake = _fake_side()
     case(fake)
+    on_asyncio = _async_fake_side()
+    try:
+        case(on_asyncio)
+    finally:
+        on_asyncio.session.close()
     real = _real_side(real_etcd)
     real.watch_counts = list(fake.watch_counts)
     case(real)
     _compare(fake, real, '%s: ' % case.__name__)
+    _compare(on_asyncio, real, '%s (asyncio transport): ' % case.__name__)
 
 
 # ------------------------------------------------------ randomized mix
@@ -815,6 +890,12 @@ def test_random_mix(seed, real_etcd):
     fake = _fake_side()
     fake.translate = lambda body: body
     ops = run_random(fake, seed)
+    on_asyncio = _async_fake_side()
+    on_asyncio.translate = lambda body: body
+    try:
+        run_random(on_asyncio, seed)
+    finally:
+        on_asyncio.session.close()
     real = _real_side(real_etcd)
     real.ops = ops
     real.watch_counts = list(fake.watch_counts)
@@ -823,3 +904,4 @@ def test_random_mix(seed, real_etcd):
     real.translate = translate
     run_random(real, seed)
     _compare(fake, real, 'seed %d: ' % seed)
+    _compare(on_asyncio, real, 'seed %d (asyncio transport): ' % seed)
