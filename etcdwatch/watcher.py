@@ -119,9 +119,8 @@ class EtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
         if wait_until_elected:
             assert election_path is not None    # checked above
             self.etcd_elector = election.EtcdElection(
-                etcd_client, name, election_path,
-                work_time=heartbeat + self.DANGER_PAUSE + recovery_time,
-                recovery_time=recovery_time, handler=self._handler)
+                etcd_client, name, election_path, handler=self._handler,
+                **self._election_settings(heartbeat, recovery_time))
         self._init_state(name, data, heartbeat, codec)
 
         #: Held while etcd_data changes and while callbacks run.  Reentrant,

@@ -72,8 +72,7 @@ class AsyncEtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
             assert election_path is not None    # checked above
             self.etcd_elector = aio_election.AsyncEtcdElection(
                 etcd_client, name, election_path,
-                work_time=heartbeat + self.DANGER_PAUSE + recovery_time,
-                recovery_time=recovery_time)
+                **self._election_settings(heartbeat, recovery_time))
         self._term: Optional[int] = None
         self._init_state(name, data, heartbeat, codec)
         self._stop = asyncio.Event()

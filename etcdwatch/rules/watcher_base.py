@@ -99,6 +99,16 @@ class WatcherBase(object):
                           WatcherBase.decode_value),
             catchup=self._catchup, leading=self._leading)
 
+    def _election_settings(self, heartbeat: float,
+                           recovery_time: float) -> Dict[str, Any]:
+        """work_time and recovery_time of an elected watcher's election.
+
+        One pass of the loop (a watch of at most a heartbeat, a pause
+        after an error, callbacks) must fit in the term's work_time.
+        """
+        return {'work_time': heartbeat + self.DANGER_PAUSE + recovery_time,
+                'recovery_time': recovery_time}
+
     # -- state, kept by the rules -----------------------------------------
 
     @property
