@@ -26,6 +26,7 @@ from etcdwatch import driving
 from etcdwatch import exceptions
 from etcdwatch import handlers
 from etcdwatch import keys
+from etcdwatch import registry
 from etcdwatch.rules import candidacy
 
 LOG = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ class EtcdElection(object):
         weakref.finalize(self, _release_if_held, self._backend,
                          self.master_key, self.thread_id, self._held)
         _live_electors.add(self)
+        registry.add_election(self)    # for etcdwatch.metrics
 
     # -- settings and state, kept by the rules -----------------------------
 

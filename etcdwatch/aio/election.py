@@ -19,6 +19,7 @@ from etcdwatch import backends
 from etcdwatch import election as threaded_election
 from etcdwatch import exceptions
 from etcdwatch import keys
+from etcdwatch import registry
 from etcdwatch.rules import candidacy
 
 LOG = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class AsyncEtcdElection(object):
         self._keepalive: Any = (None, None)
         self._guard: Any = (None, None)
         self._timer: Any = (None, None)
+        registry.add_election(self)    # for etcdwatch.metrics
 
     # -- what callers ask -------------------------------------------------
 
