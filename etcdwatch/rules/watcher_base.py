@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterable, Optional
 from oslo_log import log as logging
 
 from etcdwatch import keys
+from etcdwatch import registry
 from etcdwatch.rules import mirror
 
 LOG = logging.getLogger('etcdwatch.watcher')
@@ -98,6 +99,7 @@ class WatcherBase(object):
             plain_values=(codec is None and type(self).decode_value is
                           WatcherBase.decode_value),
             catchup=self._catchup, leading=self._leading)
+        registry.add_watcher(self)     # for etcdwatch.metrics
 
     def _election_settings(self, heartbeat: float,
                            recovery_time: float) -> Dict[str, Any]:
