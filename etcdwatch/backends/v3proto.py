@@ -7,7 +7,9 @@ translation of the gateway's error shapes into :mod:`etcdwatch.exceptions`,
 the framing of a watch stream, the position of a watch (:class:`Cursor`),
 which etcd cluster answers (:class:`ClusterEpochs`), and the multi-request
 operations (create, refresh, delete, tree reads) as generators of
-:class:`Request` that a transport runs with its own I/O.
+:class:`Request` that a transport runs with its own I/O.  Its only side
+effect is a log line (oslo.log) when another cluster answers or a page is
+too large for the gateway.
 
 Two transports run these rules: :mod:`etcdwatch.backends.v3` (threads,
 requests' session) and :mod:`etcdwatch.backends.v3_async` (asyncio,
