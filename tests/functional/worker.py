@@ -191,6 +191,22 @@ def run_asyncio(mode, *args):
     asyncio.run(main())
 
 
+def member(address, group_path, member_id, value, ttl):
+    """Mode ``member HOST:PORT GROUP_PATH MEMBER_ID VALUE TTL``.
+
+    Keeps an EtcdMembership; prints {"event": "registered", "key": ...,
+    "registered": bool} once the constructor returned, then sleeps.
+    SIGTERM exits cleanly (the key is deleted at exit).
+    """
+    from etcdwatch.membership import EtcdMembership
+    membership = EtcdMembership(client_for(address), group_path, member_id,
+                                value, float(ttl))
+    say(event='registered', key=membership.key,
+        registered=membership.is_registered)
+    while True:
+        time.sleep(3600)
+
+
 def main(argv):
     args = [a for a in argv if not a.startswith('--')]
     if '--asyncio' in argv:
@@ -203,6 +219,8 @@ def main(argv):
         lead(*args[1:])
     elif args[0] == 'watch':
         watch(*args[1:])
+    elif args[0] == 'member':
+        member(*args[1:])
     else:
         raise SystemExit('unknown mode %r' % args[0])
 
