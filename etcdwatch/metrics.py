@@ -20,6 +20,7 @@ the recipes run on threads, green threads or an asyncio loop).
 
 import dataclasses
 import logging
+import math
 import numbers
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -238,7 +239,8 @@ class Collector(object):
                 _watcher_outage(watcher))
 
     @staticmethod
-    def _readings(recipes, what, read):
+    def _readings(recipes: List[Any], what: str, read: Any
+                  ) -> Iterator[Tuple[Tuple[str, ...], Any, Any]]:
         seen: Dict[Tuple[str, ...], int] = {}
         for recipe in recipes:
             try:
@@ -300,8 +302,7 @@ def register(registry: Any = None) -> Collector:
 
 
 def unregister(registry: Any = None) -> bool:
-    """Remove what :func:`register` added to ``registry``; whether it had.
-    """
+    """Remove what :func:`register` added to ``registry``; True if any."""
     registry = _registry_or_default(registry)
     known = _registered.get(id(registry))
     if known is None or known[0] is not registry:
@@ -334,7 +335,7 @@ def _check_bound(argument: str, value: Any, allow_none: bool) -> Any:
     if value is None and allow_none:
         return None
     if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
-            not value >= 0 or value == float('inf')):
+            not math.isfinite(value) or value < 0):
         raise ValueError('%s must be a finite number >= 0%s, not %r'
                          % (argument, ' or None' if allow_none else '',
                             value))

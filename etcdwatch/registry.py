@@ -23,19 +23,20 @@ _order = itertools.count()
 
 def _add(table: Dict[int, 'weakref.ref[Any]'], recipe: Any) -> None:
     number = next(_order)
-    table[number] = weakref.ref(
-        recipe, lambda ref, number=number: table.pop(number, None))
+
+    def forget(ref: 'weakref.ref[Any]') -> None:
+        table.pop(number, None)
+
+    table[number] = weakref.ref(recipe, forget)
 
 
 def add_watcher(watcher: Any) -> None:
-    """List ``watcher`` (an EtcdWatcher or AsyncEtcdWatcher) while it lives.
-    """
+    """List ``watcher`` (a threaded or asyncio watcher) while it lives."""
     _add(_watchers, watcher)
 
 
 def add_election(election: Any) -> None:
-    """List ``election`` (an EtcdElection or AsyncEtcdElection) while it
-    lives."""
+    """List ``election`` (threaded or asyncio) while it lives."""
     _add(_elections, election)
 
 
