@@ -20,8 +20,8 @@ from etcdwatch import election
 from etcdwatch import exceptions
 from etcdwatch import handlers
 from etcdwatch import keys
-from etcdwatch import watcher
 from etcdwatch.rules import membership as rules
+from etcdwatch import watcher
 
 LOG = logging.getLogger(__name__)
 
@@ -202,8 +202,11 @@ class EtcdMembership(object):
             return bool(self._reg.drive(self._rules.sync()))
 
     def stats(self) -> Dict[str, Any]:
-        """Counters and state, as a new dict (see :meth:`Membership.report
-        <etcdwatch.rules.membership.Membership.report>`)."""
+        """Counters and state, as a new dict.
+
+        See :meth:`Membership.report
+        <etcdwatch.rules.membership.Membership.report>`.
+        """
         return self._rules.report()
 
     def close(self, timeout: Optional[float] = None) -> bool:

@@ -215,8 +215,9 @@ class Membership(object):
                   first_wait: float = 0.0):
         """``sync`` every ``ttl / 3`` until ``stopped()``.
 
-        The first round comes after ``first_wait`` seconds.  A key found gone is created again at once.  etcd errors are
-        retried after a jittered backoff from ``min(ttl / 6, 1)`` s up to
+        The first round comes after ``first_wait`` seconds.  A key found
+        gone is created again at once.  etcd errors are retried after a
+        jittered backoff from ``min(ttl / 6, 1)`` s up to
         ``min(ttl / 3, 5)`` s; an outage is logged once, not per retry.
         Sleeps (SLEEP requests) are meant to end early when stopped.
         """

@@ -39,8 +39,10 @@ class Recorder(EtcdGroupWatcher):
         self._note('left', member, None)
 
     def wait_for(self, what, member, after=0.0, timeout=30.0):
-        """The time of the first report ``what`` of ``member`` after
-        ``after`` (monotonic); fails after ``timeout`` s."""
+        """The time of the first ``what`` of ``member`` after ``after``.
+
+        Monotonic; fails after ``timeout`` s.
+        """
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:

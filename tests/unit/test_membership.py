@@ -105,7 +105,7 @@ def test_a_client_that_is_not_one_is_refused():
         EtcdMembership(object(), '/group', 'm1', 'v', 3)
 
 
-# -- the rules, on a fake clock -------------------------------------------------
+# -- the rules, on a fake clock -----------------------------------------------
 
 def test_keepalive_keeps_the_key_for_many_ttls_and_refreshes_every_third():
     d = ClockDriver(ttl=3)
@@ -236,7 +236,7 @@ def test_leave_deletes_only_our_value():
     assert d.value() is None
 
 
-# -- the threaded host ----------------------------------------------------------
+# -- the threaded host --------------------------------------------------------
 
 def test_registered_by_the_constructor_and_removed_by_close():
     client = FakeEtcdClient()
@@ -297,7 +297,7 @@ def test_a_collected_membership_removes_its_key():
     assert task.join(10)
 
 
-# -- the group watcher ------------------------------------------------------------
+# -- the group watcher --------------------------------------------------------
 
 class Group(EtcdGroupWatcher):
     def __init__(self, *args, **kwargs):
@@ -404,7 +404,7 @@ def test_group_members_reads_direct_children_only():
         group_members(client, 'group')
 
 
-# -- eventlet ----------------------------------------------------------------------
+# -- eventlet -----------------------------------------------------------------
 
 def test_membership_and_group_watcher_on_green_threads():
     code = '''
