@@ -196,6 +196,59 @@ class _Stream(object):
             pass
 
 
+class _MessageStream(object):
+    """A ``/watch`` response whose body hands over whole messages.
+
+    An in-memory etcd (:class:`etcdwatch.testing.FakeEtcd3Server`) has no
+    socket to read: its response's ``raw.read_message(timeout)`` returns
+    the next message, None when the timeout passes, ``b''`` at the end.
+    The same contract as :class:`_Stream`.
+    """
+
+    def __init__(self, response, timeout, url=None):
+        self.response = response
+        self.timeout = timeout
+        self.last_used = time.monotonic()
+        self.url = url
+        self.aborted = False
+        self._read = response.raw.read_message
+        self._buffer = v3proto.MessageBuffer(chunked=False)
+
+    def next_message(self, deadline):
+        while True:
+            message = self._buffer.next()
+            if message is not None:
+                return message
+            wait = None
+            if deadline is not None:
+                wait = max(0.0, deadline - time.monotonic())
+            data = self._read(wait)
+            if data is None:
+                return None
+            if not data:
+                self._buffer.end()
+            self._buffer.feed(data)
+
+    def abort(self):
+        self.aborted = True
+        try:
+            self.response.raw.close()
+        except Exception:  # noqa: broad; waking must not fail the caller
+            pass
+
+    def close(self):
+        try:
+            self.response.close()
+        except Exception:  # noqa: broad; closing must not fail the caller
+            pass
+
+
+def _stream_of(response, timeout, url):
+    if callable(getattr(response.raw, 'read_message', None)):
+        return _MessageStream(response, timeout, url)
+    return _Stream(response, timeout, url)
+
+
 class _Cursor(v3proto.Cursor):
     """A :class:`~etcdwatch.backends.v3proto.Cursor` with its stream.
 
@@ -518,7 +571,7 @@ class V3Backend(base.Backend):
                     # A member without a leader answers 503 and a stream
                     # error: {"error": {"grpc_code": 14, ...}}.
                     v3proto.raise_for(what, resp.status_code, body)
-                return _Stream(resp, timeout, url)
+                return _stream_of(resp, timeout, url)
             except BaseException:
                 resp.close()
                 raise

@@ -441,7 +441,8 @@ class Cursor(object):
     event up to it has arrived (a new stream starts after it).  ``events``:
     arrived, not yet returned.  ``returned``: the index of the event just
     returned, while the next call may continue with the other events of
-    that same index.
+    that same index.  ``opened``: where the stream now open for it started
+    (None before the first).
     """
 
     def __init__(self, key, range_end, start):
@@ -455,6 +456,7 @@ class Cursor(object):
         self.received = start - 1
         self.returned = None
         self.events = collections.deque()
+        self.opened = None
 
     def position(self, from_index):
         """Stand where a call asking from ``from_index`` needs to be.
@@ -490,8 +492,9 @@ class Cursor(object):
 
     def create_request(self):
         """The body of a ``watch`` request for a new stream from here."""
+        self.opened = self.start_revision()
         request = {'key': b64(self.key),
-                   'start_revision': self.start_revision(),
+                   'start_revision': self.opened,
                    'progress_notify': True}
         if self.range_end is not None:
             request['range_end'] = b64(self.range_end)
@@ -500,15 +503,19 @@ class Cursor(object):
     def take(self, result, what):
         """Fold one watch message's ``result`` into the cursor.
 
-        Checks the header first: a revision below where the cursor stands
-        raises ClusterRewound.  A progress notification (a header and
-        nothing else) moves ``received`` up to its revision: etcd has sent
-        every event up to it.  A "created" answer moves nothing (history
+        Checks the header first: a revision below where the stream started
+        (or below what it already received) raises ClusterRewound.  Not
+        below where a later call moved the cursor: messages sent before
+        that call, still on their way, carry the revision of their time.
+        A progress notification (a header and nothing else) moves
+        ``received`` up to its revision: etcd has sent every event up to
+        it.  A "created" answer moves nothing (history
         may follow it).  Raises without changing the cursor, so a message
         is taken whole or not at all.
         """
         current = revision(result)
-        stands = max(self.floor - 1, self.received)
+        start = self.floor if self.opened is None else self.opened
+        stands = max(start - 1, self.received)
         if current is not None and current < stands:
             raise exceptions.ClusterRewound(
                 '%s: etcd is at revision %d, below %d where this watch '

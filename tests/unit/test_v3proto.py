@@ -278,6 +278,26 @@ def test_a_revision_below_the_cursor_is_a_rewound_cluster(messages):
         messages[-1]['result']['header']['revision'])
 
 
+def test_a_message_sent_before_the_cursor_moved_ahead_is_no_rewind():
+    # A stream opened at 500; a later call asks from 800 (a key won at
+    # 799, say) while a message sent at revision 650 is on its way.
+    cursor = proto.Cursor('/p/', '/p0', 500)
+    cursor.create_request()
+    _take(cursor, _message(600, events=[_put(600)]))
+    assert cursor.position(800) is False
+    _take(cursor, _message(650, events=[_put(650)]))    # old news
+    assert cursor.pop() is None and cursor.received == 650
+    # But a revision below what this stream already gave is etcd going
+    # back.
+    with pytest.raises(exceptions.ClusterRewound):
+        _take(cursor, _message(640))
+    # A new stream starts where the cursor stands now: below it, a rewind.
+    cursor.reset(800)
+    cursor.create_request()
+    with pytest.raises(exceptions.ClusterRewound):
+        _take(cursor, _message(700, created=True))
+
+
 @pytest.mark.parametrize('message,expected', [
     (_message(canceled=True, cancel_reason='etcdserver: no leader'),
      exceptions.EtcdUnavailable),
