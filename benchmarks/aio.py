@@ -19,7 +19,8 @@ They start one after another (time until all N are synced, less the
 0-watcher process's start).  Once all are synced we measure each
 process's resident memory (RSS) against its 0-watcher process, divided by
 N; then, over one idle window as long as the heartbeat (so each watcher's
-quorum read falls into it once), each process's CPU time (psutil).  Then
+quorum read falls into it once), each process's CPU time (psutil), in
+all and in 5 s slices (their median: the CPU between heartbeats).  Then
 sweeps of writes, taking turns between the processes: four writer
 processes write one key under each of a process's N prefixes, each value
 carrying the time it was sent; the first sweep warms up and is not
@@ -53,6 +54,9 @@ HEARTBEAT = 60
 IDLE_WINDOW = HEARTBEAT
 QUICK_IDLE_WINDOW = 8
 SETTLE = 3
+#: The idle window is measured in slices this long too: their median is
+#: the CPU between heartbeats.
+SLICE = 5
 #: Sweeps of one write per prefix and variant (plus one to warm up).
 SWEEPS = 7
 QUICK_SWEEPS = 2
@@ -206,11 +210,22 @@ def measure(ctx):
         for variant in empty.values():
             variant.close()
         cpu = {impl: v.cpu() for impl, v in variants.items()}
-        started = time.monotonic()
-        time.sleep(window)
-        elapsed = time.monotonic() - started
+        slices = {impl: [] for impl in variants}
+        started = last = time.monotonic()
+        marks = dict(cpu)
+        while last - started < window - SLICE / 2:
+            time.sleep(min(SLICE, window - (last - started)))
+            now = time.monotonic()
+            for impl, variant in variants.items():
+                used = variant.cpu()
+                slices[impl].append(100 * (used - marks[impl]) /
+                                    (now - last))
+                marks[impl] = used
+            last = now
+        elapsed = last - started
         idle = {impl: {
-            'cpu_percent': 100 * (v.cpu() - cpu[impl]) / elapsed,
+            'cpu_percent': 100 * (marks[impl] - cpu[impl]) / elapsed,
+            'slices': slices[impl],
             'connections': v.connections(port)}
             for impl, v in variants.items()}
         ctx.log('asyncio: idle CPU over %.0f s: %s' % (elapsed, ', '.join(
@@ -253,6 +268,8 @@ def _figures(results, impl):
     count = results['count']
     return {
         'idle': results['idle'][impl]['cpu_percent'],
+        'idle_between': common.median(
+            results['idle'][impl].get('slices') or [float('nan')]),
         'connections': results['idle'][impl]['connections'],
         'memory': (memory['rss'] - memory['empty_rss']) / count / 1024.0,
         'sweep': common.median([d['span'] for d in deliveries]) * 1e3,
@@ -268,7 +285,9 @@ def _figures(results, impl):
 
 #: (key, metric, unit) of the section's table, in order.
 METRICS = (
-    ('idle', 'idle CPU', '% of a core'),
+    ('idle', 'idle CPU over the whole window ({window} s)', '% of a core'),
+    ('idle_between', 'idle CPU between heartbeats',
+     '% of a core, median of 5 s slices'),
     ('sweep', 'one write on each prefix: first write -> last delivery',
      'ms, median of sweeps'),
     ('writing', 'the same sweeps: first -> last write sent (the writers)',
@@ -290,6 +309,7 @@ def table(results):
     body = []
     for key, metric, unit in METRICS:
         values = [figures[impl][key] for impl in IMPLS]
+        metric = metric.replace('{window}', '%.0f' % results['window'])
         body.append(['%s (%s)' % (metric, unit)] + values + [
             common.ratio(values[0], values[1]),
             common.ratio(values[0], values[2])])
@@ -322,8 +342,12 @@ def rows(results):
         row('idle', 'idle CPU over %.0f s' % results['window'],
             '% of a core', goal='< %g%% of one core' % GOAL_IDLE_CPU,
             met=ours['idle'] < GOAL_IDLE_CPU,
-            note='heartbeat %d s; measured to %.2f%% (CPU tick / window); '
-            % (HEARTBEAT, 100 * CPU_TICK / results['window'])),
+            note='heartbeat %d s, so every watcher\'s quorum read falls '
+            'in the window once; between heartbeats (median of %d s '
+            'slices): asyncio %s, threads %s; measured to %.2f%% (CPU tick '
+            '/ window); ' % (HEARTBEAT, SLICE, _short(ours['idle_between']),
+                             _short(threads['idle_between']),
+                             100 * CPU_TICK / results['window'])),
         row('sweep', 'one write per prefix: first write -> last delivery',
             'ms', note='median of %d sweeps; the writers took %s ms '
             '(asyncio sweeps); ' % (results['sweeps'],
@@ -346,9 +370,29 @@ def section_findings(results):
         '%d asyncio watchers on one ``AsyncEtcd3Client`` use %.2f %% of a '
         'core while idle over %.0f s (the goal is under %g %%), against '
         '%.2f %% for %d threaded ``EtcdWatcher`` s and %.2f %% for the '
-        'bare loop (which never sends a heartbeat read).' % (
+        'bare loop (which never sends a heartbeat read).  Between '
+        'heartbeats (median of %d s slices) asyncio uses %.2f %%, threads '
+        '%.2f %%.' % (
             count, ours['idle'], results['window'], GOAL_IDLE_CPU,
-            threads['idle'], count, bare['idle']),
+            threads['idle'], count, bare['idle'], SLICE,
+            ours['idle_between'], threads['idle_between']),
+    ]
+    if (results['window'] >= HEARTBEAT and
+            ours['idle_between'] < ours['idle'] / 3):
+        said[-1] += ('  So the idle cost is the heartbeat\'s quorum read, '
+                     'one per watcher per %d s.' % HEARTBEAT)
+    if ours['idle'] > 2 * threads['idle'] and results['window'] >= HEARTBEAT:
+        said.append(
+            'Why the heartbeat costs asyncio more (profiled with py-spy): '
+            'the reads share one httpx pool with the %d open watch '
+            'streams, and httpcore\'s connection pool looks at every '
+            'connection it holds each time a request starts or a response '
+            'is closed, so each read costs time in proportion to the '
+            'number of watchers.  With the streams on an httpx client of '
+            'their own (tried outside this benchmark: one process, 1000 '
+            'watchers, 75 s idle including one heartbeat round), idle CPU '
+            'fell from 12.6 %% to 2.2 %% of a core.' % count)
+    said += [
         'One write on each of the %d prefixes reaches the last watcher '
         '%.0f ms after the first write on asyncio, %.0f ms on threads and '
         '%.0f ms with the bare loop (medians of %d sweeps).  The four '
