@@ -9,15 +9,11 @@ as soon as it goes.
 """
 
 import contextlib
-import os
 import queue
-import socket
 import threading
 import time
-import uuid
 import weakref
-from typing import (Any, Callable, Dict, Iterator, Optional, TypeVar,
-                    Union)
+from typing import Any, Callable, Iterator, Optional, TypeVar, Union
 
 from oslo_log import log as logging
 
@@ -78,18 +74,14 @@ def _release(backend, key, value):
         LOG.debug('could not release %s', key, exc_info=True)
 
 
-def _make_id():
-    # host:pid tells an operator who leads; the random part keeps two
-    # electors of one process apart.
-    return '%s:%d:%s' % (socket.gethostname(), os.getpid(),
-                         uuid.uuid4().hex[:12])
+_make_id = candidacy.make_id
 
 
 #: One term of leadership (see :class:`etcdwatch.rules.candidacy.Term`).
 Term = candidacy.Term
 
 
-class EtcdElection(object):
+class EtcdElection(candidacy.CandidateBase):
     """One participant in the election of a leader of kind ``name``.
 
     :param etcd_client: a python-etcd ``etcd.Client`` (etcd's v2 API), an
@@ -137,32 +129,13 @@ class EtcdElection(object):
                  multi_worker_ok: bool = False, handler: HandlerArg = None,
                  on_elected: Optional[Callable[[Term], Any]] = None,
                  on_lost: Optional[Callable[[Term], Any]] = None) -> None:
-        self.election_path = candidacy.check_arguments(
-            name, election_path, work_time, recovery_time, on_elected,
-            on_lost)
+        self._setup(etcd_client, name, election_path, work_time,
+                    recovery_time, multi_worker_ok, on_elected, on_lost)
         self._backend = backends.for_client(etcd_client)
         self._handler = handlers.get_handler(handler)
-
-        self.etcd_client = etcd_client
-        self.name = name
-        #: This worker's id, the value it writes into the election key.
-        self.thread_id = _make_id()
-        self.master_key = self.election_path + '/master_' + name
-        self.on_elected = on_elected
-        self.on_lost = on_lost
-        # The rules (etcdwatch.rules.candidacy) and this candidate's state;
-        # this class runs them on threads, under _lock.
-        self._candidacy = candidacy.Candidacy(
-            name, self.master_key, self.thread_id, work_time, recovery_time,
-            bool(multi_worker_ok))
-
         self._lock = self._handler.rlock()
         # Set by cancel(); cleared by each wait_until_elected().
         self._cancelled = self._handler.event()
-        # (term, task) of the keepalive, the guard and the lease timer.
-        self._keepalive: Any = (None, None)
-        self._guard: Any = (None, None)
-        self._timer: Any = (None, None)
         # Whether the key may be ours: shared with the finalizer, which
         # releases it at exit or collection without a reference to self.
         self._held = self._candidacy.held
@@ -196,24 +169,6 @@ class EtcdElection(object):
                                     value))
 
     # -- what callers ask -------------------------------------------------
-
-    @property
-    def is_elected(self) -> bool:
-        """True while etcd confirmed, within the lease, that we lead.
-
-        Never True past the local lease deadline: the monotonic time the
-        last successful create or refresh was sent, plus the TTL, minus a
-        margin (a quarter of the TTL, at most 1 s).  That falls before the
-        key can expire on the server, so another worker can only be elected
-        after this turns False.
-        """
-        return self._candidacy.is_elected()
-
-    @property
-    def fencing_token(self) -> Optional[int]:
-        """The etcd index at which the current term was won, or None."""
-        term = self.term
-        return None if term is None else term.fencing_token
 
     def wait_until_elected(self, timeout: Optional[float] = None) -> bool:
         """Return True once this worker leads; counts as showing life.
@@ -271,17 +226,6 @@ class EtcdElection(object):
         # Wakes a wait for the key (v3 streams) in the campaigning thread.
         self._backend.close()
 
-    def check_in(self) -> None:
-        """Show life without blocking; raise if no longer elected.
-
-        Raises :class:`EtcdElectionLost` if the term has ended (with
-        ``multi_worker_ok``, only if etcd said the key is not ours).
-        """
-        if self._candidacy.checked_in():
-            return
-        raise EtcdElectionLost('%s does not hold %s'
-                               % (self.thread_id, self.master_key))
-
     def extend_election(self, duration: float) -> None:
         """Renew our term now for ``duration`` seconds.
 
@@ -301,16 +245,6 @@ class EtcdElection(object):
         """The id of the current leader, or None; never campaigns."""
         state, _index = self._backend.read_key(self.master_key)
         return None if state is None else state.value
-
-    def stats(self) -> Dict[str, Any]:
-        """Counters and state, as a new dict.
-
-        Terms won and lost, renewals and failed renewals, time spent
-        campaigning, whether elected, the term, seconds since etcd last
-        answered (see :meth:`Candidacy.report
-        <etcdwatch.rules.candidacy.Candidacy.report>`).
-        """
-        return self._candidacy.report()
 
     def observe(self, on_change: Callable[[Optional[str]], Any]
                 ) -> 'Observer':

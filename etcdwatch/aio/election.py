@@ -10,13 +10,12 @@ a guard ends the term the moment the key is deleted or taken.
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, Callable, Dict, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
 from oslo_log import log as logging
 
 from etcdwatch.aio import driving
 from etcdwatch import backends
-from etcdwatch import election as threaded_election
 from etcdwatch import exceptions
 from etcdwatch import keys
 from etcdwatch import registry
@@ -27,7 +26,7 @@ LOG = logging.getLogger(__name__)
 Term = candidacy.Term
 
 
-class AsyncEtcdElection(object):
+class AsyncEtcdElection(candidacy.CandidateBase):
     """One participant in the election of a leader of kind ``name``.
 
     ``name``, ``election_path``, ``work_time``, ``recovery_time`` and
@@ -53,47 +52,17 @@ class AsyncEtcdElection(object):
                  multi_worker_ok: bool = False,
                  on_elected: Optional[Callable[[Term], Any]] = None,
                  on_lost: Optional[Callable[[Term], Any]] = None) -> None:
-        self.election_path = candidacy.check_arguments(
-            name, election_path, work_time, recovery_time, on_elected,
-            on_lost)
+        self._setup(etcd_client, name, election_path, work_time,
+                    recovery_time, multi_worker_ok, on_elected, on_lost)
         self._backend = backends.for_async_client(etcd_client)
-        self.etcd_client = etcd_client
-        self.name = name
-        #: This worker's id, the value it writes into the election key.
-        self.thread_id = threaded_election._make_id()
-        self.master_key = self.election_path + '/master_' + name
-        self.on_elected = on_elected
-        self.on_lost = on_lost
-        self._candidacy = candidacy.Candidacy(
-            name, self.master_key, self.thread_id, work_time, recovery_time,
-            bool(multi_worker_ok))
-        # (term, task) of the keepalive, the guard and the lease timer.
-        self._keepalive: Any = (None, None)
-        self._guard: Any = (None, None)
-        self._timer: Any = (None, None)
         registry.add_election(self)    # for etcdwatch.metrics
 
     # -- what callers ask -------------------------------------------------
 
     @property
-    def is_elected(self) -> bool:
-        """True while etcd confirmed, within the local lease, that we lead.
-
-        Never True past the local lease deadline (see
-        :attr:`etcdwatch.EtcdElection.is_elected`).
-        """
-        return self._candidacy.is_elected()
-
-    @property
     def term(self) -> Optional[Term]:
         """The current :class:`Term`, or None."""
         return self._candidacy.term
-
-    @property
-    def fencing_token(self) -> Optional[int]:
-        """The etcd index at which the current term was won, or None."""
-        term = self.term
-        return None if term is None else term.fencing_token
 
     async def campaign(self, timeout: Optional[float] = None) -> bool:
         """Return True once this worker leads, False after ``timeout`` s.
@@ -117,18 +86,6 @@ class AsyncEtcdElection(object):
             await asyncio.shield(self._withdraw())
             raise
 
-    def check_in(self) -> None:
-        """Show life without waiting; raise if no longer elected.
-
-        Raises :class:`~etcdwatch.exceptions.EtcdElectionLost` if the term
-        has ended (with ``multi_worker_ok``, only if etcd said the key is
-        not ours).
-        """
-        if self._candidacy.checked_in():
-            return
-        raise exceptions.EtcdElectionLost('%s does not hold %s'
-                                          % (self.thread_id, self.master_key))
-
     async def extend_election(self, duration: float) -> None:
         """Renew our term now for ``duration`` s (see the threaded one)."""
         keys.check_duration('duration', duration)
@@ -141,10 +98,6 @@ class AsyncEtcdElection(object):
         """The id of the current leader, or None; never campaigns."""
         state, _index = await self._backend.read_key(self.master_key)
         return None if state is None else state.value
-
-    def stats(self) -> Dict[str, Any]:
-        """Counters, as :meth:`etcdwatch.EtcdElection.stats`."""
-        return self._candidacy.report()
 
     async def leaders(self) -> AsyncIterator[Optional[str]]:
         """Yield the current leader's id (or None), then each new one.

@@ -21,7 +21,10 @@ waits on, so the rules ask the host for them with HOOK requests:
 :class:`etcdwatch.aio.AsyncEtcdElection` (asyncio) are the hosts.
 """
 
+import os
+import socket
 import time
+import uuid
 from typing import Any, Callable, Dict, Optional
 
 from oslo_log import log as logging
@@ -75,6 +78,86 @@ def check_arguments(name: str, election_path: str, work_time: float,
             raise ValueError('%s must be callable, not %r'
                              % (argument, value))
     return path
+
+
+def make_id() -> str:
+    """A candidate's id, ``host:pid:random``.
+
+    host:pid tells an operator who leads; the random part keeps two
+    candidates of one process apart.
+    """
+    return '%s:%d:%s' % (socket.gethostname(), os.getpid(),
+                         uuid.uuid4().hex[:12])
+
+
+class CandidateBase(object):
+    """What the threaded and the asyncio elections share, without I/O.
+
+    Arguments, identity, the :class:`Candidacy`, and what callers read
+    from it.  Hosts set ``_backend`` and run the rules.
+    """
+
+    def _setup(self, etcd_client: Any, name: str, election_path: str,
+               work_time: float, recovery_time: float,
+               multi_worker_ok: bool, on_elected: Any,
+               on_lost: Any) -> None:
+        self.election_path = check_arguments(
+            name, election_path, work_time, recovery_time, on_elected,
+            on_lost)
+        self.etcd_client = etcd_client
+        self.name = name
+        #: This worker's id, the value it writes into the election key.
+        self.thread_id = make_id()
+        self.master_key = self.election_path + '/master_' + name
+        self.on_elected = on_elected
+        self.on_lost = on_lost
+        # The rules and this candidate's state; subclasses run them.
+        self._candidacy = Candidacy(
+            name, self.master_key, self.thread_id, work_time, recovery_time,
+            bool(multi_worker_ok))
+        # (term, task) of the keepalive, the guard and the lease timer.
+        self._keepalive: Any = (None, None)
+        self._guard: Any = (None, None)
+        self._timer: Any = (None, None)
+
+    @property
+    def is_elected(self) -> bool:
+        """True while etcd confirmed, within the lease, that we lead.
+
+        Never True past the local lease deadline: the monotonic time the
+        last successful create or refresh was sent, plus the TTL, minus a
+        margin (a quarter of the TTL, at most 1 s).  That falls before the
+        key can expire on the server, so another worker can only be
+        elected after this turns False.
+        """
+        return self._candidacy.is_elected()
+
+    @property
+    def fencing_token(self) -> Optional[int]:
+        """The etcd index at which the current term was won, or None."""
+        term = self._candidacy.term
+        return None if term is None else term.fencing_token
+
+    def check_in(self) -> None:
+        """Show life without blocking; raise if no longer elected.
+
+        Raises :class:`~etcdwatch.exceptions.EtcdElectionLost` if the term
+        has ended (with ``multi_worker_ok``, only if etcd said the key is
+        not ours).
+        """
+        if self._candidacy.checked_in():
+            return
+        raise exceptions.EtcdElectionLost('%s does not hold %s'
+                                          % (self.thread_id, self.master_key))
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters and state, as a new dict.
+
+        Terms won and lost, renewals and failed renewals, time spent
+        campaigning, whether elected, the term, seconds since etcd last
+        answered (see :meth:`Candidacy.report`).
+        """
+        return self._candidacy.report()
 
 
 def holder_of(state: Any) -> str:
@@ -293,6 +376,8 @@ class Candidacy(object):
                     self.alive_until = self.clock() + self.work_time
                     yield requests.hook('_ensure_keepalive')
                     return True
+                if stopped():
+                    break
                 yield from self.wait_for_vacancy(
                     self.recovery_time if time_left is None else
                     max(0.01, min(self.recovery_time, time_left())))
