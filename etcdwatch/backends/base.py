@@ -50,6 +50,18 @@ CHECK_TIMEOUT = 3.0
 KeyState = collections.namedtuple(
     'KeyState', ['value', 'created_index', 'modified_index'])
 
+QueueEntry = collections.namedtuple(
+    'QueueEntry', ['key', 'value', 'created_index'])
+QueueEntry.__doc__ = """One key of a queue (:meth:`Backend.read_queue`)."""
+
+Queue = collections.namedtuple('Queue', ['index', 'entries'])
+Queue.__doc__ = """The keys directly below a prefix, oldest first.
+
+``entries`` is a list of :class:`QueueEntry`, sorted by ``created_index``;
+``index`` is etcd's index of the read, so a watch of any of the keys from
+``index + 1`` misses nothing.
+"""
+
 
 class Backend(abc.ABC):
     """What the recipes need from etcd.
@@ -116,6 +128,28 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def delete_if(self, key, value):
         """Delete ``key`` if it still holds ``value``; True if deleted."""
+
+    def create_unique(self, prefix, value, ttl):
+        """Create a new key below ``prefix``, expiring after ``ttl`` s.
+
+        The key's name is chosen by the backend, unique and never reused
+        (v2: an in-order key, ``POST``; v3: ``prefix/<random id>`` on a
+        lease of its own).  Returns ``(key, index)``: the key and the index
+        it was created at, which orders it among the others
+        (:meth:`read_queue`).  :meth:`refresh` and :meth:`delete_if` with
+        ``value`` renew and delete it.
+        """
+        raise NotImplementedError('%s has no create_unique'
+                                  % type(self).__name__)
+
+    def read_queue(self, prefix):
+        """Return a :class:`Queue` of the keys directly below ``prefix``.
+
+        Oldest first (by creation index).  A prefix with no keys (or that
+        does not exist) is an empty queue, not an error.
+        """
+        raise NotImplementedError('%s has no read_queue'
+                                  % type(self).__name__)
 
     @abc.abstractmethod
     def check_current(self, path, index):
@@ -206,6 +240,19 @@ class AsyncBackend(abc.ABC):
     @abc.abstractmethod
     async def delete_if(self, key, value):
         """Delete ``key`` if it still holds ``value``; True if deleted."""
+
+    async def create_unique(self, prefix, value, ttl):
+        """A new unique key below ``prefix``: ``(key, index)``.
+
+        As :meth:`Backend.create_unique`.
+        """
+        raise NotImplementedError('%s has no create_unique'
+                                  % type(self).__name__)
+
+    async def read_queue(self, prefix):
+        """The :class:`Queue` below ``prefix``: :meth:`Backend.read_queue`."""
+        raise NotImplementedError('%s has no read_queue'
+                                  % type(self).__name__)
 
     @abc.abstractmethod
     async def check_current(self, path, index):

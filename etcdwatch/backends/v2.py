@@ -356,6 +356,34 @@ class V2Backend(base.Backend):
             return None
         return result.createdIndex
 
+    def create_unique(self, prefix, value, ttl):
+        """An in-order key below ``prefix`` (a POST), with a TTL."""
+        with self._translate('create below %s' % prefix):
+            result = self.client.write(prefix, value, append=True,
+                                       ttl=_ttl(ttl))
+        return result.key, result.createdIndex
+
+    def read_queue(self, prefix):
+        """The keys directly below ``prefix``, by creation index."""
+        try:
+            with self._translate('read %s' % prefix, etcd.EtcdKeyNotFound):
+                result = self.client.read(prefix, sorted=True)
+        except etcd.EtcdKeyNotFound as e:
+            index = _payload_index(e)
+            if index is None:
+                raise exceptions.BackendError(
+                    'read %s: not found, at no index' % prefix) from e
+            return base.Queue(index, [])
+        children = getattr(result, '_children', None)
+        if not result.dir or not isinstance(children, list):
+            raise exceptions.BackendError(
+                'read %s: a key, not a directory' % prefix)
+        entries = [base.QueueEntry(node['key'], node.get('value'),
+                                   node['createdIndex'])
+                   for node in children if not node.get('dir')]
+        entries.sort(key=lambda entry: entry.created_index)
+        return base.Queue(result.etcd_index, entries)
+
     def refresh(self, key, value, ttl):
         # refresh=True renews the TTL without a watch event, so followers
         # waiting on the key sleep on; prevValue makes it ours-only.

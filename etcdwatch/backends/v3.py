@@ -691,3 +691,14 @@ class V3Backend(base.Backend):
     def delete_if(self, key, value):
         """Delete ``key`` if it holds ``value``, and revoke its lease."""
         return self._run(v3proto.delete_if(self._leases, key, value))
+
+    # -- lock queue -------------------------------------------------------
+
+    def create_unique(self, prefix, value, ttl):
+        """``prefix/<random id>`` on a new lease: ``(key, create rev)``."""
+        return self._run(v3proto.create_unique(self._leases, prefix, value,
+                                               ttl))
+
+    def read_queue(self, prefix):
+        """The keys below ``prefix``, by create revision (a Queue)."""
+        return self._run(v3proto.read_queue(prefix))

@@ -158,6 +158,13 @@ class AsyncV3Backend(base.AsyncBackend):
     async def delete_if(self, key, value):
         return await self._run(v3proto.delete_if(self._leases, key, value))
 
+    async def create_unique(self, prefix, value, ttl):
+        return await self._run(v3proto.create_unique(self._leases, prefix,
+                                                     value, ttl))
+
+    async def read_queue(self, prefix):
+        return await self._run(v3proto.read_queue(prefix))
+
     # -- watches ----------------------------------------------------------
 
     async def watch_tree(self, path, from_index, timeout):

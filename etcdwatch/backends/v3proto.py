@@ -30,6 +30,7 @@ import base64
 import collections
 import json
 import math
+import uuid
 from typing import Any, List, Sequence, Tuple, Union
 
 from oslo_log import log as logging
@@ -824,6 +825,40 @@ def create(leases, key, value, ttl):
         [{'key': b64(key), 'target': 'CREATE', 'result': 'EQUAL',
           'create_revision': 0}], 'create %s' % key)
     return None if result is None else revision(result)
+
+
+def create_unique(leases, prefix, value, ttl, unique_id=None):
+    """Operation: create ``prefix/<unique_id>`` on a new lease of ``ttl``.
+
+    As :func:`create` (the key must not exist: ``unique_id``, by default
+    a random UUID, makes it new); returns ``(key, create revision)``.
+    """
+    key = prefix + '/' + (unique_id or uuid.uuid4().hex)
+    result = yield from _put_on_new_lease(
+        leases, key, value, ttl,
+        [{'key': b64(key), 'target': 'CREATE', 'result': 'EQUAL',
+          'create_revision': 0}], 'create %s' % key)
+    if result is None:
+        raise exceptions.BackendError('create %s: the key exists' % key)
+    return key, revision(result)
+
+
+def read_queue(prefix):
+    """Operation: a :class:`~etcdwatch.backends.base.Queue` below ``prefix``.
+
+    The keys below ``prefix + '/'`` (one request, sorted by create
+    revision; etcd never holds many waiters of one lock), oldest first.
+    """
+    what = 'read %s' % prefix
+    result = yield Request('kv/range', {
+        'key': b64(prefix + '/'), 'range_end': b64(prefix + '0'),
+        'sort_order': 'ASCEND', 'sort_target': 'CREATE'}, what)
+    with Translate(what):
+        entries = [base.QueueEntry(text(kv['key']), text(kv.get('value')),
+                                   int(kv['create_revision']))
+                   for kv in result.get('kvs') or ()]
+        entries.sort(key=lambda entry: entry.created_index)
+        return base.Queue(revision(result), entries)
 
 
 def refresh(leases, key, value, ttl):
