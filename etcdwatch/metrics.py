@@ -6,8 +6,8 @@ Every :class:`~etcdwatch.EtcdElection`, :class:`~etcdwatch.EtcdWatcher`
 
 - :class:`Collector`, a Prometheus collector of their ``stats()`` and
   outage state; :func:`register` adds one to a registry (nothing is
-  registered at import).  Needs prometheus-client: ``pip install
-  etcdwatch[prometheus]``.
+  registered at import).  Needs prometheus-client, the
+  ``prometheus`` extra (``pip install '.[prometheus]'`` in a clone).
 - :func:`health` (and :func:`healthy`), the answer for a liveness probe:
   etcd answered within ``max_silence`` seconds, every running watcher has
   loaded its tree and is at most ``max_lag`` indexes behind.  No extra
@@ -102,15 +102,15 @@ def _prometheus():
         from prometheus_client import core
     except ImportError as e:
         raise ImportError(
-            'etcdwatch.metrics needs prometheus-client: pip install '
-            '"etcdwatch[prometheus]"', name=e.name) from e
+            'etcdwatch.metrics needs prometheus-client: the prometheus '
+            'extra, pip install ".[prometheus]" in a clone of etcdwatch',
+            name=e.name) from e
     return core
 
 
 def _outage_seconds(log: Any) -> float:
     """How long ``log``'s (an OutageLog's) current outage has lasted."""
-    since = log._since
-    return 0.0 if since is None else max(0.0, log._clock() - since)
+    return max(0.0, log.seconds())
 
 
 def _watcher_outage(watcher: Any) -> Any:

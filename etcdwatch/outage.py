@@ -39,6 +39,10 @@ class OutageLog(object):
     def in_outage(self) -> bool:
         return self._since is not None
 
+    def seconds(self) -> float:
+        """How long the current outage has lasted (0.0 when there is none)."""
+        return 0.0 if self._since is None else self._clock() - self._since
+
     def failed(self, exc: BaseException, retry_in: float) -> None:
         """One more failure to reach etcd; the loop retries in retry_in s."""
         now = self._clock()

@@ -244,6 +244,9 @@ class Mirror(object):
         for change in apply_event(self.data, event, self.decode):
             self.queue.push(change)
         self.tick = event.index + 1
+        # A v2 watch answers with etcd's index from when it began, which
+        # can be below the event's own.
+        self.saw_index(event.index)
         self.stats['events'] += 1
         self.stats['last_event_time'] = self._clock()
 
