@@ -182,6 +182,7 @@ def _deliveries(received, sweeps):
             'delivered': len(pairs),
             'span': max(s for _, s in pairs) - min(t for t, _ in pairs),
             'writing': max(t for t, _ in pairs) - min(t for t, _ in pairs),
+            'drain': max(s for _, s in pairs) - max(t for t, _ in pairs),
             'latencies': [s - t for t, s in pairs]})
     return result
 
@@ -274,6 +275,8 @@ def _figures(results, impl):
         'memory': (memory['rss'] - memory['empty_rss']) / count / 1024.0,
         'sweep': common.median([d['span'] for d in deliveries]) * 1e3,
         'writing': common.median([d['writing'] for d in deliveries]) * 1e3,
+        'drain': common.median([d.get('drain', float('nan'))
+                                for d in deliveries]) * 1e3,
         'latency': common.median(latencies) * 1e3,
         'latency_p99': common.percentile(latencies, 0.99) * 1e3,
         'cpu': 1e3 * common.ratio(data['cpu_sweeps'],
@@ -291,6 +294,8 @@ METRICS = (
     ('sweep', 'one write on each prefix: first write -> last delivery',
      'ms, median of sweeps'),
     ('writing', 'the same sweeps: first -> last write sent (the writers)',
+     'ms, median'),
+    ('drain', 'the same sweeps: last write sent -> last delivery',
      'ms, median'),
     ('latency', 'write -> callback, per write', 'ms, median'),
     ('latency_p99', 'write -> callback, per write', 'ms, p99'),
@@ -371,11 +376,12 @@ def section_findings(results):
         'core while idle over %.0f s (the goal is under %g %%), against '
         '%.2f %% for %d threaded ``EtcdWatcher`` s and %.2f %% for the '
         'bare loop (which never sends a heartbeat read).  Between '
-        'heartbeats (median of %d s slices) asyncio uses %.2f %%, threads '
-        '%.2f %%.' % (
+        'heartbeats (median of %d s slices, to within %.1f %%) asyncio '
+        'uses %.2f %%, threads %.2f %%.' % (
             count, ours['idle'], results['window'], GOAL_IDLE_CPU,
             threads['idle'], count, bare['idle'], SLICE,
-            ours['idle_between'], threads['idle_between']),
+            100 * CPU_TICK / SLICE, ours['idle_between'],
+            threads['idle_between']),
     ]
     if (results['window'] >= HEARTBEAT and
             ours['idle_between'] < ours['idle'] / 3):
@@ -395,17 +401,34 @@ def section_findings(results):
     said += [
         'One write on each of the %d prefixes reaches the last watcher '
         '%.0f ms after the first write on asyncio, %.0f ms on threads and '
-        '%.0f ms with the bare loop (medians of %d sweeps).  The four '
-        'writer processes share the two cores with etcd and the watching '
-        'process, so they write more slowly while it works harder: they '
-        'took %.0f, %.0f and %.0f ms to send the same sweeps.' % (
+        '%.0f ms with the bare loop (medians of %d sweeps).  That is mostly '
+        'how fast etcd takes %d writes here: the four writer processes '
+        'took %.0f, %.0f and %.0f ms to send those sweeps, and the last '
+        'delivery came %.0f, %.0f and %.0f ms after the last write; the '
+        'time from each write to its callback tells the watchers apart.' % (
             count, ours['sweep'], threads['sweep'], bare['sweep'],
-            results['sweeps'], ours['writing'], threads['writing'],
-            bare['writing']),
+            results['sweeps'], count, ours['writing'], threads['writing'],
+            bare['writing'], ours['drain'], threads['drain'],
+            bare['drain']),
         'Following live writes, the asyncio process spends %.0f ms of CPU '
         'per 1,000 events delivered, %.1f times the bare loop\'s %.0f ms '
         '(threads: %.0f ms).' % (ours['cpu'], ours['cpu'] / bare['cpu'],
                                  bare['cpu'], threads['cpu']),
+    ]
+    if ours['cpu'] > 1.5 * bare['cpu']:
+        said.append(
+            'Where the asyncio watchers\' extra CPU per event goes (py-spy, '
+            'outside this benchmark: 1000 watchers in one process, 20 s of '
+            'live writes): about a quarter of the samples are in '
+            'etcdwatch\'s own frames (the watcher\'s loop returning to '
+            '``run_once`` after every event, the rules, the backend\'s '
+            'watch call, ``MessageStream``), and asyncio\'s scheduling '
+            'takes about five times the bare loop\'s share per event: '
+            '``MessageStream.next_message`` reads each chunk in a new task '
+            'and waits for it with ``asyncio.wait(timeout=...)`` (a task, a '
+            'future and a timer per event).  Both do the same number of '
+            'socket reads per event (one).')
+    said += [
         'Each watcher costs %.0f KiB of memory on asyncio, %.0f KiB as a '
         'thread, %.0f KiB in the bare loop.' % (
             ours['memory'], threads['memory'], bare['memory']),
