@@ -452,6 +452,47 @@ def case_expire(t):
     t.do('list', c.read, p, recursive=True)
 
 
+def case_queue(t):
+    """What a lock's queue uses (etcdwatch.lock).
+
+    In-order keys with a TTL, a sorted listing, a TTL refresh by value,
+    compare-and-delete, the watch of one key for its delete or expiry, and
+    the backend's create_unique / read_queue on top of them.
+    """
+    c, p = t.client, t.prefix
+    q = p + '/queue'
+    t.do('empty queue', c.read, q, sorted=True)
+    first = t.do('queue first', c.write, q, 'a', append=True, ttl=1)
+    second = t.do('queue second', c.write, q, 'b', append=True, ttl=100)
+    third = t.do('queue third', c.write, q, 'c', append=True, ttl=100)
+    t.do('list queue', c.read, q, sorted=True)
+    t.do('refresh second', c.write, second.key, None, ttl=100,
+         refresh=True, prevExist=True, prevValue='b')
+    t.do('refresh not ours', c.write, third.key, None, ttl=100,
+         refresh=True, prevExist=True, prevValue='x')
+    t.do('release not ours', c.delete, third.key, prevValue='x')
+    t.do('release third', c.delete, third.key, prevValue='c')
+    t.do('watch released', c.watch, third.key,
+         index=third.modifiedIndex + 1, timeout=WAIT)
+    t.expire(2, first.key, first.modifiedIndex + 1)
+    t.do('watch expired', c.watch, first.key,
+         index=first.modifiedIndex + 1, timeout=WAIT)
+    t.do('list after', c.read, q, sorted=True)
+    backend = v2.V2Backend(c)
+    key, index = backend.create_unique(q, 'd', 100)
+    queue = backend.read_queue(q)
+    t.note('backend queue', (
+        t.text(key), t.index(index), t.index(queue.index),
+        [(t.text(e.key), e.value, t.index(e.created_index))
+         for e in queue.entries]))
+    t.note('backend refresh', (backend.refresh(key, 'd', 100),
+                               backend.refresh(key, 'x', 100)))
+    t.note('backend delete', (backend.delete_if(key, 'x'),
+                              backend.delete_if(key, 'd')))
+    empty = backend.read_queue(p + '/none')
+    t.note('backend no queue', (t.index(empty.index), empty.entries))
+
+
 def case_watch_history(t):
     c, p = t.client, t.prefix
     first = t.do('a1', c.write, p + '/a', '1')
@@ -567,7 +608,7 @@ def case_two_watches(t):
 @pytest.mark.parametrize('case', [
     case_keys, case_directories, case_compare, case_ttl, case_expire,
     case_watch_history, case_watch_live, case_timeouts,
-    case_two_watches, case_quorum_reads,
+    case_two_watches, case_quorum_reads, case_queue,
 ], ids=lambda case: case.__name__[5:])
 def test_case(case, etcd_client, etcd_prefix):
     check(case, etcd_client, etcd_prefix)

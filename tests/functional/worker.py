@@ -209,6 +209,8 @@ def member(address, group_path, member_id, value, ttl):
 
 def main(argv):
     args = [a for a in argv if not a.startswith('--')]
+    if args[0] == 'lock':
+        return lock(*args[1:])
     if '--asyncio' in argv:
         run_asyncio(*args)
         return
@@ -223,6 +225,52 @@ def main(argv):
         member(*args[1:])
     else:
         raise SystemExit('unknown mode %r' % args[0])
+
+
+def lock(address, name, ttl, hold, rounds):
+    """Mode ``lock HOSTS NAME TTL HOLD ROUNDS`` (``--asyncio``: v3).
+
+    Takes the EtcdLock NAME below /locks ROUNDS times (0: once, then holds
+    it for ever), holding it HOLD seconds each time.  Prints
+    {"event": "acquired", "t", "token", "key"} once acquire() returned
+    (t taken after it) and {"event": "releasing", "t", "held"} before
+    release() (t taken before it; ``held`` is is_held then), then
+    {"event": "done"}.
+    """
+    hold, rounds = float(hold), int(rounds)
+    if '--asyncio' in sys.argv:
+        from etcdwatch.aio.lock import AsyncEtcdLock
+
+        async def run():
+            client = aio_client_for(address)
+            mutex = AsyncEtcdLock(client, name, '/locks', float(ttl))
+            say(event='started', id=mutex.id, handler='asyncio')
+            for _ in range(max(rounds, 1)):
+                await mutex.acquire()
+                say(event='acquired', token=mutex.fencing_token,
+                    key=mutex.key)
+                if not rounds:
+                    await asyncio.sleep(3600)
+                await asyncio.sleep(hold)
+                say(event='releasing', held=mutex.is_held)
+                await mutex.release()
+            say(event='done')
+            await mutex.aclose()
+        asyncio.run(run())
+        return
+    from etcdwatch.lock import EtcdLock
+    mutex = EtcdLock(client_for(address), name, '/locks', float(ttl))
+    say(event='started', id=mutex.id, handler=handlers.default_handler().name)
+    for _ in range(max(rounds, 1)):
+        mutex.acquire()
+        say(event='acquired', token=mutex.fencing_token, key=mutex.key)
+        if not rounds:
+            while True:
+                time.sleep(3600)
+        time.sleep(hold)
+        say(event='releasing', held=mutex.is_held)
+        mutex.release()
+    say(event='done')
 
 
 if __name__ == '__main__':
