@@ -10,9 +10,10 @@ from etcdwatch.aio.election import AsyncEtcdElection
 from etcdwatch.aio.iterate import Change
 from etcdwatch.aio.iterate import RESYNC
 from etcdwatch.aio.iterate import watch_prefix
+from etcdwatch.aio.membership import AsyncEtcdMembership
 from etcdwatch.aio.watcher import AsyncEtcdChangeWatcher
 from etcdwatch.aio.watcher import AsyncEtcdWatcher
 
 __all__ = ['AsyncEtcd3Client', 'AsyncEtcdChangeWatcher',
-           'AsyncEtcdElection', 'AsyncEtcdWatcher', 'Change', 'RESYNC',
-           'watch_prefix']
+           'AsyncEtcdElection', 'AsyncEtcdMembership', 'AsyncEtcdWatcher',
+           'Change', 'RESYNC', 'watch_prefix']

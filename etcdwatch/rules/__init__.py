@@ -10,4 +10,9 @@ the asyncio one (:mod:`etcdwatch.aio.driving`), after h11's example.
 - :mod:`~etcdwatch.rules.delivery`: the queue of callbacks still owed.
 - :mod:`~etcdwatch.rules.mirror`: a prefix's tree kept equal to etcd's.
 - :mod:`~etcdwatch.rules.changes`: one report per real change.
+- :mod:`~etcdwatch.rules.watcher_base`: what both watchers share.
+- :mod:`~etcdwatch.rules.candidacy`: leader election (campaign, keepalive,
+  guard, lease timer, observing the leader), and what both elections
+  share.
+- :mod:`~etcdwatch.rules.membership`: a group member's key kept alive.
 """

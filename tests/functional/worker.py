@@ -3,6 +3,7 @@
     python -m tests.functional.worker elect HOST:PORT NAME WORK_TIME RECOVERY
     python -m tests.functional.worker lead HOSTS NAME WORK_TIME RECOVERY UNIT
     python -m tests.functional.worker watch HOST:PORT PREFIX HEARTBEAT
+    python -m tests.functional.worker member HOST:PORT GROUP ID VALUE TTL
 
 ``--eventlet`` monkey-patches the process first (the OpenStack agent way).
 ``--asyncio`` runs etcdwatch.aio's recipes on an event loop instead, with
