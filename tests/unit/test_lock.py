@@ -374,3 +374,32 @@ async def test_aio_a_deleted_key_ends_the_hold():
         with pytest.raises(EtcdLockLost):
             lock.check_in()
         await lock.aclose()
+
+
+def test_is_held_never_past_the_local_lease_deadline():
+    """The rules on a manual clock: held until sent + ttl - margin."""
+    from etcdwatch import driving
+    from etcdwatch.rules import lock as rules
+
+    now = [100.0]
+    state = rules.LockState('job', PATH + '/job', 'me', 8,
+                            threading.Event, clock=lambda: now[0])
+
+    class Host(object):
+        def _ensure_keepalive(self, place):
+            pass
+    backend = backends.for_client(FakeEtcdClient())
+    assert driving.drive(state.acquire(lambda: False), backend, Host())
+    token = state.fencing_token
+    assert token is not None and state.is_held()
+    # Margin: a quarter of the TTL, at most 1 s.
+    now[0] = 100.0 + 8 - 1 - 0.001
+    assert state.is_held()
+    now[0] = 100.0 + 8 - 1
+    assert not state.is_held()
+    assert state.fencing_token == token      # not lost: only not fresh
+    # A renewal sent now confirms a new deadline.
+    assert driving.drive(state._renew(state.place), backend, Host())
+    assert state.is_held()
+    now[0] += 7
+    assert not state.is_held()
