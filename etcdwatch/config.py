@@ -61,8 +61,8 @@ _OPTS = [
                     "With v3, several hosts give a client that moves on "
                     "to the next member when one is down "
                     "(etcdwatch.v3client; allow_reconnect is not used), "
-                    "and username and password cannot be used (etcd3gw "
-                    "cannot authenticate; use client certificates)."
+                    "and username and password authenticate with etcd's "
+                    "v3 auth (a token, renewed when it expires)."
                     % _V3_INSTALL),
     cfg.StrOpt('host', default='127.0.0.1', deprecated_name='etcd_host',
                help='The etcd members to connect to: a comma-separated list '
@@ -80,8 +80,10 @@ _OPTS = [
                         ('https', 'HTTPS; needs ca_cert')],
                help='How to talk to etcd.'),
     cfg.StrOpt('username', deprecated_name='etcd_user',
-               help="The etcd v2 user (HTTP basic auth).  Set together "
-                    "with password, or not at all.  ASCII, no ':'."),
+               help="The etcd user: v2, HTTP basic auth (ASCII, no ':'); "
+                    "v3, etcd's v3 authentication (a token from "
+                    "/v3/auth/authenticate, renewed when it expires).  "
+                    "Set together with password, or not at all."),
     cfg.StrOpt('password', secret=True, deprecated_name='etcd_pass',
                help='The password of username.  ASCII.  Sent with every '
                     'request, so use protocol = https.'),
@@ -338,8 +340,10 @@ class EtcdClientFactory(object):
         that moves on to the next of them when one is down.
     :param port: the port of entries that give none.
     :param protocol: 'http' or 'https'.
-    :param username: etcd v2 user, sent with ``password`` as HTTP basic
-        auth; both or neither; refused with ``api_version`` 'v3'.
+    :param username: etcd user, with ``password`` (both or neither): on
+        v2 sent as HTTP basic auth; on v3 the client authenticates
+        (``/v3/auth/authenticate``) and sends the token, renewed when etcd
+        refuses it (see :mod:`etcdwatch.backends.v3auth`).
     :param password: never shown in logs, repr or error messages.
     :param ca_cert: the CA file to verify etcd's certificate; required
         for https (the system CAs are not used), refused for http.
@@ -393,18 +397,9 @@ class EtcdClientFactory(object):
 
         username = None if _blank(username) else username
         password = None if _blank(password) else password
-        if api_version == 'v3' and (username is not None or
-                                    password is not None):
-            # Name the option, never the value.
-            raise ConfigError('username' if username is not None
-                              else 'password',
-                              'etcd3gw (api_version v3) cannot '
-                              'authenticate with a user and password; '
-                              'use a client certificate (cert_file) or '
-                              'api_version v2')
         if username is not None:
             _check_credential('username', username)
-            if ':' in username:
+            if ':' in username and api_version == 'v2':
                 raise ConfigError('username', "must not contain ':' (HTTP "
                                   "basic auth splits on it)")
         if password is not None:
@@ -413,7 +408,7 @@ class EtcdClientFactory(object):
             missing = 'password' if password is None else 'username'
             other = 'username' if missing == 'password' else 'password'
             raise ConfigError(missing, '%s is set but %s is not; '
-                              'python-etcd would silently send neither'
+                              'both are needed to authenticate'
                               % (other, missing))
         self.username = username
         self._password = password
@@ -472,11 +467,12 @@ class EtcdClientFactory(object):
         ``endpoints`` (``(host, port)`` pairs, IPv6 addresses without
         brackets), ``protocol``, ``timeout`` (read_timeout) and, as set,
         ``ca_cert``, ``cert_cert`` and ``cert_key`` (cert_file again when
-        it holds the key: etcd3gw ignores a certificate without a key).
-        There is never a password.
+        it holds the key: etcd3gw ignores a certificate without a key),
+        ``username`` and ``password`` (``'***'`` unless
+        ``include_password``).
         """
         if self.api_version == 'v3':
-            return self._etcd3gw_kwargs()
+            return self._etcd3gw_kwargs(include_password)
         kwargs = {'protocol': self.protocol,
                   'read_timeout': self.read_timeout,
                   'allow_reconnect': self.allow_reconnect}
@@ -495,7 +491,7 @@ class EtcdClientFactory(object):
                                   else '***')
         return kwargs
 
-    def _etcd3gw_kwargs(self):
+    def _etcd3gw_kwargs(self, include_password=False):
         kwargs = {'endpoints': [
                       (host[1:-1] if host.startswith('[') else host, port)
                       for host, port in self.hosts],
@@ -506,6 +502,10 @@ class EtcdClientFactory(object):
             kwargs['cert_cert'] = self.cert_file
             kwargs['cert_key'] = (self.cert_file if self.key_file is None
                                   else self.key_file)
+        if self.username is not None:
+            kwargs['username'] = self.username
+            kwargs['password'] = (self._password if include_password
+                                  else '***')
         return kwargs
 
     def client(self):
@@ -529,7 +529,8 @@ class EtcdClientFactory(object):
         if self.api_version == 'v3':
             _import_etcd3gw()
             from etcdwatch import v3client
-            return v3client.client(**self._etcd3gw_kwargs())
+            return v3client.client(**self._etcd3gw_kwargs(
+                include_password=True))
         return etcd.Client(**self.client_kwargs(include_password=True))
 
     def _hosts_text(self):

@@ -43,3 +43,40 @@ class ClusterRewound(HistoryGone):
     tree (it is a :class:`HistoryGone`), so keys the new etcd lacks are
     reported deleted and restored values changed.
     """
+
+
+class EtcdAuthError(BackendError):
+    """etcd refused our credentials: a wrong user or password.
+
+    Raised by the v3 backends (etcd's v3 authentication); an expired token
+    is no such error (it is renewed and the request retried once).  Not
+    worth retrying soon: a watcher or an election backs off as for any
+    BackendError, up to its longest pause.  Names the user and the
+    operation (and so the key), never the password.
+    """
+
+    def __init__(self, what, reason, user=None):
+        super(EtcdAuthError, self).__init__(what, reason)
+        #: The operation and key, such as ``'watch /a'``.
+        self.what = what
+        #: etcd's message.
+        self.reason = reason
+        #: The user the client authenticates as (None: none).
+        self.user = user
+
+    def _who(self):
+        if self.user is None:
+            return 'an anonymous client (no username given)'
+        return 'user %s' % self.user
+
+    def __str__(self):
+        return '%s: etcd refused %s: %s' % (self.what, self._who(),
+                                            self.reason)
+
+
+class EtcdPermissionDenied(EtcdAuthError):
+    """The user's roles do not cover the key (etcd: permission denied)."""
+
+    def __str__(self):
+        return ('%s: permission denied for %s (its roles do not cover this '
+                'key): %s' % (self.what, self._who(), self.reason))

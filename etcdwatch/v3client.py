@@ -17,12 +17,16 @@ Example::
 etcd3gw is imported with this module: import it only if you use v3.
 """
 
+import json as jsonlib
 import threading
 from typing import Any, List, Optional, Sequence, Union
 
 from etcd3gw.client import Etcd3Client
+import etcd3gw.exceptions
 
+from etcdwatch.backends import v3auth
 from etcdwatch.backends import v3proto
+from etcdwatch import exceptions
 
 Endpoint = v3proto.Endpoint
 
@@ -38,6 +42,13 @@ class FailoverEtcd3Client(Etcd3Client):
 
     :param endpoints: the members, as ``'host:port'`` strings (IPv6 in
         brackets) or ``(host, port)`` pairs; the first is used first.
+    :param username: etcd v3 user to authenticate as, with ``password``
+        (both or neither).  The token (``Authorization`` header) goes with
+        every request of the v3 backend and of this client's own etcd3gw
+        methods (``get``, ``put``, ``lease``...; not etcd3gw's ``watch``
+        helpers), and is renewed once when etcd refuses it.  One token for
+        all members: etcd's tokens are valid on every member.  The
+        password is in no repr, log line or error.
     :param kwargs: every other ``Etcd3Client`` argument (``protocol``,
         ``ca_cert``, ``cert_key``, ``cert_cert``, ``timeout``, ...), shared
         by all members.
@@ -55,7 +66,14 @@ class FailoverEtcd3Client(Etcd3Client):
     """
 
     def __init__(self, endpoints: Sequence[Union[str, Sequence[Any]]],
+                 username: Optional[str] = None,
+                 password: Optional[str] = None,
                  **kwargs: Any) -> None:
+        #: The credentials and token (:class:`~etcdwatch.backends.v3auth.
+        #: Auth`), shared with the v3 backends on this client.
+        self.auth = v3auth.Auth(username, password)
+        #: Held while authenticating (one thread at a time).
+        self.auth_lock = threading.Lock()
         parsed = v3proto.parse_endpoints(endpoints)
         for name in ('host', 'port'):
             if name in kwargs:
@@ -85,9 +103,62 @@ class FailoverEtcd3Client(Etcd3Client):
                 self.host, self.port = self.endpoints[self._current]
             return self.base_url
 
+    def post(self, url: str, *args: Any, json: Any = None,
+             **kwargs: Any) -> Any:
+        """etcd3gw's POST, with the token (renewed once if refused)."""
+        auth = self.auth
+        if not auth.enabled:
+            return super(FailoverEtcd3Client, self).post(
+                url, *args, json=json, **kwargs)
+        extra = dict(kwargs.pop('headers', None) or {})
+        for attempt in (1, 2):
+            with self.auth_lock:
+                if auth.needed():
+                    self._authenticate()
+                generation, token = auth.generation, auth.headers()
+            try:
+                return super(FailoverEtcd3Client, self).post(
+                    url, *args, json=json, headers=dict(extra, **token),
+                    **kwargs)
+            except etcd3gw.exceptions.Etcd3Exception as e:
+                if attempt == 2 or not isinstance(
+                        _auth_error(e), v3auth.TokenRejected):
+                    raise
+                with self.auth_lock:
+                    auth.rejected(generation)
+
+    def _authenticate(self) -> None:
+        # Lock held.  The answer's text never holds the password.
+        path, payload, what = self.auth.authenticate()
+        try:
+            answer = super(FailoverEtcd3Client, self).post(
+                self.get_url('/' + path), json=payload)
+        except etcd3gw.exceptions.Etcd3Exception as e:
+            error = _auth_error(e)
+            if isinstance(error, v3auth.AuthNotEnabled):
+                self.auth.not_enabled()
+                return
+            if isinstance(error, exceptions.EtcdAuthError):
+                raise self.auth.name(error) from None
+            raise
+        self.auth.authenticated(answer)
+
     def __repr__(self) -> str:
-        return '<FailoverEtcd3Client %s of %s>' % (
-            self.base_url, ','.join('%s:%d' % e for e in self.endpoints))
+        user = ('' if self.auth.username is None else
+                ' user %s' % self.auth.username)
+        return '<FailoverEtcd3Client %s of %s%s>' % (
+            self.base_url, ','.join('%s:%d' % e for e in self.endpoints),
+            user)
+
+
+def _auth_error(error: Exception) -> Any:
+    """What an etcd3gw error's body means for auth (None: nothing)."""
+    try:
+        body = jsonlib.loads(getattr(error, 'detail_text', None) or '')
+    except ValueError:
+        return None
+    code, message = v3proto.gateway_error(body)
+    return v3auth.error_for('etcd3gw request', code, message)
 
 
 def client(endpoints: Sequence[Union[str, Sequence[Any]]],

@@ -21,10 +21,12 @@ httpx is imported with this module (the ``aio`` extra).
 import asyncio
 import json
 import ssl
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import (Any, Dict, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
 import httpx
 
+from etcdwatch.backends import v3auth
 from etcdwatch.backends import v3proto
 from etcdwatch import exceptions
 
@@ -75,6 +77,8 @@ class MessageStream(object):
         #: call ended (loop time), for reaping idle streams.
         self.timeout = None
         self.last_used = asyncio.get_running_loop().time()
+        #: The generation of the token it was opened with.
+        self.auth_generation = 0
         self._chunks = response.aiter_raw()
         self._read = None
         self._buffer = v3proto.MessageBuffer()
@@ -175,6 +179,11 @@ class AsyncEtcd3Client(object):
     :param transport: an ``httpx.AsyncBaseTransport`` to use instead of
         the network (TLS options then belong to it), such as an in-memory
         etcd.
+    :param username: etcd v3 user to authenticate as, with ``password``
+        (both or neither): the token goes with every request and stream
+        (:meth:`request_headers`), and is renewed once when etcd refuses
+        it (:mod:`etcdwatch.backends.v3auth`).  The password is in no
+        repr, log line or error.
 
     :attr:`base_url` is the member in use.  The environment is ignored (no
     proxies, no ``$SSL_CERT_FILE``), as python-etcd and
@@ -188,8 +197,14 @@ class AsyncEtcd3Client(object):
                  cert_cert: Optional[str] = None,
                  cert_key: Optional[str] = None, timeout: float = 10,
                  api_path: Optional[str] = None,
-                 transport: Optional[httpx.AsyncBaseTransport] = None
+                 transport: Optional[httpx.AsyncBaseTransport] = None,
+                 username: Optional[str] = None,
+                 password: Optional[str] = None
                  ) -> None:
+        #: The credentials and token (:class:`~etcdwatch.backends.v3auth.
+        #: Auth`).
+        self.auth = v3auth.Auth(username, password)
+        self._auth_lock: Optional[asyncio.Lock] = None
         self.endpoints: List[v3proto.Endpoint] = v3proto.parse_endpoints(
             endpoints)
         if protocol not in ('http', 'https'):
@@ -257,17 +272,40 @@ class AsyncEtcd3Client(object):
     async def request_headers(self) -> Dict[str, str]:
         """Headers for every request and stream to etcd.
 
-        The one place credentials will go (an ``Authorization`` token);
-        none yet.  Never logged.
+        The ``Authorization`` token with credentials (authenticating
+        first if there is none), else nothing.  Never logged.
         """
-        return {}
+        return (await self.token())[1]
+
+    async def token(self) -> Tuple[int, Dict[str, str]]:
+        """``(generation, headers)`` of the token to send.
+
+        Authenticates first if a token is needed (one task at a time);
+        raises :class:`~etcdwatch.exceptions.EtcdAuthError` for a wrong
+        user or password.
+        """
+        auth = self.auth
+        if not auth.enabled:
+            return auth.generation, {}
+        if self._auth_lock is None:
+            self._auth_lock = asyncio.Lock()
+        async with self._auth_lock:
+            if auth.needed():
+                path, payload, what = auth.authenticate()
+                try:
+                    auth.authenticated(await self._unary(
+                        path, payload, what, None, {}))
+                except v3auth.AuthNotEnabled:
+                    auth.not_enabled()
+                except exceptions.EtcdAuthError as e:
+                    raise auth.name(e)
+            return auth.generation, auth.headers()
 
     async def _url(self, path: str) -> str:
         # The member in use can change: the API path is the cluster's, the
-        # base URL the member's.
+        # base URL the member's.  /version needs no token.
         if self._api_path is None:
-            resp = await self.http.get(self.base_url + '/version',
-                                       headers=await self.request_headers())
+            resp = await self.http.get(self.base_url + '/version')
             if resp.status_code != 200:
                 v3proto.raise_for('etcd version', resp.status_code, None)
             self._api_path = v3proto.api_path(resp.json()['etcdserver'])
@@ -287,20 +325,38 @@ class AsyncEtcd3Client(object):
         :func:`~etcdwatch.backends.v3proto.raise_for` for etcd's refusals.
         """
         what = what or path
+        for attempt in (1, 2):
+            headers = await self.request_headers()
+            generation = self.auth.generation
+            try:
+                return await self._unary(path, payload, what, timeout,
+                                         headers)
+            except exceptions.BackendError as e:
+                if not (isinstance(e, v3auth.TokenRejected) and
+                        attempt == 1 and self.auth.enabled):
+                    error = self.auth.give_up(e)
+                    if error is e:
+                        raise
+                    raise error from e
+                self.auth.rejected(generation)
+        raise AssertionError('unreachable')
+
+    async def _unary(self, path, payload, what, timeout, headers):
         timeout = self.timeout if timeout is None else min(timeout,
                                                            self.timeout)
         with self.translate(what):
             try:
                 return await asyncio.wait_for(
-                    self._post(path, payload, what, timeout), timeout)
+                    self._post(path, payload, what, timeout, headers),
+                    timeout)
             except asyncio.TimeoutError:
                 raise exceptions.EtcdUnavailable(
                     '%s: etcd did not answer within %.1fs' % (what, timeout))
 
-    async def _post(self, path, payload, what, timeout):
+    async def _post(self, path, payload, what, timeout, headers):
         url = await self._url(path)
         resp = await self.http.post(url, json=payload, timeout=timeout,
-                                    headers=await self.request_headers())
+                                    headers=headers)
         try:
             body = resp.json()
         except ValueError:
@@ -325,9 +381,11 @@ class AsyncEtcd3Client(object):
         what = what or path
         url = self.base_url
         connect = self.timeout if wait is None else min(wait, self.timeout)
+        token = await self.request_headers()
+        generation = self.auth.generation
         with self.translate(what, url):
             all_headers = dict(headers or {})
-            all_headers.update(await self.request_headers())
+            all_headers.update(token)
             request = self.http.build_request(
                 'POST', await self._url(path), json=payload,
                 headers=all_headers,
@@ -346,7 +404,9 @@ class AsyncEtcd3Client(object):
                     except ValueError:
                         body = None
                     v3proto.raise_for(what, response.status_code, body)
-                return MessageStream(response, url)
+                stream = MessageStream(response, url)
+                stream.auth_generation = generation
+                return stream
             except BaseException:
                 await asyncio.shield(response.aclose())
                 raise
@@ -364,6 +424,8 @@ class AsyncEtcd3Client(object):
         await self.aclose()
 
     def __repr__(self) -> str:
-        return '<AsyncEtcd3Client %s of %s>' % (
+        user = ('' if self.auth.username is None else
+                ' user %s' % self.auth.username)
+        return '<AsyncEtcd3Client %s of %s%s>' % (
             self.base_url, ','.join(v3proto.base_url(self.protocol, e)
-                                    for e in self.endpoints))
+                                    for e in self.endpoints), user)

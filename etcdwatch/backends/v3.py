@@ -32,6 +32,7 @@ import urllib3.exceptions
 from oslo_log import log as logging
 
 from etcdwatch.backends import base
+from etcdwatch.backends import v3auth
 from etcdwatch.backends import v3proto
 from etcdwatch import exceptions
 
@@ -347,6 +348,11 @@ class V3Backend(base.Backend):
         # (key, range_end) the epoch in which its caller learnt its
         # position.
         self._epochs = _LockedEpochs()
+        # The token: the client's (FailoverEtcd3Client's username and
+        # password), shared by every backend on that client; else none.
+        self._auth = getattr(client, 'auth', None) or v3auth.Auth()
+        self._auth_lock = getattr(client, 'auth_lock', None) or (
+            threading.Lock())
 
     # -- plumbing -----------------------------------------------------------
 
@@ -404,13 +410,56 @@ class V3Backend(base.Backend):
         """POST one request; return the answer's JSON.
 
         Within ``timeout`` seconds, or the backend's timeout if shorter.
+        With credentials, authenticates first if there is no token, and
+        once more (then retries once) if etcd refuses the token
+        (:mod:`~etcdwatch.backends.v3auth`).
         """
         self._reap_idle()
+        for attempt in (1, 2):
+            generation, headers = self._token()
+            try:
+                return self._post(path, payload, what, timeout, headers)
+            except exceptions.BackendError as e:
+                if not (isinstance(e, v3auth.TokenRejected) and
+                        attempt == 1 and self._auth.enabled):
+                    error = self._auth.give_up(e)
+                    if error is e:
+                        raise
+                    raise error from e
+                self._token_rejected(generation)
+
+    def _token(self):
+        """``(generation, headers)`` of the token to send.
+
+        Authenticates first if a token is needed (one thread at a time).
+        """
+        auth = self._auth
+        if not auth.enabled:
+            return auth.generation, {}
+        with self._auth_lock:
+            if auth.needed():
+                path, payload, what = auth.authenticate()
+                try:
+                    auth.authenticated(self._post(path, payload, what,
+                                                  None, {}))
+                except v3auth.AuthNotEnabled:
+                    auth.not_enabled()
+                except exceptions.EtcdAuthError as e:
+                    raise auth.name(e)
+            return auth.generation, auth.headers()
+
+    def _token_rejected(self, generation):
+        with self._auth_lock:
+            self._auth.rejected(generation)
+
+    def _post(self, path, payload, what, timeout, headers):
         timeout = self.timeout if timeout is None else min(timeout,
                                                            self.timeout)
+        # No headers argument without a token: for sessions that take none.
+        extra = {'headers': headers} if headers else {}
         with self._translate(what):
             resp = self._session.post(self._url(path), json=payload,
-                                      timeout=timeout)
+                                      timeout=timeout, **extra)
             try:
                 body = resp.json()
             except ValueError:
@@ -501,6 +550,7 @@ class V3Backend(base.Backend):
                 timeout=-1 if timeout is None else max(0, timeout)):
             return None
         what = 'watch %s' % path
+        refused = False
         try:
             if cursor.position(from_index):
                 cursor.close_stream()
@@ -520,6 +570,16 @@ class V3Backend(base.Backend):
                 stream = cursor.stream
                 try:
                     self._take(path, cursor, message)
+                except v3auth.TokenRejected as e:
+                    # A new watch refused for want of a token or of a
+                    # permission (etcd cannot tell which): once more with
+                    # a new token, then EtcdPermissionDenied.
+                    cursor.close_stream()
+                    if refused or not self._auth.enabled:
+                        raise self._auth.give_up(e) from e
+                    refused = True
+                    self._token_rejected(stream.auth_generation)
+                    continue
                 except exceptions.BackendError as e:
                     # Take all of a message or none of it: the next stream
                     # starts after the last revision taken.
@@ -554,12 +614,13 @@ class V3Backend(base.Backend):
         connect = self.timeout if remaining is None else min(remaining,
                                                              self.timeout)
         url = self.client.base_url
+        generation, token = self._token()
         with self._translate(what):
             try:
                 resp = self._session.post(
                     self._url('watch'), json=cursor.create_request(),
-                    headers=v3proto.WATCH_HEADERS, stream=True,
-                    timeout=(connect, remaining))
+                    headers=dict(v3proto.WATCH_HEADERS, **token),
+                    stream=True, timeout=(connect, remaining))
             except requests.exceptions.ReadTimeout:
                 return v3proto.unanswered(what, remaining)
             try:
@@ -571,7 +632,10 @@ class V3Backend(base.Backend):
                     # A member without a leader answers 503 and a stream
                     # error: {"error": {"grpc_code": 14, ...}}.
                     v3proto.raise_for(what, resp.status_code, body)
-                return _stream_of(resp, timeout, url)
+                stream = _stream_of(resp, timeout, url)
+                #: The token it was opened with.
+                stream.auth_generation = generation
+                return stream
             except BaseException:
                 resp.close()
                 raise

@@ -11,6 +11,7 @@ waiting differs: ``await`` instead of sockets and selectors, through
 import asyncio
 
 from etcdwatch.backends import base
+from etcdwatch.backends import v3auth
 from etcdwatch.backends import v3proto
 from etcdwatch import exceptions
 
@@ -182,6 +183,7 @@ class AsyncV3Backend(base.AsyncBackend):
         if not await _acquire(cursor.lock, timeout):
             return None
         what = 'watch %s' % path
+        refused = False
         try:
             if cursor.position(from_index):
                 await cursor.close_stream()
@@ -194,7 +196,20 @@ class AsyncV3Backend(base.AsyncBackend):
                                                    timeout)
                 if message is None:
                     return None
-                await self._take(cursor, message, what)
+                generation = getattr(cursor.stream, 'auth_generation', 0)
+                try:
+                    await self._take(cursor, message, what)
+                except v3auth.TokenRejected as e:
+                    # A new watch refused for want of a token or of a
+                    # permission (etcd cannot tell which): once more with
+                    # a new token, then EtcdPermissionDenied.
+                    auth = getattr(self.client, 'auth', None) or (
+                        v3auth.Auth())
+                    if refused or not auth.enabled:
+                        raise auth.give_up(e) from e
+                    refused = True
+                    auth.rejected(generation)
+                    continue
                 self._epochs.check(ident, what)
         except exceptions.ClusterRewound:
             # Its positions mean nothing now.

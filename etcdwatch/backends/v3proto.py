@@ -36,6 +36,7 @@ from typing import Any, List, Sequence, Tuple, Union
 from oslo_log import log as logging
 
 from etcdwatch.backends import base
+from etcdwatch.backends import v3auth
 from etcdwatch import exceptions
 
 LOG = logging.getLogger(__name__)
@@ -206,7 +207,8 @@ def raise_for(what, status, body, current_index=None, stream=False):
 
     Compaction: :class:`~etcdwatch.exceptions.HistoryGone`; no leader, an
     unavailable or timed-out etcd:
-    :class:`~etcdwatch.exceptions.EtcdUnavailable`; a message too large
+    :class:`~etcdwatch.exceptions.EtcdUnavailable`; an auth refusal: what
+    :func:`~etcdwatch.backends.v3auth.error_for` says; a message too large
     for the gateway: :class:`TooLarge` (ask for less), or inside a watch
     stream (``stream``), where the watch cannot go on, HistoryGone (the
     caller re-reads); anything else: BackendError.
@@ -228,6 +230,9 @@ def raise_for(what, status, body, current_index=None, stream=False):
             'no leader' in message):
         raise exceptions.EtcdUnavailable('%s: etcd unavailable (%s): %s'
                                          % (what, status or code, message))
+    auth_error = v3auth.error_for(what, code, message)
+    if auth_error is not None:
+        raise auth_error
     raise exceptions.BackendError('%s: etcd answered %s: %s'
                                   % (what, status or code, message))
 
@@ -533,6 +538,9 @@ class Cursor(object):
             if 'no leader' in reason:
                 raise exceptions.EtcdUnavailable(
                     '%s: etcd canceled the watch: %s' % (what, reason))
+            refused = v3auth.watch_refusal(what, reason)
+            if refused is not None:
+                raise refused
             raise exceptions.BackendError(
                 '%s: etcd canceled the watch: %s' % (what, reason))
         events = []

@@ -12,6 +12,7 @@ from etcdwatch.cli.common import CliError
 from etcdwatch.cli.common import DEFAULT_ETCD
 from etcdwatch.cli.common import Endpoint
 from etcdwatch.cli.common import ENV_ETCD
+from etcdwatch.cli.common import ENV_PASSWORD
 from etcdwatch.cli.common import EXIT_UNAVAILABLE
 from etcdwatch.cli.common import EXIT_USAGE
 from etcdwatch.cli.common import parse_endpoints
@@ -90,6 +91,41 @@ def _check_files(args: argparse.Namespace) -> None:
                            EXIT_USAGE)
 
 
+def credentials(args: argparse.Namespace) -> Dict[str, str]:
+    """``{'username': ..., 'password': ...}`` for ``--user``, or ``{}``.
+
+    The password is the first line of ``--password-file``, else
+    ``$ETCDWATCH_PASSWORD``.  A usage error (naming the option, never the
+    password) when it is missing, empty or unreadable.
+    """
+    user = getattr(args, 'user', None)
+    path = getattr(args, 'password_file', None)
+    if user is None:
+        if path:
+            raise CliError('--password-file needs --user', EXIT_USAGE)
+        return {}
+    if not user or user != user.strip() or not user.isprintable():
+        raise CliError('--user: %r is not a user name' % user, EXIT_USAGE)
+    if path:
+        try:
+            with open(path, encoding='utf-8') as f:
+                password = f.readline().rstrip('\r\n')
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError('--password-file %s: %s'
+                           % (path, (getattr(e, 'strerror', None) or
+                                     type(e).__name__).lower()), EXIT_USAGE)
+        if not password:
+            raise CliError('--password-file %s: its first line is empty'
+                           % path, EXIT_USAGE)
+    else:
+        password = os.environ.get(ENV_PASSWORD) or ''
+        if not password:
+            raise CliError('--user %s needs a password: set $%s or give '
+                           '--password-file' % (user, ENV_PASSWORD),
+                           EXIT_USAGE)
+    return {'username': user, 'password': password}
+
+
 def _import_etcd3gw() -> Any:
     with warnings.catch_warnings():
         # etcd3gw imports eventlet (through futurist), which warns that it
@@ -115,6 +151,7 @@ def _make_v3_client(args: argparse.Namespace, protocol: str) -> Any:
         # Without --key, FailoverEtcd3Client takes --cert to hold the key.
         kwargs['cert_cert'] = args.cert
         kwargs['cert_key'] = args.key
+    kwargs.update(credentials(args))
     _import_etcd3gw()
     from etcdwatch import v3client
     # Sends nothing yet: probe() is the first request.  Knows every
@@ -127,8 +164,8 @@ def make_client(args: argparse.Namespace) -> Any:
     """A client for the ``--etcd``, ``--api`` and TLS options.
 
     python-etcd's ``etcd.Client`` for ``--api v2``, etcd3gw's
-    ``Etcd3Client`` for v3.  A TLS file that cannot be read is a usage
-    error.
+    ``Etcd3Client`` for v3.  A TLS file that cannot be read, or ``--user``
+    without its password (:func:`credentials`), is a usage error.
     """
     endpoints = args.etcd
     protocols = {e.protocol for e in endpoints if e.protocol}
@@ -146,6 +183,7 @@ def make_client(args: argparse.Namespace) -> Any:
         kwargs['ca_cert'] = args.cacert
     if args.cert:
         kwargs['cert'] = (args.cert, args.key) if args.key else args.cert
+    kwargs.update(credentials(args))
     if len(endpoints) == 1:
         kwargs.update(host=endpoints[0].host, port=endpoints[0].port)
     else:
@@ -174,6 +212,8 @@ def probe(client: Any, key: str, endpoints: Sequence[Endpoint]) -> None:
     except exceptions.EtcdUnavailable as e:
         raise CliError('cannot reach etcd at %s: %s'
                        % (describe(endpoints), reason(e)), EXIT_UNAVAILABLE)
+    except exceptions.EtcdAuthError as e:
+        raise CliError('etcd at %s: %s' % (describe(endpoints), e))
     except exceptions.BackendError as e:
         hint = ''
         if backend.name == 'v3':

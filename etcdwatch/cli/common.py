@@ -15,6 +15,8 @@ DEFAULT_ETCD = '127.0.0.1:2379'
 DEFAULT_PORT = 2379
 ENV_ETCD = 'ETCDWATCH_ETCD'
 ENV_API = 'ETCDWATCH_API'
+#: Where ``--user``'s password comes from, unless ``--password-file``.
+ENV_PASSWORD = 'ETCDWATCH_PASSWORD'
 APIS = ('v2', 'v3')
 DEFAULT_API = 'v2'
 DEFAULT_ELECTION_PATH = '/etcdwatch/elections'
@@ -148,6 +150,14 @@ def add_common(parser: argparse.ArgumentParser, top: bool) -> None:
                        help='TLS client certificate')
     group.add_argument('--key', metavar='FILE', default=default,
                        help='TLS client key (with --cert)')
+    group.add_argument('--user', metavar='NAME', default=default,
+                       help='authenticate to etcd as NAME (v3: a token, '
+                            'renewed when it expires; v2: basic auth); '
+                            'the password comes from --password-file, '
+                            'else $%s, never from the command line'
+                            % ENV_PASSWORD)
+    group.add_argument('--password-file', metavar='FILE', default=default,
+                       help="--user's password: the file's first line")
     group.add_argument('-v', '--verbose', action='count',
                        default=0 if top else argparse.SUPPRESS,
                        help="also log the library's own messages (-vv: "

@@ -159,8 +159,10 @@ async def test_requests_carry_the_headers_hook_and_find_the_api():
     [version, read, watch] = gateway.requests
     assert [r[1] for r in gateway.requests] == ['/version', '/v3/kv/range',
                                                 '/v3/watch']
-    for _member, _path, headers, _payload in (version, read, watch):
+    for _member, _path, headers, _payload in (read, watch):
         assert headers['authorization'] == 'token-1'
+    # /version needs no token (it is read before authenticating).
+    assert 'authorization' not in version[2]
     assert watch[2]['grpc-metadata-hasleader'] == 'true'
     assert watch[3] == {'create_request': {
         'key': v3proto.b64('/p/'), 'range_end': v3proto.b64('/p0'),

@@ -24,6 +24,7 @@ import requests
 from etcdwatch import backends
 from etcdwatch.backends import base
 from etcdwatch.backends import v3
+from etcdwatch.backends import v3auth
 from etcdwatch import exceptions
 from etcdwatch import v3client
 
@@ -270,6 +271,8 @@ def test_a_revision_below_the_cursor_is_a_rewound_cluster(messages):
     (_message(canceled=True, cancel_reason='etcdserver: no leader'),
      exceptions.EtcdUnavailable),
     (_message(canceled=True, cancel_reason='permission denied'),
+     v3auth.WatchRefused),
+    (_message(canceled=True, cancel_reason='something else'),
      exceptions.BackendError),
     (_message(canceled=True, compact_revision='15'), exceptions.HistoryGone),
     ({'error': {'code': 14, 'message': 'etcdserver: no leader'}},

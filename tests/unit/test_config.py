@@ -188,13 +188,11 @@ def _bad_settings(tls, tmp_path):
         ('api_version', dict(api_version='V3')),
         ('api_version', dict(api_version=3)),
         ('api_version', dict(api_version=None)),
-        # What cannot work on v3, and v3 checked like v2.
-        ('username', dict(api_version='v3', username='app',
-                          password=PASSWORD)),
-        ('username', dict(https, api_version='v3', username='app',
-                          password=PASSWORD)),
-        ('username', dict(api_version='v3', username='app')),
-        ('password', dict(api_version='v3', password=PASSWORD)),
+        # v3 checked like v2.
+        ('password', dict(api_version='v3', username='app')),
+        ('username', dict(api_version='v3', password=PASSWORD)),
+        ('password', dict(api_version='v3', username='app',
+                          password=PASSWORD + '\n')),
         ('host', dict(api_version='v3', host='')),
         ('ca_cert', dict(api_version='v3', protocol='https')),
         ('protocol', dict(api_version='v3', ca_cert=tls.ca_cert)),
@@ -407,18 +405,22 @@ def test_v3_conf_errors_name_group_and_option(tmp_path, no_v3_client):
     conf(['--config-file', str(conf_file)])
     with pytest.raises(ConfigError) as info:
         config.client_from_conf(conf, 'ml2_etcd')
-    assert str(info.value).startswith('etcd option [ml2_etcd] username: ')
+    assert str(info.value).startswith('etcd option [ml2_etcd] password: ')
 
 
-def test_v3_user_and_password_refused_without_showing_it(caplog,
-                                                         no_v3_client):
+def test_v3_user_and_password_authenticate_without_showing_it(caplog):
     caplog.set_level(logging.DEBUG)
-    with pytest.raises(ConfigError) as info:
-        EtcdClientFactory(api_version='v3', username='app',
-                          password=PASSWORD)
-    assert info.value.option == 'username'
-    assert 'cannot authenticate' in str(info.value)
-    assert PASSWORD not in str(info.value) + repr(info.value) + caplog.text
+    factory = EtcdClientFactory(api_version='v3', username='app:1',
+                                password=PASSWORD, host='a:1,b:2')
+    kwargs = factory.client_kwargs()
+    assert kwargs['username'] == 'app:1' and kwargs['password'] == '***'
+    client = factory.client()
+    assert client.auth.username == 'app:1'
+    assert client.auth.headers() == {}
+    shown = (repr(factory) + repr(client) + repr(client.auth) +
+             str(kwargs) + caplog.text)
+    assert 'app:1' in repr(client)
+    assert PASSWORD not in shown
 
 
 def test_bad_api_version_in_a_file_is_an_oslo_error(tmp_path):

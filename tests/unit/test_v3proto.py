@@ -13,6 +13,7 @@ import json
 import pytest
 
 from etcdwatch.backends import base
+from etcdwatch.backends import v3auth
 from etcdwatch.backends import v3proto as proto
 from etcdwatch import exceptions
 
@@ -302,6 +303,8 @@ def test_a_message_sent_before_the_cursor_moved_ahead_is_no_rewind():
     (_message(canceled=True, cancel_reason='etcdserver: no leader'),
      exceptions.EtcdUnavailable),
     (_message(canceled=True, cancel_reason='permission denied'),
+     v3auth.WatchRefused),
+    (_message(canceled=True, cancel_reason='something else'),
      exceptions.BackendError),
     (_message(canceled=True, compact_revision='15'), exceptions.HistoryGone),
     ({'error': {'grpc_code': 14, 'message': 'etcdserver: no leader'}},
