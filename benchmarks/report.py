@@ -466,7 +466,7 @@ elections etcd3gw's ``Lock`` with lease keepalives and ``watch_once``.
 Figures are medians over the repeats (p99 where it says so); a ratio
 compares etcdwatch with the baseline.  "v3 against v2" puts the two APIs
 side by side.  Initial load and fan-out are measured on v2 only,
-quiet prefixes on a busy etcd on v3 only.
+quiet prefixes on a busy etcd and asyncio on v3 only.
 
 These are benchmarks, not tests.  The machine has two cores that etcd, the
 followers, the writers and other engineers' test runs share, so figures of
