@@ -312,11 +312,14 @@ class V3Backend(base.Backend):
     :class:`~etcdwatch.exceptions.EtcdUnavailable` and moves a client that
     knows other members to the next one.  A ``compact_revision`` answer,
     or a message too large for the gateway, closes the stream and raises
-    :class:`~etcdwatch.exceptions.HistoryGone`; any other cancellation
-    raises :class:`~etcdwatch.exceptions.BackendError`.  No thread is ever
-    started.  :meth:`close` closes every stream; a stream left idle for
-    twice its last call's timeout (plus a second) is closed by the next
-    call on this backend.
+    :class:`~etcdwatch.exceptions.HistoryGone`; a new watch canceled for
+    want of a token or a permission is opened again once with a new token
+    (:mod:`~etcdwatch.backends.v3auth`), then raises
+    :class:`~etcdwatch.exceptions.EtcdPermissionDenied`; any other
+    cancellation raises :class:`~etcdwatch.exceptions.BackendError`.  No
+    thread is ever started.  :meth:`close` closes every stream; a stream
+    left idle for twice its last call's timeout (plus a second) is closed
+    by the next call on this backend.
 
     A rewound or replaced etcd: every answer's header is checked.  A watch
     message whose revision is below the index the watch stands at (the
