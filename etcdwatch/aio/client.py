@@ -60,11 +60,14 @@ def _ssl_context(ca_cert, cert_cert, cert_key):
 class MessageStream(object):
     """One streaming answer (a watch): its JSON messages, one per line.
 
-    Made by :meth:`AsyncEtcd3Client.open_stream`.  At most one read of the
-    body is under way at any time, in a task of its own: a caller whose
-    deadline passes, or who is cancelled, leaves that read running, and
-    the next :meth:`next_message` goes on with it.  So no byte is lost or
-    read twice, and a message is only ever returned whole.
+    Made by :meth:`AsyncEtcd3Client.open_stream`.  One reader task per
+    stream reads the body into a buffer, and stops reading while a whole
+    message waits there to be taken (so a slow consumer slows the stream
+    rather than fill memory).  A caller whose deadline passes, or who is
+    cancelled, leaves what was read in the buffer, and the next
+    :meth:`next_message` goes on from it: no byte is lost or read twice,
+    and a message is only ever returned whole.  Waiting costs a future and
+    a timer, not a task per message.
     """
 
     def __init__(self, response, url):
@@ -80,8 +83,13 @@ class MessageStream(object):
         #: The generation of the token it was opened with.
         self.auth_generation = 0
         self._chunks = response.aiter_raw()
-        self._read = None
         self._buffer = v3proto.MessageBuffer()
+        self._reader: Optional['asyncio.Task[None]'] = None
+        self._error: Optional[BaseException] = None
+        # The future a waiting next_message() sleeps on, and the one the
+        # reader sleeps on while a whole message waits to be taken.
+        self._waiter: Optional['asyncio.Future[None]'] = None
+        self._room: Optional['asyncio.Future[None]'] = None
 
     async def next_message(self, deadline):
         """The next message, or None if ``deadline`` passes first.
@@ -96,34 +104,48 @@ class MessageStream(object):
         while True:
             message = self._buffer.next()
             if message is not None:
+                if not self._buffer.has_line():
+                    _settle(self._room)
                 return message
             if self.aborted:
                 return None
-            if self._read is None:
-                self._read = asyncio.ensure_future(self._next_chunk())
-                self._read.add_done_callback(_retrieve)
-            if not self._read.done():
-                remaining = None if deadline is None else (
-                    deadline - loop.time())
-                if remaining is not None and remaining <= 0:
-                    return None
-                await asyncio.wait({self._read}, timeout=remaining)
-                if not self._read.done():
-                    return None
-            read, self._read = self._read, None
-            if read.cancelled():
-                return None         # aborted
-            chunk = read.result()
-            if chunk is None:
-                self._buffer.end()
-            else:
-                self._buffer.feed(chunk)
+            if self._error is not None:
+                raise self._error
+            if self._reader is None:
+                self._reader = loop.create_task(self._read())
+            _settle(self._room)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return None
+            waiter = self._waiter = loop.create_future()
+            timer = None if remaining is None else loop.call_at(
+                deadline, _settle, waiter)
+            try:
+                # Settled by the reader (data, the end, an error), by
+                # abort(), or by the timer; the loop sees which.
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
 
-    async def _next_chunk(self):
+    async def _read(self):
+        """Read the body into the buffer, a whole message ahead at most."""
+        loop = asyncio.get_running_loop()
         try:
-            return await self._chunks.__anext__()
-        except StopAsyncIteration:
-            return None
+            async for chunk in self._chunks:
+                self._buffer.feed(chunk)
+                _settle(self._waiter)
+                if self._buffer.has_line():
+                    room = self._room = loop.create_future()
+                    await room
+            self._buffer.end()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # noqa: broad; the reader gets it
+            self._error = e
+        finally:
+            _settle(self._waiter)
 
     def abort(self):
         """Make a :meth:`next_message` waiting in another task return None.
@@ -131,8 +153,7 @@ class MessageStream(object):
         That caller then closes the stream.  Never raises.
         """
         self.aborted = True
-        if self._read is not None:
-            self._read.cancel()
+        _settle(self._waiter)
 
     async def aclose(self):
         """Close the stream and its connection; never raises.
@@ -140,13 +161,13 @@ class MessageStream(object):
         Finishes even if the caller is cancelled meanwhile (the caller
         still gets its CancelledError).
         """
-        read, self._read = self._read, None
-        await asyncio.shield(self._close(read))
+        reader, self._reader = self._reader, None
+        await asyncio.shield(self._close(reader))
 
-    async def _close(self, read):
-        if read is not None and not read.done():
-            read.cancel()
-            await asyncio.wait({read})
+    async def _close(self, reader):
+        if reader is not None and not reader.done():
+            reader.cancel()
+            await asyncio.wait({reader})
         for close in (self._chunks.aclose, self.response.aclose):
             try:
                 await close()
@@ -154,11 +175,10 @@ class MessageStream(object):
                 pass
 
 
-def _retrieve(task):
-    # A read nobody waits for any more must not log "exception never
-    # retrieved": the stream's owner sees the failure on its next read.
-    if not task.cancelled():
-        task.exception()
+def _settle(future):
+    """Wake whoever waits on ``future`` (None, or done: nothing to do)."""
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 class AsyncEtcd3Client(object):
@@ -226,12 +246,21 @@ class AsyncEtcd3Client(object):
         verify: Union[bool, ssl.SSLContext] = True
         if protocol == 'https' and transport is None:
             verify = _ssl_context(ca_cert, cert_cert, cert_key)
-        #: The httpx client (for the curious; use the methods).
+        #: The httpx clients (for the curious; use the methods): unary
+        #: requests on a small pool, streams on one of their own.  A pool
+        #: is scanned whenever a request starts or ends: a thousand open
+        #: watch streams in the unary pool made every heartbeat's read
+        #: cost milliseconds of CPU.
         self.http = httpx.AsyncClient(
             verify=verify, timeout=httpx.Timeout(self.timeout),
             limits=httpx.Limits(
                 max_connections=None,
                 max_keepalive_connections=MAX_IDLE_CONNECTIONS),
+            transport=transport, trust_env=False)
+        self.streams_http = httpx.AsyncClient(
+            verify=verify, timeout=httpx.Timeout(self.timeout),
+            limits=httpx.Limits(max_connections=None,
+                                max_keepalive_connections=0),
             transport=transport, trust_env=False)
 
     # -- members --------------------------------------------------------------
@@ -386,14 +415,14 @@ class AsyncEtcd3Client(object):
         with self.translate(what, url):
             all_headers = dict(headers or {})
             all_headers.update(token)
-            request = self.http.build_request(
+            request = self.streams_http.build_request(
                 'POST', await self._url(path), json=payload,
                 headers=all_headers,
                 timeout=httpx.Timeout(self.timeout, connect=connect,
                                       read=None))
             try:
                 response = await asyncio.wait_for(
-                    self.http.send(request, stream=True), wait)
+                    self.streams_http.send(request, stream=True), wait)
             except asyncio.TimeoutError:
                 return v3proto.unanswered(what, wait)
             try:
@@ -416,6 +445,7 @@ class AsyncEtcd3Client(object):
     async def aclose(self) -> None:
         """Close every connection (streams included)."""
         await self.http.aclose()
+        await self.streams_http.aclose()
 
     async def __aenter__(self) -> 'AsyncEtcd3Client':
         return self

@@ -263,9 +263,10 @@ async def test_a_watch_cancelled_mid_message_loses_and_repeats_nothing():
                                          _put(7, '/p/b', '2')]))
         body.queue.put_nowait(line[:25])
         [cursor] = be._cursors.values()
-        # Cancelled while its read of the rest of the message waits.
-        await _until(lambda: body.queue.empty() and cursor.stream._read
-                     is not None and not cursor.stream._read.done())
+        # Cancelled while it waits for the rest of the message.
+        await _until(lambda: body.queue.empty() and
+                     cursor.stream._waiter is not None and
+                     not cursor.stream._reader.done())
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
