@@ -16,16 +16,18 @@ from etcdwatch.election import EtcdElection
 from etcdwatch.exceptions import EtcdElectionLost
 from etcdwatch.exceptions import EtcdUnavailable
 from etcdwatch.exceptions import EtcdWatchError
+from etcdwatch.lock import EtcdLock
 from etcdwatch.membership import EtcdGroupWatcher
 from etcdwatch.membership import EtcdMembership
 from etcdwatch.membership import group_members
+from etcdwatch.rules.lock import EtcdLockLost
 from etcdwatch.watcher import EtcdChangeWatcher
 from etcdwatch.watcher import EtcdWatcher
 
 __all__ = ['EtcdElection', 'EtcdElectionLost', 'EtcdWatcher',
            'EtcdChangeWatcher', 'EtcdUnavailable', 'EtcdWatchError',
            'cleanup_electors', 'EtcdMembership', 'EtcdGroupWatcher',
-           'group_members']
+           'group_members', 'EtcdLock', 'EtcdLockLost']
 
 #: When etcdwatch is imported from a tree that is not installed.
 UNKNOWN_VERSION = '0+unknown'

@@ -10,10 +10,12 @@ from etcdwatch.aio.election import AsyncEtcdElection
 from etcdwatch.aio.iterate import Change
 from etcdwatch.aio.iterate import RESYNC
 from etcdwatch.aio.iterate import watch_prefix
+from etcdwatch.aio.lock import AsyncEtcdLock
 from etcdwatch.aio.membership import AsyncEtcdMembership
 from etcdwatch.aio.watcher import AsyncEtcdChangeWatcher
 from etcdwatch.aio.watcher import AsyncEtcdWatcher
 
 __all__ = ['AsyncEtcd3Client', 'AsyncEtcdChangeWatcher',
-           'AsyncEtcdElection', 'AsyncEtcdMembership', 'AsyncEtcdWatcher',
+           'AsyncEtcdElection', 'AsyncEtcdLock', 'AsyncEtcdMembership',
+           'AsyncEtcdWatcher',
            'Change', 'RESYNC', 'watch_prefix']
