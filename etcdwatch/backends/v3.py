@@ -563,8 +563,17 @@ class V3Backend(base.Backend):
                 if event is not None:
                     return event
                 if cursor.stream is None:
-                    cursor.stream = self._open(path, cursor, deadline,
-                                               timeout)
+                    try:
+                        cursor.stream = self._open(path, cursor, deadline,
+                                                   timeout)
+                    except v3auth.TokenRejected as e:
+                        # Refused before the stream began (not seen on
+                        # etcd 3.5, whose refusals are cancellations).
+                        if refused or not self._auth.enabled:
+                            raise self._auth.give_up(e) from e
+                        refused = True
+                        self._token_rejected(self._auth.generation)
+                        continue
                     if cursor.stream is None:
                         return None
                 message = self._next_message(path, cursor, deadline)

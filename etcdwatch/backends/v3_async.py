@@ -17,6 +17,9 @@ from etcdwatch import exceptions
 
 __all__ = ['AsyncV3Backend']
 
+# For clients without credentials of their own (never authenticates).
+_NO_AUTH = v3auth.Auth()
+
 
 async def _acquire(lock, timeout):
     """Acquire an asyncio lock within ``timeout`` s (None: no limit).
@@ -184,6 +187,7 @@ class AsyncV3Backend(base.AsyncBackend):
             return None
         what = 'watch %s' % path
         refused = False
+        auth = getattr(self.client, 'auth', None) or _NO_AUTH
         try:
             if cursor.position(from_index):
                 await cursor.close_stream()
@@ -192,19 +196,21 @@ class AsyncV3Backend(base.AsyncBackend):
                 event = cursor.pop()
                 if event is not None:
                     return event
-                message = await self._next_message(path, cursor, deadline,
-                                                   timeout)
-                if message is None:
-                    return None
-                generation = getattr(cursor.stream, 'auth_generation', 0)
+                # The token of a stream not yet open (refused before it
+                # began: not seen on etcd 3.5) is the current one.
+                generation = auth.generation
                 try:
+                    message = await self._next_message(path, cursor,
+                                                       deadline, timeout)
+                    if message is None:
+                        return None
+                    generation = getattr(cursor.stream, 'auth_generation',
+                                         0)
                     await self._take(cursor, message, what)
                 except v3auth.TokenRejected as e:
                     # A new watch refused for want of a token or of a
                     # permission (etcd cannot tell which): once more with
                     # a new token, then EtcdPermissionDenied.
-                    auth = getattr(self.client, 'auth', None) or (
-                        v3auth.Auth())
                     if refused or not auth.enabled:
                         raise auth.give_up(e) from e
                     refused = True

@@ -205,3 +205,103 @@ def test_cli_parses_user_and_password_file():
     parsed = cli.parse_args(['--api', 'v3', '--user', 'app',
                              '--password-file', '/pw', 'watch', '/a'])
     assert parsed.user == 'app' and parsed.password_file == '/pw'
+
+
+# -- the threaded transport, on a scripted gateway ----------------------------
+
+class _Answer(object):
+    def __init__(self, status, body):
+        self.status_code = status
+        self._body = body
+
+    def json(self):
+        return self._body
+
+    def close(self):
+        pass
+
+
+class _Gateway(object):
+    """A requests session handing out tokens t1, t2...
+
+    ``valid`` is the one token etcd accepts (None: none).
+    """
+
+    def __init__(self, password=PASSWORD):
+        self.password = password
+        self.issued = 0
+        self.valid = None
+        self.seen = []
+
+    def post(self, url, json=None, timeout=None, headers=None, **kwargs):
+        path = url.split('/v3/', 1)[1]
+        token = (headers or {}).get('Authorization')
+        self.seen.append((path, token))
+        if path == 'auth/authenticate':
+            if json['password'] != self.password:
+                return _Answer(400, WRONG_PASSWORD)
+            self.issued += 1
+            self.valid = 't%d' % self.issued
+            return _Answer(200, {'header': {'revision': '5'},
+                                 'token': self.valid})
+        if token is None:
+            return _Answer(400, NO_USER)
+        if token != self.valid:
+            return _Answer(401, INVALID_TOKEN)
+        if path == 'kv/range' and json.get('key') == v3proto.b64('/b'):
+            return _Answer(403, DENIED)
+        return _Answer(200, {'header': {'revision': '5'}})
+
+
+def _backend(gateway, password=PASSWORD):
+    pytest.importorskip('etcd3gw')
+    from etcdwatch.backends import v3
+    from etcdwatch import v3client
+    client = v3client.client(['127.0.0.1:1'], username='app',
+                             password=password, api_path='/v3/')
+    client.session = gateway
+    return client, v3.V3Backend(client)
+
+
+def test_threaded_transport_renews_an_expired_token_once():
+    gateway = _Gateway()
+    client, backend = _backend(gateway)
+    assert backend.read_key('/a') == (None, 5)
+    assert gateway.seen == [('auth/authenticate', None), ('kv/range', 't1')]
+    gateway.valid = None                    # expired (or etcd restarted)
+    del gateway.seen[:]
+    assert backend.read_key('/a') == (None, 5)
+    assert gateway.seen == [('kv/range', 't1'), ('auth/authenticate', None),
+                            ('kv/range', 't2')]
+    assert client.auth.authentications == 2
+
+
+def test_threaded_transport_gives_up_after_one_renewal():
+    gateway = _Gateway()
+    client, backend = _backend(gateway)
+    real_post = gateway.post
+
+    def refuse_every_token(url, **kwargs):
+        answer = real_post(url, **kwargs)
+        if not url.endswith('authenticate'):
+            return _Answer(401, INVALID_TOKEN)
+        return answer
+    gateway.post = refuse_every_token
+    with pytest.raises(exceptions.EtcdAuthError) as info:
+        backend.read_key('/a')
+    assert client.auth.authentications == 2     # not a loop
+    assert 'user app' in str(info.value) and 'read /a' in str(info.value)
+
+
+def test_threaded_transport_refusals(caplog):
+    caplog.set_level(logging.DEBUG)
+    _client, backend = _backend(_Gateway())
+    with pytest.raises(exceptions.EtcdPermissionDenied) as denied:
+        backend.read_key('/b')
+    assert 'user app' in str(denied.value) and 'read /b' in str(denied.value)
+    _client, wrong = _backend(_Gateway(), password='not-' + PASSWORD)
+    with pytest.raises(exceptions.EtcdAuthError) as info:
+        wrong.read_key('/a')
+    assert 'invalid user ID or password' in str(info.value)
+    shown = ''.join(str(e.value) + repr(e.value) for e in (denied, info))
+    assert PASSWORD not in shown + caplog.text
