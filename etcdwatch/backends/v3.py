@@ -343,6 +343,9 @@ class V3Backend(base.Backend):
         self.timeout = client.timeout or DEFAULT_TIMEOUT
         self._api_path = None
         self._lock = threading.Lock()
+        # How many times close() was called: a watch that opened its
+        # stream while close() ran gives up as if it had been closed.
+        self._closes = 0
         self._cursors = {}
         # (key, value) -> the lease we bound the key to, to save a read on
         # each refresh.  Always checked against the key itself.
@@ -547,6 +550,7 @@ class V3Backend(base.Backend):
 
     def _watch(self, path, key, range_end, from_index, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
+        closes = self._closes
         ident = (key, range_end)
         cursor = self._cursor(key, range_end, from_index)
         if not cursor.lock.acquire(
@@ -575,6 +579,11 @@ class V3Backend(base.Backend):
                         self._token_rejected(self._auth.generation)
                         continue
                     if cursor.stream is None:
+                        return None
+                    if self._closes != closes:
+                        # close() came while the stream was opening: it
+                        # could not close this one, so we do.
+                        cursor.close_stream()
                         return None
                 message = self._next_message(path, cursor, deadline)
                 if message is None:
@@ -726,11 +735,13 @@ class V3Backend(base.Backend):
     def close(self):
         """Close every watch stream now; never raises.
 
-        A watch blocked in another thread returns None at once.  Events
+        A watch blocked in another thread returns None at once, also one
+        whose stream was opening meanwhile.  Events
         already received are kept, so a later watch continues exactly; the
         backend stays usable.
         """
         with self._lock:
+            self._closes += 1
             cursors = list(self._cursors.values())
         for cursor in cursors:
             self._close_cursor_stream(cursor)

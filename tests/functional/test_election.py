@@ -332,3 +332,52 @@ def test_etcd_paused_just_after_winning_ends_the_term_by_its_lease(
           % (d.name, ends[0] - paused, work_time))
     assert ends[0] - paused <= work_time
     e.clean()
+
+
+def test_cancel_and_timeout_end_a_pending_campaign(backend_client,
+                                                   etcd_prefix):
+    """cancel() from another thread: at once on v3, within the wait on v2.
+
+    Either way the candidate withdraws and never takes the key later.
+    """
+    d, path = backend_client, etcd_prefix + '/el'
+    recovery_time = 2
+    leader = EtcdElection(d.client, 'svc', path, work_time=10,
+                          recovery_time=recovery_time)
+    follower = EtcdElection(d.new_client(), 'svc', path, work_time=10,
+                            recovery_time=recovery_time)
+    leaders = []
+    observer = follower.observe(leaders.append)
+    try:
+        assert leader.wait_until_elected(timeout=WAIT)
+        started = time.monotonic()
+        assert follower.wait_until_elected(timeout=0.5) is False
+        timed_out = time.monotonic() - started
+        result = []
+        thread = threading.Thread(
+            target=lambda: result.append(follower.wait_until_elected()),
+            daemon=True)
+        thread.start()
+        asked = time.monotonic()
+        follower.cancel()
+        thread.join(WAIT)
+        took = time.monotonic() - asked
+        assert result == [False]
+        wait_until(lambda: leader.thread_id in leaders, timeout=WAIT)
+        leader.resign()
+        wait_until(lambda: leaders[-1:] == [None], timeout=WAIT)
+        # A campaign still running would take the key within a wait for
+        # it: give it that long, and more, to prove none does.
+        time.sleep(recovery_time + 0.5)
+        assert leader.leader() is None and not follower.is_elected
+        print('\n%s: wait_until_elected(timeout=0.5) returned after %.2f s; '
+              'cancel() ended a campaign in %.3f s (recovery_time %s s)'
+              % (d.name, timed_out, took, recovery_time))
+        assert timed_out < 0.5 + recovery_time + SLACK
+        # v3 wakes the wait for the key at once; v2 ends it within it.
+        assert took < (1.0 if d.name == 'v3' else recovery_time + SLACK)
+        assert leaders[-2:] == [leader.thread_id, None]
+    finally:
+        observer.stop()
+        follower.clean()
+        leader.clean()
