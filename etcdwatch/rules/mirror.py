@@ -326,6 +326,11 @@ class Mirror(object):
         if isinstance(exc, exceptions.EtcdUnavailable):
             # Once per outage, not once per retry.
             self.outage.failed(exc, round(pause, 1))
+        elif isinstance(exc, exceptions.EtcdAuthError):
+            # The reason says it all (and names the user and the key): a
+            # traceback per retry would only bury it.
+            LOG.warning('%s: watching %s refused: %s; retrying in %.1fs',
+                        self.name, self.path, exc, pause)
         else:
             LOG.log(std_logging.ERROR, '%s: watching %s failed; retrying '
                     'in %.1fs', self.name, self.path, pause, exc_info=exc)
