@@ -1,0 +1,853 @@
+"""A tooz coordination driver on etcdwatch's recipes (etcd's v3 API).
+
+Install ``etcdwatch[tooz]`` and give tooz a URL with the scheme
+``etcdwatch+http`` or ``etcdwatch+https``::
+
+    etcdwatch+http://10.0.0.1:2379,10.0.0.2:2379/?timeout=30
+
+The members are the URL's comma-separated ``host:port`` list (the client
+fails over between them).  Options (the query string): ``timeout`` (the
+lease TTL of member keys, locks and leaders, seconds; 30), ``lock_timeout``
+(the TTL of lock keys; ``timeout``), ``request_timeout`` (one request to
+etcd; 5), ``prefix`` (the etcd directory of all keys;
+``/etcdwatch-tooz``), and TLS: ``ca_cert``, ``cert_file``, ``key_file``.
+
+What it is built on:
+
+* leaders: :class:`etcdwatch.EtcdElection`, one per group, campaigned for
+  by ``run_watchers()``; ``heartbeat()`` is the leader's "show life";
+* groups and members: a group is a key ``<prefix>/groups/<group>``, a
+  member a key ``<prefix>/members/<group>/<member>`` on the coordinator's
+  one lease (``timeout``), renewed by ``heartbeat()``; after the lease
+  expired (a pause, an outage) ``heartbeat()`` takes a new lease and joins
+  again every group it had joined;
+* join/leave watches: an :class:`etcdwatch.EtcdGroupWatcher` per watched
+  group; ``run_watchers()`` first reads the group from etcd (a quorum
+  read) and waits until its watcher has seen that state, so a change made
+  just before the call is reported by it;
+* locks: :class:`etcdwatch.EtcdLock` (a fair queue of keys) for exclusive
+  locks; shared locks queue in the same directory, so readers hold
+  together and a writer waits for every earlier holder.
+
+IDs (group, member, lock names) are bytes or str; they are stored
+hex-encoded, so any byte string is a valid id.  tooz is imported only by
+this module.
+"""
+
+import base64
+import binascii
+import collections
+import datetime
+import json
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+import tooz
+from tooz import coordination
+from tooz import locking
+from tooz import utils as tooz_utils
+
+from etcdwatch import backends
+from etcdwatch import election
+from etcdwatch import exceptions
+from etcdwatch import lock as etcd_lock
+from etcdwatch import membership
+from etcdwatch import v3client
+from etcdwatch.rules import candidacy
+
+__all__ = ['EtcdwatchDriver', 'EtcdwatchLock']
+
+DEFAULT_TIMEOUT = 30
+DEFAULT_REQUEST_TIMEOUT = 5
+DEFAULT_PREFIX = '/etcdwatch-tooz'
+#: How long run_watchers() waits for a watcher to see what etcd holds.
+BARRIER_TIMEOUT = 10.0
+#: How long run_watchers() campaigns for a leadership it does not hold.
+CAMPAIGN_WAIT = 0.05
+#: The value prefix of a shared (reader) key in a lock's queue.
+SHARED = 'shared:'
+
+
+def _to_bytes(value: Any) -> bytes:
+    return value.encode('utf-8') if isinstance(value, str) else bytes(value)
+
+
+def _enc(value: Any) -> str:
+    """An id (bytes or str) as a key segment: its hex."""
+    return binascii.hexlify(_to_bytes(value)).decode('ascii')
+
+
+def _dec(segment: str) -> bytes:
+    return binascii.unhexlify(segment.encode('ascii'))
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def _one(options: Dict[str, Any], name: str, default: Any = None) -> Any:
+    value = options.get(name, default)
+    if isinstance(value, (list, tuple)):
+        value = value[-1] if value else default
+    return value
+
+
+def parse_url(parsed_url: Any, options: Dict[str, Any]) -> Dict[str, Any]:
+    """The client settings and options of a tooz URL (see the module)."""
+    scheme = parsed_url.scheme
+    if scheme not in ('etcdwatch+http', 'etcdwatch+https'):
+        raise ValueError('etcdwatch tooz driver: scheme %r is not '
+                         'etcdwatch+http or etcdwatch+https' % scheme)
+    endpoints = [part.strip() for part in parsed_url.netloc.split(',')
+                 if part.strip()]
+    if not endpoints:
+        raise ValueError('etcdwatch tooz driver: the URL names no etcd '
+                         'member')
+    endpoints = [e if ':' in e.rsplit(']', 1)[-1] else e + ':2379'
+                 for e in endpoints]
+    timeout = float(_one(options, 'timeout', DEFAULT_TIMEOUT))
+    settings = {
+        'endpoints': endpoints,
+        'protocol': scheme.split('+', 1)[1],
+        'timeout': timeout,
+        'lock_timeout': float(_one(options, 'lock_timeout', timeout)),
+        'request_timeout': float(_one(options, 'request_timeout',
+                                      DEFAULT_REQUEST_TIMEOUT)),
+        'prefix': '/' + str(_one(options, 'prefix',
+                                 DEFAULT_PREFIX)).strip('/'),
+        'ca_cert': _one(options, 'ca_cert'),
+        'cert_file': _one(options, 'cert_file'),
+        'key_file': _one(options, 'key_file'),
+        # Authentication: a place for username/password once the driver
+        # takes them (FailoverEtcd3Client already does).
+    }
+    for name in ('timeout', 'lock_timeout', 'request_timeout'):
+        if not settings[name] > 0:
+            raise ValueError('etcdwatch tooz driver: %s must be > 0' % name)
+    return settings
+
+
+def make_client(settings: Dict[str, Any]) -> v3client.FailoverEtcd3Client:
+    kwargs: Dict[str, Any] = {'protocol': settings['protocol'],
+                              'timeout': settings['request_timeout']}
+    if settings['ca_cert']:
+        kwargs['ca_cert'] = settings['ca_cert']
+    if settings['cert_file']:
+        kwargs['cert_cert'] = settings['cert_file']
+    if settings['key_file']:
+        kwargs['cert_key'] = settings['key_file']
+    return v3client.client(settings['endpoints'], **kwargs)
+
+
+def _result(value: Any) -> coordination.CoordAsyncResult:
+    """A done tooz result holding ``value`` (or raising it)."""
+    from concurrent import futures
+    future: 'futures.Future[Any]' = futures.Future()
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
+        future.set_result(value)
+    return coordination.CoordinatorResult(future)
+
+
+def _call(func: Callable[..., Any], *args: Any) -> Any:
+    """Run ``func`` now; its answer or its tooz error, as a result."""
+    try:
+        return _result(func(*args))
+    except tooz.ToozError as e:
+        return _result(e)
+    except exceptions.BackendError as e:
+        return _result(coordination.ToozConnectionError(str(e)))
+    except Exception as e:   # requests' errors from etcd3gw
+        return _result(coordination.ToozConnectionError(
+            '%s: %s' % (type(e).__name__, e)))
+
+
+class _Election(election.EtcdElection):
+    """An EtcdElection whose key holds ``candidate_id``.
+
+    So any coordinator can tell the leader's tooz member id from the key.
+    """
+
+    def __init__(self, *args: Any, candidate_id: str, **kwargs: Any) -> None:
+        self._candidate_id = candidate_id
+        super(_Election, self).__init__(*args, **kwargs)
+
+    def _setup(self, etcd_client, name, election_path, work_time,
+               recovery_time, multi_worker_ok, on_elected, on_lost):
+        super(_Election, self)._setup(
+            etcd_client, name, election_path, work_time, recovery_time,
+            multi_worker_ok, on_elected, on_lost)
+        self.thread_id = self._candidate_id
+        self._candidacy = candidacy.Candidacy(
+            name, self.master_key, self.thread_id, work_time,
+            recovery_time, bool(multi_worker_ok))
+
+
+class _GroupWatcher(membership.EtcdGroupWatcher):
+    """Queues join/leave events of one group for run_watchers()."""
+
+    def __init__(self, driver: 'EtcdwatchDriver', group_id: bytes,
+                 path: str) -> None:
+        self._driver = driver
+        self._group_id = group_id
+        self.changed = threading.Condition()
+        self.events: 'collections.deque[Any]' = collections.deque()
+        self._live = False
+        super(_GroupWatcher, self).__init__(
+            driver.client, 'tooz-group-' + _enc(group_id), path,
+            heartbeat=10)
+        # Members present before the watch began did not join now.
+        self._live = True
+
+    def _queue(self, event: Any) -> None:
+        with self.changed:
+            if self._live:
+                self.events.append(event)
+            self.changed.notify_all()
+
+    def joined(self, member: str, value: Any) -> None:
+        self._queue(coordination.MemberJoinedGroup(self._group_id,
+                                                   _dec(member)))
+
+    def left(self, member: str) -> None:
+        self._queue(coordination.MemberLeftGroup(self._group_id,
+                                                 _dec(member)))
+
+    def updated(self, member: str, value: Any) -> None:
+        self._queue(None)
+
+
+class EtcdwatchDriver(coordination.CoordinationDriver):
+    """A tooz coordinator on etcd (v3) built on etcdwatch's recipes.
+
+    See the module docstring for the URL and what each part rests on.
+    """
+
+    CHARACTERISTICS = (
+        coordination.Characteristics.DISTRIBUTED_ACROSS_THREADS,
+        coordination.Characteristics.DISTRIBUTED_ACROSS_PROCESSES,
+        coordination.Characteristics.DISTRIBUTED_ACROSS_HOSTS,
+        coordination.Characteristics.LINEARIZABLE,
+        coordination.Characteristics.SEQUENTIAL,
+        coordination.Characteristics.CAUSAL,
+    )
+
+    def __init__(self, member_id: bytes, parsed_url: Any,
+                 options: Dict[str, Any]) -> None:
+        super(EtcdwatchDriver, self).__init__(member_id, parsed_url,
+                                              options)
+        self._settings = parse_url(parsed_url, options)
+        self._member = _to_bytes(member_id)
+        self.timeout = self._settings['timeout']
+        self.lock_timeout = self._settings['lock_timeout']
+        self.prefix = self._settings['prefix']
+        self.client: Any = None
+        self._backend: Any = None
+        self._guard = threading.RLock()
+        self._lease: Any = None
+        # group_id -> the member value we wrote.
+        self._values: Dict[bytes, str] = {}
+        self._electors: Dict[bytes, _Election] = {}
+        # group_id -> the term we last reported LeaderElected for.
+        self._announced: Dict[bytes, Any] = {}
+        self._watchers: Dict[bytes, _GroupWatcher] = {}
+        self._locks: 'Set[EtcdwatchLock]' = set()
+
+    # -- keys -------------------------------------------------------------
+
+    def _group_key(self, group_id: Any) -> str:
+        return '%s/groups/%s' % (self.prefix, _enc(group_id))
+
+    def _members_path(self, group_id: Any) -> str:
+        return '%s/members/%s' % (self.prefix, _enc(group_id))
+
+    def _member_key(self, group_id: Any, member_id: Any = None) -> str:
+        return '%s/%s' % (self._members_path(group_id),
+                          _enc(self._member if member_id is None
+                               else member_id))
+
+    @property
+    def election_path(self) -> str:
+        return self.prefix + '/leaders'
+
+    @property
+    def lock_path(self) -> str:
+        return self.prefix + '/locks'
+
+    # -- start, stop, heartbeat -------------------------------------------
+
+    def _start(self) -> None:
+        self.client = make_client(self._settings)
+        self._backend = backends.for_client(self.client)
+        try:
+            self.client.status()
+        except Exception as e:
+            raise coordination.ToozConnectionError(
+                'cannot reach etcd at %s: %s'
+                % (','.join(self._settings['endpoints']), e)) from e
+        self._lease = None
+
+    def _stop(self) -> None:
+        for watcher in list(self._watchers.values()):
+            watcher.close(timeout=5)
+        self._watchers.clear()
+        for elector in list(self._electors.values()):
+            elector.resign()
+        self._electors.clear()
+        self._announced.clear()
+        for lock in list(self._locks):
+            lock._abandon()
+        with self._guard:
+            lease, self._lease = self._lease, None
+            self._values.clear()
+        if lease is not None:
+            try:
+                lease.revoke()
+            except Exception:
+                pass
+
+    def _member_lease(self) -> Any:
+        with self._guard:
+            if self._lease is None:
+                self._lease = self.client.lease(
+                    max(2, int(round(self.timeout))))
+            return self._lease
+
+    def heartbeat(self) -> float:
+        """Show life: renew the member lease, locks and leaderships.
+
+        A member lease that expired (a pause longer than ``timeout``, an
+        outage) is replaced and every joined group is joined again.
+        Returns the seconds to wait before the next heartbeat.
+        """
+        try:
+            self._renew_membership()
+        except Exception:
+            pass
+        for lock in list(self._locks):
+            lock.heartbeat()
+        for elector in list(self._electors.values()):
+            if elector.is_elected:
+                try:
+                    elector.extend_election(elector.work_time)
+                except Exception:
+                    pass
+        return min(self.timeout, self.lock_timeout) / 3.0
+
+    def _renew_membership(self) -> None:
+        with self._guard:
+            lease = self._lease
+            if lease is None and not self._values:
+                return
+            alive = False
+            if lease is not None:
+                try:
+                    alive = lease.refresh() > 0
+                except Exception as e:
+                    if 'not found' not in str(e):
+                        raise
+            if alive:
+                return
+            self._lease = None
+            lease = self._member_lease()
+            for group_id, value in list(self._values.items()):
+                # Taken again only if absent: a key another coordinator
+                # with our member id holds stays theirs.
+                self.client.create(self._member_key(group_id), value,
+                                   lease=lease)
+
+    # -- groups -----------------------------------------------------------
+
+    def _group_exists(self, group_id: Any) -> bool:
+        return bool(self.client.get(self._group_key(group_id)))
+
+    def create_group(self, group_id: bytes) -> Any:
+        def create():
+            if not self.client.create(self._group_key(group_id), _now()):
+                raise coordination.GroupAlreadyExist(group_id)
+        return _call(create)
+
+    def get_groups(self) -> Any:
+        def groups():
+            path = self.prefix + '/groups'
+            items = self._backend.read_tree(path).items
+            return [_dec(key[len(path) + 1:]) for key in items
+                    if '/' not in key[len(path) + 1:]]
+        return _call(groups)
+
+    def _members(self, group_id: Any) -> Dict[str, str]:
+        return membership.group_members(self.client,
+                                        self._members_path(group_id))
+
+    def delete_group(self, group_id: bytes) -> Any:
+        def delete():
+            if not self._group_exists(group_id):
+                raise coordination.GroupNotCreated(group_id)
+            if self._members(group_id):
+                raise coordination.GroupNotEmpty(group_id)
+            self.client.delete(self._group_key(group_id))
+        return _call(delete)
+
+    def _destroy_group(self, group_id: bytes) -> None:
+        """Delete a group and its members (tests; tooz's suite)."""
+        self.client.delete_prefix(self._members_path(group_id) + '/')
+        self.client.delete(self._group_key(group_id))
+
+    def join_group(self, group_id: bytes, capabilities: Any = b'') -> Any:
+        def join():
+            if not self._group_exists(group_id):
+                raise coordination.GroupNotCreated(group_id)
+            value = self._member_value(capabilities)
+            with self._guard:
+                if not self.client.create(self._member_key(group_id),
+                                          value,
+                                          lease=self._member_lease()):
+                    raise coordination.MemberAlreadyExist(group_id,
+                                                          self._member)
+                self._values[group_id] = value
+                self._joined_groups.add(group_id)
+        return _call(join)
+
+    @staticmethod
+    def _member_value(capabilities: Any, created_at: Optional[str] = None
+                      ) -> str:
+        now = _now()
+        return json.dumps({
+            'capabilities': base64.b64encode(
+                tooz_utils.dumps(capabilities)).decode('ascii'),
+            'created_at': created_at or now,
+            'updated_at': now})
+
+    @staticmethod
+    def _member_info(value: str) -> Dict[str, Any]:
+        info = json.loads(value)
+        info['capabilities'] = tooz_utils.loads(
+            base64.b64decode(info['capabilities']))
+        return info
+
+    def leave_group(self, group_id: bytes) -> Any:
+        def leave():
+            with self._guard:
+                self._values.pop(group_id, None)
+                self._joined_groups.discard(group_id)
+            if not self.client.delete(self._member_key(group_id)):
+                if not self._group_exists(group_id):
+                    raise coordination.GroupNotCreated(group_id)
+                raise coordination.MemberNotJoined(group_id, self._member)
+        return _call(leave)
+
+    def get_members(self, group_id: bytes) -> Any:
+        def members():
+            found = self._members(group_id)
+            if not found and not self._group_exists(group_id):
+                raise coordination.GroupNotCreated(group_id)
+            return {_dec(m) for m in found}
+        return _call(members)
+
+    def _read_member(self, group_id: Any, member_id: Any) -> Dict[str, Any]:
+        found = self.client.get(self._member_key(group_id, member_id))
+        if not found:
+            if not self._group_exists(group_id):
+                raise coordination.GroupNotCreated(group_id)
+            raise coordination.MemberNotJoined(group_id, member_id)
+        value = found[0]
+        if isinstance(value, bytes):
+            value = value.decode('utf-8')
+        return self._member_info(value)
+
+    def get_member_capabilities(self, group_id: bytes,
+                                member_id: bytes) -> Any:
+        return _call(lambda: self._read_member(
+            group_id, member_id)['capabilities'])
+
+    def get_members_with_capabilities(self, group_id: bytes) -> Any:
+        def members():
+            found = self._members(group_id)
+            if not found and not self._group_exists(group_id):
+                raise coordination.GroupNotCreated(group_id)
+            result = {}
+            for member, value in found.items():
+                caps = self._member_info(value)['capabilities']
+                # Joined without capabilities (tooz's default b''): None.
+                result[_dec(member)] = None if caps == b'' else caps
+            return result
+        return _call(members)
+
+    def get_member_info(self, group_id: bytes, member_id: bytes) -> Any:
+        return _call(self._read_member, group_id, member_id)
+
+    def update_capabilities(self, group_id: bytes,
+                            capabilities: Any) -> Any:
+        def update():
+            key = self._member_key(group_id)
+            with self._guard:
+                old = self._values.get(group_id)
+                if old is None:
+                    if not self._group_exists(group_id):
+                        raise coordination.GroupNotCreated(group_id)
+                    raise coordination.MemberNotJoined(group_id,
+                                                       self._member)
+                new = self._member_value(
+                    capabilities, json.loads(old)['created_at'])
+                if not self._replace(key, old, new, self._member_lease()):
+                    raise coordination.MemberNotJoined(group_id,
+                                                       self._member)
+                self._values[group_id] = new
+        return _call(update)
+
+    def _replace(self, key: str, old: str, new: str, lease: Any) -> bool:
+        """Put ``new`` on ``lease`` if ``key`` holds ``old``."""
+        from etcdwatch.backends import v3proto
+        txn = {
+            'compare': [{'key': v3proto.b64(key), 'result': 'EQUAL',
+                         'target': 'VALUE', 'value': v3proto.b64(old)}],
+            'success': [{'request_put': {'key': v3proto.b64(key),
+                                         'value': v3proto.b64(new),
+                                         'lease': lease.id}}],
+            'failure': []}
+        return bool(self.client.transaction(txn).get('succeeded'))
+
+    # -- watches ----------------------------------------------------------
+
+    def _ensure_watcher(self, group_id: bytes) -> None:
+        if group_id in self._watchers:
+            return
+        if not self._group_exists(group_id):
+            raise coordination.GroupNotCreated(group_id)
+        watcher = _GroupWatcher(self, group_id,
+                                self._members_path(group_id))
+        watcher.start()
+        self._watchers[group_id] = watcher
+
+    def _drop_watcher_if_unused(self, group_id: bytes) -> None:
+        if self._has_hooks_for_group(group_id):
+            return
+        watcher = self._watchers.pop(group_id, None)
+        if watcher is not None:
+            watcher.close(timeout=5)
+
+    def watch_join_group(self, group_id: bytes, callback: Any) -> None:
+        self._ensure_watcher(group_id)
+        super(EtcdwatchDriver, self).watch_join_group(group_id, callback)
+
+    def unwatch_join_group(self, group_id: bytes, callback: Any) -> None:
+        super(EtcdwatchDriver, self).unwatch_join_group(group_id, callback)
+        self._drop_watcher_if_unused(group_id)
+
+    def watch_leave_group(self, group_id: bytes, callback: Any) -> None:
+        self._ensure_watcher(group_id)
+        super(EtcdwatchDriver, self).watch_leave_group(group_id, callback)
+
+    def unwatch_leave_group(self, group_id: bytes, callback: Any) -> None:
+        super(EtcdwatchDriver, self).unwatch_leave_group(group_id, callback)
+        self._drop_watcher_if_unused(group_id)
+
+    def _barrier(self, group_id: bytes, watcher: _GroupWatcher) -> None:
+        """Wait until ``watcher`` has seen what etcd holds now."""
+        expected = set(self._members(group_id))
+        deadline = time.monotonic() + BARRIER_TIMEOUT
+        with watcher.changed:
+            while set(watcher.members) != expected:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                watcher.changed.wait(min(left, 0.5))
+
+    def run_watchers(self, timeout: Optional[float] = None) -> List[Any]:
+        results: List[Any] = []
+        for group_id, watcher in list(self._watchers.items()):
+            try:
+                self._barrier(group_id, watcher)
+            except Exception:
+                pass
+            while True:
+                with watcher.changed:
+                    if not watcher.events:
+                        break
+                    event = watcher.events.popleft()
+                if isinstance(event, coordination.MemberJoinedGroup):
+                    results.extend(
+                        self._hooks_join_group[group_id].run(event))
+                elif isinstance(event, coordination.MemberLeftGroup):
+                    results.extend(
+                        self._hooks_leave_group[group_id].run(event))
+        results.extend(self._run_elections())
+        return results
+
+    # -- leaders ----------------------------------------------------------
+
+    def _elector(self, group_id: bytes) -> _Election:
+        elector = self._electors.get(group_id)
+        if elector is None:
+            elector = _Election(
+                self.client, _enc(group_id), self.election_path,
+                work_time=self.timeout, handler='threading',
+                candidate_id='%s.%s' % (_enc(self._member),
+                                        candidacy.make_id()))
+            self._electors[group_id] = elector
+        return elector
+
+    def _run_elections(self) -> List[Any]:
+        results: List[Any] = []
+        for group_id in list(self._hooks_elected_leader):
+            elector = self._elector(group_id)
+            if not elector.wait_until_elected(timeout=CAMPAIGN_WAIT):
+                continue
+            term = elector.term
+            if term is None or self._announced.get(group_id) is term:
+                continue
+            self._announced[group_id] = term
+            results.extend(self._hooks_elected_leader[group_id].run(
+                coordination.LeaderElected(group_id, self._member)))
+        return results
+
+    def run_elect_coordinator(self) -> None:
+        self._run_elections()
+
+    def stand_down_group_leader(self, group_id: bytes) -> bool:
+        elector = self._electors.get(group_id)
+        if elector is None or not elector.is_elected:
+            return False
+        elector.resign()
+        self._announced.pop(group_id, None)
+        return True
+
+    def unwatch_elected_as_leader(self, group_id: bytes,
+                                  callback: Any) -> None:
+        super(EtcdwatchDriver, self).unwatch_elected_as_leader(group_id,
+                                                               callback)
+        if group_id not in self._hooks_elected_leader:
+            elector = self._electors.pop(group_id, None)
+            if elector is not None:
+                elector.resign()
+
+    def get_leader(self, group_id: bytes) -> Any:
+        def leader():
+            key = '%s/master_%s' % (self.election_path, _enc(group_id))
+            state, _index = self._backend.read_key(key)
+            if state is None:
+                return None
+            return _dec(state.value.split('.', 1)[0])
+        return _call(leader)
+
+    def leader_fencing_token(self, group_id: bytes) -> Optional[int]:
+        """Our term's fencing token in ``group_id``, or None."""
+        elector = self._electors.get(group_id)
+        return None if elector is None else elector.fencing_token
+
+    # -- locks ------------------------------------------------------------
+
+    def get_lock(self, name: bytes) -> 'EtcdwatchLock':
+        return EtcdwatchLock(name, self)
+
+
+class EtcdwatchLock(locking.Lock):
+    """A tooz lock: an :class:`etcdwatch.EtcdLock` queue with readers.
+
+    Exclusive holders are EtcdLock waiters.  A shared holder is a key of
+    its own in the same queue (value ``shared:<id>``) on a lease of its
+    own; it holds once no exclusive key is older than its own, and waits
+    (a watch, no polling) for the newest such key to go.  Both kinds show
+    life through the coordinator's ``heartbeat()``: a holder that does not
+    for ``lock_timeout`` loses the lock, and knows it (``is_still_owner()``
+    and ``heartbeat()`` turn False before another can take it).
+    """
+
+    def __init__(self, name: bytes, driver: EtcdwatchDriver) -> None:
+        super(EtcdwatchLock, self).__init__(name)
+        self._driver = driver
+        self._path = driver.lock_path
+        self._ttl = driver.lock_timeout
+        self._exclusive = etcd_lock.EtcdLock(
+            driver.client, _enc(name), self._path, ttl=self._ttl,
+            handler='threading', max_silence=self._ttl)
+        self.prefix = self._exclusive.prefix
+        self._backend = backends.for_client(driver.client)
+        self._mutex = threading.Lock()
+        # Held while this object holds (or takes) the exclusive lock, so
+        # threads sharing the object take turns.
+        self._local = threading.Lock()
+        # The shared hold: (key, value, count, confirmed monotonic time).
+        self._shared: Optional[List[Any]] = None
+
+    # -- what tooz asks ---------------------------------------------------
+
+    @property
+    def fencing_token(self) -> Optional[int]:
+        """The exclusive hold's fencing token (see EtcdLock), or None."""
+        return self._exclusive.fencing_token
+
+    def acquire(self, blocking: Any = True, shared: bool = False,
+                timeout: Optional[float] = None) -> bool:
+        wait: Optional[float]
+        if blocking is False:
+            wait, nonblocking = None, True
+        else:
+            nonblocking = False
+            wait = timeout
+            if blocking is not True and blocking is not None:
+                wait = float(blocking)
+        if wait is not None and wait <= 0:
+            nonblocking, wait = True, None
+        if shared:
+            got = self._acquire_shared(nonblocking, wait)
+        else:
+            got = self._acquire_exclusive(nonblocking, wait)
+        if got:
+            self._driver._locks.add(self)
+        return got
+
+    def _acquire_exclusive(self, nonblocking: bool,
+                           wait: Optional[float]) -> bool:
+        if self._shared is not None:
+            return False
+        start = time.monotonic()
+        if not self._local.acquire(blocking=not nonblocking,
+                                   timeout=-1 if wait is None else wait):
+            return False
+        won = False
+        try:
+            left = None if wait is None else \
+                max(0.001, wait - (time.monotonic() - start))
+            won = self._exclusive.acquire(blocking=not nonblocking,
+                                          timeout=left)
+        except RuntimeError:
+            won = False
+        finally:
+            if not won:
+                self._local.release()
+        return won
+
+    def release(self) -> bool:
+        with self._mutex:
+            shared = self._shared
+            if shared is not None:
+                shared[2] -= 1
+                if shared[2] > 0:
+                    return True
+                self._shared = None
+        if shared is not None:
+            self._driver._locks.discard(self)
+            try:
+                return bool(self._backend.delete_if(shared[0], shared[1]))
+            except exceptions.BackendError:
+                return False
+        if not self._local.locked():
+            return False
+        try:
+            key = self._exclusive.key
+            ours = False
+            if key is not None:
+                try:
+                    ours = any(entry.key == key for entry in self._backend
+                               .read_queue(self.prefix).entries)
+                except exceptions.BackendError:
+                    ours = False
+            try:
+                self._exclusive.release()
+            except RuntimeError:
+                pass
+        finally:
+            self._driver._locks.discard(self)
+            self._local.release()
+        return ours
+
+    def break_(self) -> bool:
+        """Delete every key of the lock's queue: holders and waiters."""
+        entries = self._backend.read_queue(self.prefix).entries
+        for entry in entries:
+            self._backend.delete_if(entry.key, entry.value)
+        return bool(entries)
+
+    def is_still_owner(self) -> bool:
+        shared = self._shared
+        if shared is not None:
+            return self._shared_valid(shared)
+        return self._exclusive.is_held
+
+    def heartbeat(self) -> bool:
+        """Show life; True while this lock is still held."""
+        shared = self._shared
+        if shared is not None:
+            try:
+                if self._backend.refresh(shared[0], shared[1], self._ttl):
+                    shared[3] = time.monotonic()
+            except exceptions.BackendError:
+                pass
+            return self._shared_valid(shared)
+        if self._exclusive.key is None:
+            return False
+        try:
+            self._exclusive.check_in()
+        except etcd_lock.EtcdLockLost:
+            return False
+        return True
+
+    def _abandon(self) -> None:
+        try:
+            self.release()
+        except Exception:
+            pass
+
+    # -- shared holds -----------------------------------------------------
+
+    def _margin(self) -> float:
+        return min(self._ttl / 4.0, 1.0)
+
+    def _shared_valid(self, shared: List[Any]) -> bool:
+        return time.monotonic() < shared[3] + self._ttl - self._margin()
+
+    def _acquire_shared(self, nonblocking: bool,
+                        wait: Optional[float]) -> bool:
+        with self._mutex:
+            if self._shared is not None:
+                self._shared[2] += 1
+                return True
+        if self._local.locked():
+            return False
+        deadline = None if wait is None else time.monotonic() + wait
+        value = SHARED + election._make_id()
+        sent = time.monotonic()
+        key, _index = self._backend.create_unique(self.prefix, value,
+                                                  self._ttl)
+        confirmed = sent
+        try:
+            while True:
+                queue = self._backend.read_queue(self.prefix)
+                before: List[Any] = []
+                for entry in queue.entries:
+                    if entry.key == key:
+                        break
+                    before.append(entry)
+                else:
+                    return False          # our key went (expired, broken)
+                writers = [e for e in before
+                           if not str(e.value).startswith(SHARED)]
+                if not writers:
+                    with self._mutex:
+                        self._shared = [key, value, 1, confirmed]
+                    key = None
+                    return True
+                if nonblocking:
+                    return False
+                left = None if deadline is None else \
+                    deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                step = self._ttl / 3.0
+                self._backend.watch_key(writers[-1].key, queue.index + 1,
+                                        step if left is None
+                                        else min(step, left))
+                sent = time.monotonic()
+                if not self._backend.refresh(key, value, self._ttl):
+                    return False
+                confirmed = sent
+        finally:
+            if key is not None:
+                try:
+                    self._backend.delete_if(key, value)
+                except exceptions.BackendError:
+                    pass
+
