@@ -8,7 +8,8 @@ Install ``etcdwatch[tooz]`` and give tooz a URL with the scheme
 The members are the URL's comma-separated ``host:port`` list (the client
 fails over between them).  Options (the query string): ``timeout`` (the
 lease TTL of member keys, locks and leaders, seconds; 30), ``lock_timeout``
-(the TTL of lock keys; ``timeout``), ``request_timeout`` (one request to
+(the TTL of lock keys; ``timeout``), ``membership_timeout`` (the TTL of
+member keys; ``timeout``), ``request_timeout`` (one request to
 etcd; 5), ``prefix`` (the etcd directory of all keys;
 ``/etcdwatch-tooz``), and TLS: ``ca_cert``, ``cert_file``, ``key_file``.
 
@@ -112,6 +113,8 @@ def parse_url(parsed_url: Any, options: Dict[str, Any]) -> Dict[str, Any]:
         'protocol': scheme.split('+', 1)[1],
         'timeout': timeout,
         'lock_timeout': float(_one(options, 'lock_timeout', timeout)),
+        'membership_timeout': float(_one(options, 'membership_timeout',
+                                         timeout)),
         'request_timeout': float(_one(options, 'request_timeout',
                                       DEFAULT_REQUEST_TIMEOUT)),
         'prefix': '/' + str(_one(options, 'prefix',
@@ -122,7 +125,8 @@ def parse_url(parsed_url: Any, options: Dict[str, Any]) -> Dict[str, Any]:
         # Authentication: a place for username/password once the driver
         # takes them (FailoverEtcd3Client already does).
     }
-    for name in ('timeout', 'lock_timeout', 'request_timeout'):
+    for name in ('timeout', 'lock_timeout', 'membership_timeout',
+                 'request_timeout'):
         if not settings[name] > 0:
             raise ValueError('etcdwatch tooz driver: %s must be > 0' % name)
     return settings
@@ -242,6 +246,7 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
         self._member = _to_bytes(member_id)
         self.timeout = self._settings['timeout']
         self.lock_timeout = self._settings['lock_timeout']
+        self.membership_timeout = self._settings['membership_timeout']
         self.prefix = self._settings['prefix']
         self.client: Any = None
         self._backend: Any = None
@@ -312,7 +317,7 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
         with self._guard:
             if self._lease is None:
                 self._lease = self.client.lease(
-                    max(2, int(round(self.timeout))))
+                    max(2, int(round(self.membership_timeout))))
             return self._lease
 
     def heartbeat(self) -> float:
@@ -334,7 +339,8 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
                     elector.extend_election(elector.work_time)
                 except Exception:
                     pass
-        return min(self.timeout, self.lock_timeout) / 3.0
+        return min(self.timeout, self.lock_timeout,
+                   self.membership_timeout) / 3.0
 
     def _renew_membership(self) -> None:
         with self._guard:
