@@ -18,7 +18,10 @@ find_etcd_binary` (``$ETCD_BINARY`` overrides it).  Without one, these
 fixtures error out rather than skip: a missing etcd must not pass CI.
 
 Every test under ``tests/functional`` is marked ``functional``, and runs
-after every unit test.
+after every unit test.  The suite runs on two pytest-xdist workers
+(``-n 2 --dist loadgroup``); the tests that build network namespaces are
+one group, so they run one at a time on one worker (two clusters choosing
+a free subnet at once could choose the same one).
 """
 
 import pathlib
@@ -33,6 +36,8 @@ from etcdwatch.testing.server import EtcdCluster
 from etcdwatch.testing.server import EtcdServer
 
 _FUNCTIONAL_DIR = pathlib.Path(__file__).parent / 'functional'
+# Modules whose tests build network namespaces.
+_NETNS_MODULES = ('test_netns.py', 'test_cluster_faults.py')
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,6 +47,8 @@ def pytest_collection_modifyitems(config, items):
         if _FUNCTIONAL_DIR.resolve() in path.parents:
             item.add_marker(pytest.mark.functional)
             functional.add(item.nodeid)
+            if path.name in _NETNS_MODULES:
+                item.add_marker(pytest.mark.xdist_group('netns'))
     # Unit tests first: they fail in seconds, the functional ones take
     # minutes (a stable sort keeps each group's own order).
     items.sort(key=lambda item: item.nodeid in functional)

@@ -21,12 +21,12 @@ def test_readme_gives_two_commands():
     commands = _readme_commands()
     assert len(commands) == 2
     assert any(c.endswith('python3 -m etcdwatch demo') for c in commands)
-    assert any(c.endswith('python3 -m pytest') for c in commands)
+    assert any('python3 -m pytest' in c for c in commands)
 
 
 def test_ci_runs_exactly_the_readme_test_command():
     test_command = [c for c in _readme_commands()
-                    if c.endswith('python3 -m pytest')][0]
+                    if 'python3 -m pytest' in c][0]
     ci_lines = [line.strip() for line in _read('.ci', 'run').splitlines()]
     assert test_command in ci_lines
 
