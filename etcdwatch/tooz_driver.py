@@ -42,7 +42,7 @@ import datetime
 import json
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import tooz
 from tooz import coordination
@@ -54,8 +54,8 @@ from etcdwatch import election
 from etcdwatch import exceptions
 from etcdwatch import lock as etcd_lock
 from etcdwatch import membership
-from etcdwatch import v3client
 from etcdwatch.rules import candidacy
+from etcdwatch import v3client
 
 __all__ = ['EtcdwatchDriver', 'EtcdwatchLock']
 
@@ -856,4 +856,3 @@ class EtcdwatchLock(locking.Lock):
                     self._backend.delete_if(key, value)
                 except exceptions.BackendError:
                     pass
-
