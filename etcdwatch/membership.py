@@ -189,9 +189,8 @@ class EtcdMembership(object):
         another process with our member_id.  Raises
         :class:`~etcdwatch.exceptions.EtcdUnavailable` (or another
         :class:`~etcdwatch.exceptions.BackendError`) if etcd failed; the
-        keepalive then writes the new value when etcd is back.  Watchers
-        see the member ``updated`` with a backend that can replace a
-        value in place, else ``left`` then ``joined``.
+        keepalive then writes the new value when etcd is back.  The value
+        is replaced in place: watchers see the member ``updated``.
         """
         rules.check_value('value', value)
         with self._reg.step:

@@ -129,6 +129,17 @@ class Backend(abc.ABC):
     def delete_if(self, key, value):
         """Delete ``key`` if it still holds ``value``; True if deleted."""
 
+    def replace(self, key, old, new, ttl):
+        """Write ``new`` into ``key`` if it still holds ``old``.
+
+        The key keeps expiring (v2: its TTL set to ``ttl`` again; v3: on
+        the lease it has).  Watchers see one change of value.  Returns
+        True if written, False if the key is absent or holds another
+        value.  The default says the backend cannot.
+        """
+        raise NotImplementedError('%s cannot replace a value'
+                                  % type(self).__name__)
+
     def create_unique(self, prefix, value, ttl):
         """Create a new key below ``prefix``, expiring after ``ttl`` s.
 
@@ -236,6 +247,11 @@ class AsyncBackend(abc.ABC):
 
         Unseen by anyone watching the key.
         """
+
+    async def replace(self, key, old, new, ttl):
+        """:meth:`Backend.replace`, awaited."""
+        raise NotImplementedError('%s cannot replace a value'
+                                  % type(self).__name__)
 
     @abc.abstractmethod
     async def delete_if(self, key, value):

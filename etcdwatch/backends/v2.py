@@ -395,6 +395,15 @@ class V2Backend(base.Backend):
             return False
         return True
 
+    def replace(self, key, old, new, ttl):
+        try:
+            with self._translate('replace %s' % key, _NOT_OURS):
+                self.client.write(key, new, ttl=_ttl(ttl), prevExist=True,
+                                  prevValue=old)
+        except _NOT_OURS:
+            return False
+        return True
+
     def delete_if(self, key, value):
         try:
             with self._translate('delete %s' % key, _NOT_OURS):

@@ -779,6 +779,10 @@ class V3Backend(base.Backend):
         """Delete ``key`` if it holds ``value``, and revoke its lease."""
         return self._run(v3proto.delete_if(self._leases, key, value))
 
+    def replace(self, key, old, new, ttl):
+        """Write ``new`` into ``key`` if it holds ``old``, on its lease."""
+        return self._run(v3proto.replace(self._leases, key, old, new))
+
     # -- lock queue -------------------------------------------------------
 
     def create_unique(self, prefix, value, ttl):

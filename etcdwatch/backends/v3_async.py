@@ -162,6 +162,9 @@ class AsyncV3Backend(base.AsyncBackend):
     async def delete_if(self, key, value):
         return await self._run(v3proto.delete_if(self._leases, key, value))
 
+    async def replace(self, key, old, new, ttl):
+        return await self._run(v3proto.replace(self._leases, key, old, new))
+
     async def create_unique(self, prefix, value, ttl):
         return await self._run(v3proto.create_unique(self._leases, prefix,
                                                      value, ttl))

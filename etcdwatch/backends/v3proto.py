@@ -919,6 +919,27 @@ def _rebind(leases, key, value, ttl, old_lease, what):
     return True
 
 
+def replace(leases, key, old, new):
+    """Operation: write ``new`` into ``key`` if it still holds ``old``.
+
+    On the lease the key has (``ignore_lease``): what keeps it alive goes
+    on doing so.  True if written.
+    """
+    what = 'replace %s' % key
+    result = yield from _txn(
+        [{'key': b64(key), 'target': 'VALUE', 'result': 'EQUAL',
+          'value': b64(old)}],
+        [{'request_put': {'key': b64(key), 'value': b64(new),
+                          'ignore_lease': True}}],
+        what)
+    lease = leases.pop((key, old), None)
+    if not result.get('succeeded'):
+        return False
+    if lease is not None:
+        leases[(key, new)] = lease
+    return True
+
+
 def delete_if(leases, key, value):
     """Operation: delete ``key`` if it holds ``value``; revoke its lease."""
     what = 'delete %s' % key

@@ -184,3 +184,22 @@ def test_a_key_expired_while_etcd_was_paused_is_registered_again(
     finally:
         assert member.close()
     assert group_members(d.client, group) == {}
+
+
+def test_update_is_seen_as_updated_and_the_key_lives_on(backend_client,
+                                                        etcd_prefix):
+    """A value replaced in place: one 'updated', no leave, still renewed."""
+    d = backend_client
+    group = etcd_prefix + '/agents'
+    with _watch(d, group) as watcher, \
+            EtcdMembership(d.client, group, 'm', 'v1', TTL) as member:
+        watcher.wait_for('joined', 'm')
+        assert member.update('v2')
+        watcher.wait_for('updated', 'm')
+        assert watcher.of('m') == [('joined', 'v1'), ('updated', 'v2')]
+        # Renewed several times more on the same key, with the new value.
+        renewals = member.stats()['renewals']
+        wait_until(lambda: member.stats()['renewals'] >= renewals + 4,
+                   timeout=4 * TTL, interval=0.2)
+        assert watcher.of('m') == [('joined', 'v1'), ('updated', 'v2')]
+        assert d.get(group + '/m') == 'v2' and member.is_registered
