@@ -76,6 +76,10 @@ class _Cursor(v3proto.Cursor):
         self.lock.release()
 
 
+#: Seconds for which a client's quorum read answers for all its watchers.
+SHARED_CHECK_AGE = 1.0
+
+
 class AsyncV3Backend(base.AsyncBackend):
     """:class:`~etcdwatch.backends.base.AsyncBackend` for etcd's v3 API.
 
@@ -147,8 +151,23 @@ class AsyncV3Backend(base.AsyncBackend):
         return await self._run(v3proto.read_key(key, self._epochs))
 
     async def check_current(self, path, index):
-        return await self._run(v3proto.check_current(path, index,
-                                                     self._epochs))
+        """As :meth:`Backend.check_current`, shared by a client's watchers.
+
+        A thousand watchers on one client each check once per silent
+        heartbeat; a quorum read of the same member that answered at or
+        above ``index`` less than :data:`SHARED_CHECK_AGE` seconds ago
+        proves the same, so it is reused rather than asked again.
+        """
+        loop = asyncio.get_running_loop()
+        url = self.client.base_url
+        last = getattr(self.client, '_etcdwatch_last_check', None)
+        if last is not None and last[1] == url and last[2] >= index and (
+                loop.time() - last[0] < SHARED_CHECK_AGE):
+            return last[2]
+        current = await self._run(v3proto.check_current(path, index,
+                                                        self._epochs))
+        self.client._etcdwatch_last_check = (loop.time(), url, current)
+        return current
 
     # -- election ---------------------------------------------------------
 

@@ -156,3 +156,29 @@ async def test_a_failing_hook_is_named_in_the_log(fake, caplog):
     # The hook that raised (added), not the do_all_work that called it.
     assert failures and failures[0].startswith(
         'broken: callback added() failed on')
+
+
+@pytest.mark.asyncio
+async def test_watchers_of_one_client_share_a_recent_quorum_read(fake):
+    from etcdwatch.backends import v3_async
+    writer = fake.client()
+    writer.put('/q/a', '1')
+    async with client_of(fake) as client:
+        first = v3_async.AsyncV3Backend(client)
+        second = v3_async.AsyncV3Backend(client)
+        reads = []
+        original = client.post
+
+        async def post(path, payload, **kwargs):
+            reads.append(path)
+            return await original(path, payload, **kwargs)
+        client.post = post
+        current = await first.check_current('/q', 1)
+        assert reads == ['kv/range']
+        # Another watcher's check just after: answered by that read.
+        assert await second.check_current('/q', current) == current
+        assert reads == ['kv/range']
+        # One that stands past it asks etcd itself.
+        writer.put('/q/b', '2')
+        assert await second.check_current('/q', current + 1) == current + 1
+        assert reads == ['kv/range', 'kv/range']
