@@ -418,16 +418,16 @@ def section_findings(results):
     if ours['cpu'] > 1.5 * bare['cpu']:
         said.append(
             'Where the asyncio watchers\' extra CPU per event goes (py-spy, '
-            'outside this benchmark: 1000 watchers in one process, 20 s of '
-            'live writes): about a quarter of the samples are in '
-            'etcdwatch\'s own frames (the watcher\'s loop returning to '
+            'outside this benchmark, before ``MessageStream`` got one reader '
+            'task per stream instead of a task and a wait per chunk, which '
+            'did not change the ratio): about a quarter of the samples are '
+            'in etcdwatch\'s own frames (the watcher\'s loop returning to '
             '``run_once`` after every event, the rules, the backend\'s '
             'watch call, ``MessageStream``), and asyncio\'s scheduling '
-            'takes about five times the bare loop\'s share per event: '
-            '``MessageStream.next_message`` reads each chunk in a new task '
-            'and waits for it with ``asyncio.wait(timeout=...)`` (a task, a '
-            'future and a timer per event).  Both do the same number of '
-            'socket reads per event (one).')
+            'takes several times the bare loop\'s share per event.  Both '
+            'do the same number of socket reads per event (one).  Applying '
+            'a whole watch message per call (issue: per-message events) is '
+            'the next step.')
     said += [
         'Each watcher costs %.0f KiB of memory on asyncio, %.0f KiB as a '
         'thread, %.0f KiB in the bare loop.' % (
