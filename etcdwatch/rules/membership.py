@@ -92,15 +92,7 @@ class Membership(object):
 
     def _ask(self, name: str, *args: Any):
         """One backend request; notes when etcd last answered."""
-        try:
-            answer = yield requests.backend(name, *args)
-        except exceptions.EtcdUnavailable:
-            raise
-        except exceptions.BackendError:
-            self.last_contact = self.clock()
-            raise
-        self.last_contact = self.clock()
-        return answer
+        return requests.ask(self, name, *args)
 
     # -- state ------------------------------------------------------------
 

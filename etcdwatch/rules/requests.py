@@ -23,6 +23,8 @@ instead.  Four kinds:
 
 import collections
 
+from etcdwatch import exceptions
+
 BACKEND = 'backend'
 CALLBACK = 'callback'
 HOOK = 'hook'
@@ -67,3 +69,21 @@ def advance(rule, answer, error=None):
         return False, rule.send(answer)
     except StopIteration as done:
         return True, done.value
+
+
+def ask(owner, name, *args):
+    """One backend request, noting when etcd last answered (a rule).
+
+    ``yield from ask(owner, ...)`` sets ``owner.last_contact`` to
+    ``owner.clock()`` on any answer from etcd, an error from etcd (history
+    gone, a refusal) included, but not when etcd could not be reached.
+    """
+    try:
+        answer = yield backend(name, *args)
+    except exceptions.EtcdUnavailable:
+        raise
+    except exceptions.BackendError:
+        owner.last_contact = owner.clock()
+        raise
+    owner.last_contact = owner.clock()
+    return answer
