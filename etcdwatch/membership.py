@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 from oslo_log import log as logging
 
 from etcdwatch import backends
+from etcdwatch.backends import base
 from etcdwatch import driving
 from etcdwatch import election
 from etcdwatch import exceptions
@@ -146,7 +147,7 @@ class EtcdMembership(object):
         self.key = key
         self._rules = rules.Membership(
             key, value, ttl,
-            can_replace=callable(getattr(backend, 'replace', None)))
+            can_replace=type(backend).replace is not base.Backend.replace)
         self._reg = _Registration(self._rules, backend, self._handler)
         weakref.finalize(self, _finalize, self._reg)
         first_wait = ttl / 3.0

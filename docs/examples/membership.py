@@ -49,10 +49,10 @@ with Agents(client, 'agents', '/agents', heartbeat=1) as agents:
         assert me.is_registered
         assert group_members(client, '/agents') == {'compute-1': '10.0.0.1'}
         agents.wait_for(1)
-        me.update('10.0.0.2')      # on etcd v2 and v3: left, then joined
-        agents.wait_for(3)
+        me.update('10.0.0.2')      # replaced in place: 'updated'
+        agents.wait_for(2)
     # Leaving the block deleted the key: the watcher saw it leave.
-    agents.wait_for(4)
+    agents.wait_for(3)
 
 assert agents.members == {}
 for line in agents.log:

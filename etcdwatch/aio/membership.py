@@ -12,6 +12,7 @@ from oslo_log import log as logging
 
 from etcdwatch.aio import driving
 from etcdwatch import backends
+from etcdwatch.backends import base
 from etcdwatch import exceptions
 from etcdwatch.rules import membership as rules
 
@@ -47,7 +48,8 @@ class AsyncEtcdMembership(object):
         self.key = key
         self._rules = rules.Membership(
             key, value, ttl,
-            can_replace=callable(getattr(self._backend, 'replace', None)))
+            can_replace=(type(self._backend).replace is not
+                         base.AsyncBackend.replace))
         self._stop = asyncio.Event()
         # Held for a whole round of the rules, never across the
         # keepalive's sleeps (see etcdwatch.membership).
