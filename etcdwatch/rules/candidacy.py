@@ -423,13 +423,7 @@ class Candidacy(object):
         ours but belongs to no term we hold.
         """
         sent = self.clock()
-        try:
-            renewed = yield from self._ask('refresh', self.key, self.me, ttl)
-        except exceptions.BackendError:
-            self.stats['failed_renewals'] += 1
-            raise
-        if renewed:
-            self.stats['renewals'] += 1
+        if (yield from requests.refresh(self, self.key, self.me, ttl)):
             self.held[0] = True
             if self.term is not None and (term is None or
                                           self.term is term):
@@ -449,7 +443,6 @@ class Candidacy(object):
                                     sent + ttl)
                 return True
             return False
-        self.stats['failed_renewals'] += 1
         self.refused = True
         yield requests.hook('_end_term', 'the key is no longer ours')
         return False

@@ -102,6 +102,8 @@ class LockState(object):
         self.make_event = make_event
         self.max_silence = max_silence
         self.clock = clock
+        # Monotonic time of etcd's last answer to a renewal, or None.
+        self.last_contact: Optional[float] = None
         #: Our current :class:`Place`, or None.
         self.place: Optional[Place] = None
         # When the last confirmed create/refresh of our key was *sent*,
@@ -291,17 +293,9 @@ class LockState(object):
     def _renew(self, place):
         """Refresh our key; False (and the place lost) if it is gone."""
         sent = self.clock()
-        try:
-            renewed = yield requests.backend('refresh', place.key, self.me,
-                                             self.ttl)
-        except exceptions.BackendError:
-            self.stats['failed_renewals'] += 1
-            raise
-        if renewed:
-            self.stats['renewals'] += 1
+        if (yield from requests.refresh(self, place.key, self.me, self.ttl)):
             self._confirmed(place, sent)
             return True
-        self.stats['failed_renewals'] += 1
         self.lose(place, 'our key was deleted or expired')
         return False
 

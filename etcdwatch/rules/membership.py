@@ -146,17 +146,10 @@ class Membership(object):
             written = self.written[0]
         if written is not None:
             sent = self.clock()
-            try:
-                renewed = yield from self._ask('refresh', self.key, written,
-                                               self.ttl)
-            except exceptions.BackendError:
-                self.stats['failed_renewals'] += 1
-                raise
-            if renewed:
-                self.stats['renewals'] += 1
+            if (yield from requests.refresh(self, self.key, written,
+                                            self.ttl)):
                 self._confirmed(written, sent)
                 return True
-            self.stats['failed_renewals'] += 1
             self.stats['keys_lost'] += 1
             LOG.warning('member %s: the key was gone (expired or deleted); '
                         'registering again', self.key)

@@ -87,3 +87,19 @@ def ask(owner, name, *args):
         raise
     owner.last_contact = owner.clock()
     return answer
+
+
+def refresh(owner, key, value, ttl):
+    """Renew ``key`` if it holds ``value`` (a rule, through :func:`ask`).
+
+    Counts ``owner.stats['renewals']`` when it was renewed and
+    ``['failed_renewals']`` when it was not or etcd failed (the error
+    propagates).  Returns whether it was renewed.
+    """
+    try:
+        renewed = yield from ask(owner, 'refresh', key, value, ttl)
+    except exceptions.BackendError:
+        owner.stats['failed_renewals'] += 1
+        raise
+    owner.stats['renewals' if renewed else 'failed_renewals'] += 1
+    return renewed
