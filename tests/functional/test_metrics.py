@@ -147,11 +147,13 @@ def test_health_while_etcd_is_gone(fresh_backend, fault):
     try:
         wait_until(lambda: metrics.health(max_silence=1,
                                           recipes=[watcher]).ok)
+        # Before the fault: the watcher can fail (and its outage begin)
+        # before kill() or pause() has returned.
+        gone_at = time.monotonic()
         if fault == 'killed':
             server.kill()
         else:
             server.pause()
-        gone_at = time.monotonic()
         # A killed etcd refuses at once; a paused one is noticed when the
         # watch gives up (heartbeat + the client's timeout at most).
         problems = wait_until(lambda: metrics.health(
