@@ -37,7 +37,8 @@ from etcdwatch.testing.server import EtcdServer
 
 _FUNCTIONAL_DIR = pathlib.Path(__file__).parent / 'functional'
 # Modules whose tests build network namespaces.
-_NETNS_MODULES = ('test_netns.py', 'test_cluster_faults.py')
+_NETNS_MODULES = ('test_netns.py', 'test_cluster_faults.py',
+                  'test_tooz_cluster_faults.py')
 
 
 def pytest_collection_modifyitems(config, items):
