@@ -13,6 +13,12 @@ member keys; ``timeout``), ``request_timeout`` (one request to
 etcd; 5), ``prefix`` (the etcd directory of all keys;
 ``/etcdwatch-tooz``), and TLS: ``ca_cert``, ``cert_file``, ``key_file``.
 
+etcd v3 authentication: the user in the URL
+(``etcdwatch+http://user:password@10.0.0.1:2379,10.0.0.2:2379/``,
+percent-encoded), and its password in the URL, else in the first line of
+the file named by the ``password_file`` option, else in
+``$ETCDWATCH_PASSWORD``.  The password is in no log line, repr or error.
+
 What it is built on:
 
 * leaders: :class:`etcdwatch.EtcdElection`, one per group, campaigned for
@@ -40,9 +46,11 @@ import binascii
 import collections
 import datetime
 import json
+import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+import urllib.parse
 
 import tooz
 from tooz import coordination
@@ -68,6 +76,9 @@ BARRIER_TIMEOUT = 10.0
 CAMPAIGN_WAIT = 0.05
 #: The value prefix of a shared (reader) key in a lock's queue.
 SHARED = 'shared:'
+#: Where the password is read from when neither the URL nor the
+#: ``password_file`` option holds it (the same as the CLI's).
+ENV_PASSWORD = 'ETCDWATCH_PASSWORD'
 
 
 def _to_bytes(value: Any) -> bytes:
@@ -100,7 +111,9 @@ def parse_url(parsed_url: Any, options: Dict[str, Any]) -> Dict[str, Any]:
     if scheme not in ('etcdwatch+http', 'etcdwatch+https'):
         raise ValueError('etcdwatch tooz driver: scheme %r is not '
                          'etcdwatch+http or etcdwatch+https' % scheme)
-    endpoints = [part.strip() for part in parsed_url.netloc.split(',')
+    userinfo, _at, hosts = parsed_url.netloc.rpartition('@')
+    username, password = _credentials(userinfo, options)
+    endpoints = [part.strip() for part in hosts.split(',')
                  if part.strip()]
     if not endpoints:
         raise ValueError('etcdwatch tooz driver: the URL names no etcd '
@@ -122,8 +135,8 @@ def parse_url(parsed_url: Any, options: Dict[str, Any]) -> Dict[str, Any]:
         'ca_cert': _one(options, 'ca_cert'),
         'cert_file': _one(options, 'cert_file'),
         'key_file': _one(options, 'key_file'),
-        # Authentication: a place for username/password once the driver
-        # takes them (FailoverEtcd3Client already does).
+        'username': username,
+        'password': _Secret(password) if password is not None else None,
     }
     for name in ('timeout', 'lock_timeout', 'membership_timeout',
                  'request_timeout'):
@@ -132,9 +145,88 @@ def parse_url(parsed_url: Any, options: Dict[str, Any]) -> Dict[str, Any]:
     return settings
 
 
+class _Secret(object):
+    """A password, shown as ``'***'`` by repr() and str()."""
+
+    __slots__ = ('_value',)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    __str__ = __repr__
+
+
+def _credentials(userinfo: str, options: Dict[str, Any]
+                 ) -> Tuple[Optional[str], Optional[str]]:
+    """``(username, password)`` of a URL's user info and the options.
+
+    The password comes from the URL, else the first line of the file
+    ``password_file`` names, else ``$ETCDWATCH_PASSWORD``.  Errors name
+    the user, the option or the file, never the password.
+    """
+    user_part, colon, password_part = userinfo.partition(':')
+    username = urllib.parse.unquote(user_part) if user_part else None
+    password = urllib.parse.unquote(password_part) if colon else None
+    path = _one(options, 'password_file')
+    if 'password' in options:
+        raise ValueError('etcdwatch tooz driver: no password option, '
+                         'please: put it in the URL (user:password@), in '
+                         'password_file, or in $%s' % ENV_PASSWORD)
+    if username is None:
+        if password is not None:
+            raise ValueError('etcdwatch tooz driver: the URL has a password '
+                             'but no user (user:password@host)')
+        if path:
+            raise ValueError('etcdwatch tooz driver: password_file needs a '
+                             'user in the URL (user@host)')
+        return None, None
+    if not username.isprintable() or username != username.strip():
+        raise ValueError('etcdwatch tooz driver: the URL\'s user %r is not '
+                         'a user name' % username)
+    if password is not None:
+        if path:
+            raise ValueError('etcdwatch tooz driver: user %s: the password '
+                             'is both in the URL and in password_file; '
+                             'give one' % username)
+        if not password:
+            raise ValueError('etcdwatch tooz driver: user %s: the password '
+                             'in the URL is empty' % username)
+        return username, password
+    if path:
+        try:
+            with open(path, encoding='utf-8') as f:
+                password = f.readline().rstrip('\r\n')
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError('etcdwatch tooz driver: user %s: password_file '
+                             '%s: %s' % (username, path, (
+                                 getattr(e, 'strerror', None)
+                                 or type(e).__name__).lower())) from None
+        if not password:
+            raise ValueError('etcdwatch tooz driver: user %s: the first line '
+                             'of password_file %s is empty'
+                             % (username, path))
+        return username, password
+    password = os.environ.get(ENV_PASSWORD) or ''
+    if not password:
+        raise ValueError('etcdwatch tooz driver: user %s needs a password: '
+                         'in the URL (user:password@host), in '
+                         'password_file, or in $%s'
+                         % (username, ENV_PASSWORD))
+    return username, password
+
+
 def make_client(settings: Dict[str, Any]) -> v3client.FailoverEtcd3Client:
     kwargs: Dict[str, Any] = {'protocol': settings['protocol'],
                               'timeout': settings['request_timeout']}
+    if settings.get('username') is not None:
+        kwargs['username'] = settings['username']
+        kwargs['password'] = settings['password'].reveal()
     if settings['ca_cert']:
         kwargs['ca_cert'] = settings['ca_cert']
     if settings['cert_file']:
@@ -155,15 +247,29 @@ def _result(value: Any) -> coordination.CoordAsyncResult:
     return coordination.CoordinatorResult(future)
 
 
-def _call(func: Callable[..., Any], *args: Any) -> Any:
-    """Run ``func`` now; its answer or its tooz error, as a result."""
+def _call(func: Callable[..., Any], *args: Any, auth: Any = None) -> Any:
+    """Run ``func`` now; its answer or its tooz error, as a result.
+
+    etcd refusing the user (a wrong password, a key outside its roles) is
+    a ToozError naming the user (``auth``'s); being unable to reach etcd
+    a ToozConnectionError.
+    """
     try:
         return _result(func(*args))
     except tooz.ToozError as e:
         return _result(e)
+    except exceptions.EtcdAuthError as e:
+        if auth is not None:
+            auth.name(e)
+        return _result(tooz.ToozError(str(e)))
     except exceptions.BackendError as e:
         return _result(coordination.ToozConnectionError(str(e)))
-    except Exception as e:   # requests' errors from etcd3gw
+    except Exception as e:   # requests' and etcd3gw's errors
+        error = v3client._auth_error(e)
+        if isinstance(error, exceptions.EtcdAuthError):
+            if auth is not None:
+                auth.name(error)
+            return _result(tooz.ToozError(str(error)))
         return _result(coordination.ToozConnectionError(
             '%s: %s' % (type(e).__name__, e)))
 
@@ -260,6 +366,11 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
         self._watchers: Dict[bytes, _GroupWatcher] = {}
         self._locks: 'Set[EtcdwatchLock]' = set()
 
+    def _call(self, func: Callable[..., Any], *args: Any) -> Any:
+        client = self.client
+        return _call(func, *args,
+                     auth=None if client is None else client.auth)
+
     # -- keys -------------------------------------------------------------
 
     def _group_key(self, group_id: Any) -> str:
@@ -288,7 +399,15 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
         self._backend = backends.for_client(self.client)
         try:
             self.client.status()
+        except exceptions.EtcdAuthError as e:
+            # Not worth retrying: a wrong user or password.  The error
+            # names the user, never the password.
+            self.client = self._backend = None
+            raise coordination.ToozConnectionError(
+                'etcd at %s: %s' % (','.join(self._settings['endpoints']),
+                                    e)) from None
         except Exception as e:
+            self.client = self._backend = None
             raise coordination.ToozConnectionError(
                 'cannot reach etcd at %s: %s'
                 % (','.join(self._settings['endpoints']), e)) from e
@@ -373,7 +492,7 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
         def create():
             if not self.client.create(self._group_key(group_id), _now()):
                 raise coordination.GroupAlreadyExist(group_id)
-        return _call(create)
+        return self._call(create)
 
     def get_groups(self) -> Any:
         def groups():
@@ -381,7 +500,7 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
             items = self._backend.read_tree(path).items
             return [_dec(key[len(path) + 1:]) for key in items
                     if '/' not in key[len(path) + 1:]]
-        return _call(groups)
+        return self._call(groups)
 
     def _members(self, group_id: Any) -> Dict[str, str]:
         return membership.group_members(self.client,
@@ -394,7 +513,7 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
             if self._members(group_id):
                 raise coordination.GroupNotEmpty(group_id)
             self.client.delete(self._group_key(group_id))
-        return _call(delete)
+        return self._call(delete)
 
     def _destroy_group(self, group_id: bytes) -> None:
         """Delete a group and its members (tests; tooz's suite)."""
@@ -414,7 +533,7 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
                                                           self._member)
                 self._values[group_id] = value
                 self._joined_groups.add(group_id)
-        return _call(join)
+        return self._call(join)
 
     @staticmethod
     def _member_value(capabilities: Any, created_at: Optional[str] = None
@@ -442,7 +561,7 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
                 if not self._group_exists(group_id):
                     raise coordination.GroupNotCreated(group_id)
                 raise coordination.MemberNotJoined(group_id, self._member)
-        return _call(leave)
+        return self._call(leave)
 
     def get_members(self, group_id: bytes) -> Any:
         def members():
@@ -450,7 +569,7 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
             if not found and not self._group_exists(group_id):
                 raise coordination.GroupNotCreated(group_id)
             return {_dec(m) for m in found}
-        return _call(members)
+        return self._call(members)
 
     def _read_member(self, group_id: Any, member_id: Any) -> Dict[str, Any]:
         found = self.client.get(self._member_key(group_id, member_id))
@@ -465,7 +584,7 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
 
     def get_member_capabilities(self, group_id: bytes,
                                 member_id: bytes) -> Any:
-        return _call(lambda: self._read_member(
+        return self._call(lambda: self._read_member(
             group_id, member_id)['capabilities'])
 
     def get_members_with_capabilities(self, group_id: bytes) -> Any:
@@ -479,10 +598,10 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
                 # Joined without capabilities (tooz's default b''): None.
                 result[_dec(member)] = None if caps == b'' else caps
             return result
-        return _call(members)
+        return self._call(members)
 
     def get_member_info(self, group_id: bytes, member_id: bytes) -> Any:
-        return _call(self._read_member, group_id, member_id)
+        return self._call(self._read_member, group_id, member_id)
 
     def update_capabilities(self, group_id: bytes,
                             capabilities: Any) -> Any:
@@ -501,7 +620,7 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
                     raise coordination.MemberNotJoined(group_id,
                                                        self._member)
                 self._values[group_id] = new
-        return _call(update)
+        return self._call(update)
 
     def _replace(self, key: str, old: str, new: str, lease: Any) -> bool:
         """Put ``new`` on ``lease`` if ``key`` holds ``old``."""
@@ -636,7 +755,7 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
             if state is None:
                 return None
             return _dec(state.value.split('.', 1)[0])
-        return _call(leader)
+        return self._call(leader)
 
     def leader_fencing_token(self, group_id: bytes) -> Optional[int]:
         """Our term's fencing token in ``group_id``, or None."""

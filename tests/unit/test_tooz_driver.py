@@ -64,3 +64,66 @@ def test_unreachable_etcd_is_a_connection_error():
         'etcdwatch+http://127.0.0.1:1/?request_timeout=2', b'me')
     with pytest.raises(coordination.ToozConnectionError):
         coord.start()
+
+
+# -- authentication ----------------------------------------------------------
+
+SECRET = 'p@ss:w/rd%'
+QUOTED = urllib.parse.quote(SECRET, '')
+
+
+def test_user_and_password_in_the_url(monkeypatch):
+    monkeypatch.delenv(tooz_driver.ENV_PASSWORD, raising=False)
+    quoted = urllib.parse.quote(SECRET, '')
+    settings = parse('etcdwatch+http://app:%s@h1:2379,h2/' % quoted)
+    assert settings['endpoints'] == ['h1:2379', 'h2:2379']
+    assert settings['username'] == 'app'
+    assert settings['password'].reveal() == SECRET
+    assert SECRET not in repr(settings) and quoted not in repr(settings)
+    assert SECRET not in str(settings['password'])
+
+
+def test_no_user_no_credentials(monkeypatch):
+    monkeypatch.setenv(tooz_driver.ENV_PASSWORD, SECRET)
+    settings = parse('etcdwatch+http://h1:2379/')
+    assert settings['username'] is None and settings['password'] is None
+
+
+def test_password_from_file_then_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(tooz_driver.ENV_PASSWORD, 'from-env')
+    path = tmp_path / 'pw'
+    path.write_text(SECRET + '\nsecond line\n')
+    settings = parse('etcdwatch+http://app@h1/', password_file=str(path))
+    assert settings['password'].reveal() == SECRET
+    settings = parse('etcdwatch+http://app@h1/')
+    assert settings['password'].reveal() == 'from-env'
+
+
+@pytest.mark.parametrize('url, options, words', [
+    ('etcdwatch+http://:%s@h1/' % QUOTED, {},
+     'no user'),
+    ('etcdwatch+http://h1/', {'password_file': '/x'}, 'needs a user'),
+    ('etcdwatch+http://app:%s@h1/' % QUOTED,
+     {'password_file': '/x'}, 'give one'),
+    ('etcdwatch+http://app:@h1/', {}, 'empty'),
+    ('etcdwatch+http://app@h1/', {}, 'ETCDWATCH_PASSWORD'),
+    ('etcdwatch+http://app@h1/', {'password_file': '/no/such/file'},
+     '/no/such/file'),
+    ('etcdwatch+http://app@h1/', {'password': SECRET}, 'no password option'),
+])
+def test_bad_credentials_name_the_problem_not_the_password(
+        monkeypatch, url, options, words):
+    monkeypatch.delenv(tooz_driver.ENV_PASSWORD, raising=False)
+    with pytest.raises(ValueError) as error:
+        parse(url, **options)
+    assert words in str(error.value)
+    assert SECRET not in str(error.value)
+    assert QUOTED not in str(error.value)
+
+
+def test_empty_password_file(monkeypatch, tmp_path):
+    monkeypatch.delenv(tooz_driver.ENV_PASSWORD, raising=False)
+    path = tmp_path / 'pw'
+    path.write_text('\n' + SECRET)
+    with pytest.raises(ValueError, match='first line .* is empty'):
+        parse('etcdwatch+http://app@h1/', password_file=str(path))
