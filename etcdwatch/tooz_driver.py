@@ -21,8 +21,10 @@ the file named by the ``password_file`` option, else in
 
 What it is built on:
 
-* leaders: :class:`etcdwatch.EtcdElection`, one per group, campaigned for
-  by ``run_watchers()``; ``heartbeat()`` is the leader's "show life";
+* leaders: :class:`etcdwatch.EtcdElection`, one per group; a candidate
+  campaigns on a thread of its own (a watch of the leader's key, no
+  request while another leads), started by ``run_watchers()``, which
+  announces the terms won; ``heartbeat()`` is the leader's "show life";
 * groups and members: a group is a key ``<prefix>/groups/<group>``, a
   member a key ``<prefix>/members/<group>/<member>`` on the coordinator's
   one lease (``timeout``), renewed by ``heartbeat()``; after the lease
@@ -46,6 +48,7 @@ import binascii
 import collections
 import datetime
 import json
+import logging
 import os
 import threading
 import time
@@ -67,12 +70,15 @@ from etcdwatch import v3client
 
 __all__ = ['EtcdwatchDriver', 'EtcdwatchLock']
 
+LOG = logging.getLogger(__name__)
+
 DEFAULT_TIMEOUT = 30
 DEFAULT_REQUEST_TIMEOUT = 5
 DEFAULT_PREFIX = '/etcdwatch-tooz'
 #: How long run_watchers() waits for a watcher to see what etcd holds.
 BARRIER_TIMEOUT = 10.0
-#: How long run_watchers() campaigns for a leadership it does not hold.
+#: How long run_watchers() waits for a campaign (running in the
+#: background, on a watch) to win a leadership it does not hold.
 CAMPAIGN_WAIT = 0.05
 #: The value prefix of a shared (reader) key in a lock's queue.
 SHARED = 'shared:'
@@ -278,11 +284,43 @@ class _Election(election.EtcdElection):
     """An EtcdElection whose key holds ``candidate_id``.
 
     So any coordinator can tell the leader's tooz member id from the key.
+    ``won`` is notified when a term begins; ``campaign`` is the thread
+    campaigning in the background, if any.
     """
 
     def __init__(self, *args: Any, candidate_id: str, **kwargs: Any) -> None:
         self._candidate_id = candidate_id
+        self.won = threading.Condition()
+        self.campaign: Optional[threading.Thread] = None
         super(_Election, self).__init__(*args, **kwargs)
+
+    def _begin_term(self, token, expires):
+        super(_Election, self)._begin_term(token, expires)
+        with self.won:
+            self.won.notify_all()
+
+    def start_campaign(self) -> None:
+        """Campaign on a thread (a watch of the key) unless one does."""
+        if self.campaign is not None and self.campaign.is_alive():
+            return
+        self.campaign = threading.Thread(
+            target=self._campaign_once, daemon=True,
+            name='tooz-campaign-%s' % self.name)
+        self.campaign.start()
+
+    def _campaign_once(self) -> None:
+        try:
+            self.wait_until_elected()
+        except Exception:      # logged; the next run_watchers() retries
+            LOG.exception('%s: campaign failed', self.name)
+
+    def stop_campaign(self) -> None:
+        """End a background campaign, then resign."""
+        campaign = self.campaign
+        if campaign is not None and campaign.is_alive():
+            self.cancel()
+            campaign.join(10)
+        self.resign()
 
     def _setup(self, etcd_client, name, election_path, work_time,
                recovery_time, multi_worker_ok, on_elected, on_lost):
@@ -418,7 +456,7 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
             watcher.close(timeout=5)
         self._watchers.clear()
         for elector in list(self._electors.values()):
-            elector.resign()
+            elector.stop_campaign()
         self._electors.clear()
         self._announced.clear()
         for lock in list(self._locks):
@@ -715,13 +753,33 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
         return elector
 
     def _run_elections(self) -> List[Any]:
+        """Announce the terms won since the last call.
+
+        A candidate campaigns on a thread of its own, waiting on a watch
+        of the leader's key (no request while someone else leads); this
+        starts that campaign when none runs, and waits up to
+        CAMPAIGN_WAIT for it to win.  A leader shows life (no request).
+        """
         results: List[Any] = []
         for group_id in list(self._hooks_elected_leader):
             elector = self._elector(group_id)
-            if not elector.wait_until_elected(timeout=CAMPAIGN_WAIT):
-                continue
+            if elector.term is None:
+                elector.start_campaign()
+                deadline = time.monotonic() + CAMPAIGN_WAIT
+                with elector.won:
+                    while elector.term is None:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        elector.won.wait(left)
             term = elector.term
-            if term is None or self._announced.get(group_id) is term:
+            if term is None or not elector.is_elected:
+                continue
+            try:
+                elector.check_in()
+            except exceptions.EtcdElectionLost:
+                continue
+            if self._announced.get(group_id) is term:
                 continue
             self._announced[group_id] = term
             results.extend(self._hooks_elected_leader[group_id].run(
@@ -746,7 +804,7 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
         if group_id not in self._hooks_elected_leader:
             elector = self._electors.pop(group_id, None)
             if elector is not None:
-                elector.resign()
+                elector.stop_campaign()
 
     def get_leader(self, group_id: bytes) -> Any:
         def leader():
