@@ -35,6 +35,7 @@ from benchmarks import catchup  # noqa: E402
 from benchmarks import common  # noqa: E402
 from benchmarks import failover  # noqa: E402
 from benchmarks import fanout  # noqa: E402
+from benchmarks import ingest  # noqa: E402
 from benchmarks import latency  # noqa: E402
 from benchmarks import load  # noqa: E402
 from benchmarks import quiet  # noqa: E402
@@ -47,6 +48,7 @@ from etcdwatch.testing import server as etcd_server  # noqa: E402
 CASES = (
     ('catchup', catchup),
     ('throughput', throughput),
+    ('ingest', ingest),
     ('load', load),
     ('latency', latency),
     ('election', failover),

@@ -14,6 +14,7 @@ taking turns too (each writes to its own etcd).
 import collections
 import itertools
 import multiprocessing
+import os
 import threading
 import time
 
@@ -68,7 +69,7 @@ def _writer(etcds, number, commands, results):
 _TRIALS = itertools.count()
 
 
-class _Writers(object):
+class Writers(object):
     """Writer processes, started once and reused by every trial."""
 
     def __init__(self, api_list, count):
@@ -132,7 +133,7 @@ class _Follower(object):
         self.thread.join(HEARTBEAT * 5)
 
 
-def _trial(ctx, writers, api, impl, count, number):
+def trial(ctx, writers, api, impl, count, number):
     prefix = '%s/%s-%s-%d-%d-%d' % (PREFIX, api.name, impl, count, number,
                                     next(_TRIALS))
     client = api.client()
@@ -185,6 +186,9 @@ class _CpuMeter(object):
 
     @staticmethod
     def _seconds(proc):
+        if proc.pid == os.getpid():
+            # Nanoseconds, where psutil's counters tick every 10 ms.
+            return time.process_time()
         times = proc.cpu_times()
         return times.user + times.system
 
@@ -211,7 +215,7 @@ def measure(ctx):
     """{api: {writers: {impl: [trial, ...]}}}."""
     counts = ctx.pick(WRITER_COUNTS, QUICK_WRITER_COUNTS)
     api_list = ctx.select(APIS)
-    writers = _Writers(api_list, max(counts))
+    writers = Writers(api_list, max(counts))
     results = {api.name: collections.defaultdict(
         lambda: collections.defaultdict(list)) for api in api_list}
     try:
@@ -220,15 +224,15 @@ def measure(ctx):
                 for api in api_list:
                     shift = rep % len(IMPLS)
                     for impl in IMPLS[shift:] + IMPLS[:shift]:
-                        trial = _trial(ctx, writers, api, impl, count, rep)
-                        results[api.name][count][impl].append(trial)
+                        result = trial(ctx, writers, api, impl, count, rep)
+                        results[api.name][count][impl].append(result)
                         ctx.log(
                             'throughput %s %d writers %s: %.0f ev/s '
                             '(writes %.0f/s), lag %d, converge %.0f ms, '
                             'reads %d' % (
-                                api.name, count, impl, trial['rate'],
-                                trial['write_rate'], trial['lag'],
-                                trial['converge'] * 1e3, trial['reads']))
+                                api.name, count, impl, result['rate'],
+                                result['write_rate'], result['lag'],
+                                result['converge'] * 1e3, result['reads']))
     finally:
         writers.close()
     return {api: {count: dict(by_impl) for count, by_impl in by_count.items()}

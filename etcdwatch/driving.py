@@ -17,7 +17,8 @@ Rule = Generator[requests.Request, Any, Any]
 def drive(rule: Rule, backend: Any, host: Any,
           lock: Any = None, hooks_locked: bool = True,
           run_callback: Optional[Callable[[str, tuple], Any]] = None,
-          sleep: Optional[Callable[[float], bool]] = None) -> Any:
+          sleep: Optional[Callable[[float], bool]] = None,
+          run_each: Optional[Callable[[str, Any, Any], Any]] = None) -> Any:
     """Run ``rule`` to its end; return what it returns.
 
     :param backend: serves BACKEND requests.
@@ -32,6 +33,9 @@ def drive(rule: Rule, backend: Any, host: Any,
     :param run_callback: ``(name, args) -> answer`` for CALLBACK requests;
         may answer :data:`~etcdwatch.rules.requests.NOT_RUN`.
     :param sleep: ``seconds -> stopped`` for SLEEP requests.
+    :param run_each: ``(name, items, proceed) -> (ran, error)`` for EACH
+        requests; without it, each item is served as a CALLBACK request
+        (one declined ends the run).
 
     An exception raised while serving a request is thrown into the rule;
     one the rule does not handle propagates from here.
@@ -50,7 +54,7 @@ def drive(rule: Rule, backend: Any, host: Any,
                         not hooks_locked):
                     break
                 try:
-                    answer = _call(host, ask, run_callback)
+                    answer = _call(host, ask, run_callback, run_each)
                 except Exception as e:
                     error = e
         try:
@@ -60,12 +64,31 @@ def drive(rule: Rule, backend: Any, host: Any,
                 assert sleep is not None, 'this rule cannot sleep here'
                 answer = sleep(*ask.args)
             else:
-                answer = _call(host, ask, run_callback)
+                answer = _call(host, ask, run_callback, run_each)
         except Exception as e:
             error = e
 
 
-def _call(host, ask, run_callback):
+def _call(host, ask, run_callback, run_each=None):
+    if ask.kind == requests.EACH:
+        if run_each:
+            return run_each(ask.name, *ask.args)
+        return _each(host, ask, run_callback)
     if ask.kind == requests.CALLBACK and run_callback:
         return run_callback(ask.name, ask.args)
     return getattr(host, ask.name)(*ask.args)
+
+
+def _each(host, ask, run_callback):
+    items, proceed = ask.args
+    declined = []
+
+    def call(*item):
+        if _call(host, requests.callback(ask.name, *item),
+                 run_callback) is requests.NOT_RUN:
+            declined.append(item)
+
+    def stopped():
+        return bool(declined)
+    ran, error = requests.run_each(call, items, proceed, stopped)
+    return ran - len(declined), error

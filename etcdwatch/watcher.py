@@ -153,8 +153,11 @@ class EtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
     def do_work(self, action: str, key: str, value: Any) -> None:
         """Act on one change ('add', 'change' or 'delete') of ``key``.
 
-        ``etcd_data`` already reflects the change and does not move during
-        the call.  The default calls :meth:`do_all_work`.
+        ``etcd_data`` already reflects the change, and every other change
+        etcd sent in the same watch message (on v3, up to 1,000 revisions
+        while catching up; usually just this one when following live),
+        and does not move during the call.  The default calls
+        :meth:`do_all_work`.
         """
         self.do_all_work()
 
@@ -336,7 +339,8 @@ class EtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
             return driving.drive(rule, self._backend, self,
                                  lock=self.etcd_data_lock,
                                  run_callback=self._run_callback,
-                                 sleep=self._stop.wait)
+                                 sleep=self._stop.wait,
+                                 run_each=self._run_each)
         finally:
             if self._mirror.synced and not self._synced.is_set():
                 self._synced.set()
@@ -352,6 +356,19 @@ class EtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
             self._in_callback = True
         try:
             return getattr(self, name)(*args)
+        finally:
+            self._callback_returned()
+
+    def _run_each(self, name, items, proceed):
+        # _run_callback for a run of callbacks: one handover for the run,
+        # and stop() still lets no callback start after it.
+        with self._handover_lock:
+            if self._stop.is_set():
+                return 0, None
+            self._in_callback = True
+        try:
+            return requests.run_each(getattr(self, name), items, proceed,
+                                     self._stop.is_set)
         finally:
             self._callback_returned()
 
@@ -405,7 +422,8 @@ class EtcdChangeWatcher(EtcdWatcher):
         self._reconcile(self._ledger.keys_to_reconcile(data), data)
 
     def do_work(self, action: str, key: str, value: Any) -> None:
-        self._reconcile((key,), self.etcd_data)
+        self._ledger.state = self.implemented_state
+        self._ledger.report(key, self.etcd_data, self.key_change)
 
     def _reconcile(self, keys, data):
         # The attribute, as it is now: a subclass may have replaced it.

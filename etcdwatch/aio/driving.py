@@ -43,7 +43,9 @@ async def drive(rule: Any, backend: Any, host: Any,
                 ) -> Any:
     """Run ``rule`` to its end; return what it returns.
 
-    The parameters are :func:`etcdwatch.driving.drive`'s, awaited.
+    The parameters are :func:`etcdwatch.driving.drive`'s, awaited; an
+    EACH request's items are served one at a time as CALLBACK requests
+    (one declined ends the run).
     Cancelling the coroutine cancels the request in progress; the rule is
     then closed where it stood.
     """
@@ -60,6 +62,8 @@ async def drive(rule: Any, backend: Any, host: Any,
             elif ask.kind == requests.SLEEP:
                 assert sleep is not None, 'this rule cannot sleep here'
                 answer = await sleep(*ask.args)
+            elif ask.kind == requests.EACH:
+                answer = await _each(host, ask, run_callback)
             elif ask.kind == requests.CALLBACK and run_callback:
                 answer = await run_callback(ask.name, ask.args)
             else:
@@ -67,3 +71,23 @@ async def drive(rule: Any, backend: Any, host: Any,
                     getattr(host, ask.name)(*ask.args))
         except Exception as e:
             error = e
+
+
+async def _each(host, ask, run_callback):
+    """Serve an EACH request: ``(ran, error)``."""
+    items, proceed = ask.args
+    ran = 0
+    try:
+        for item in items:
+            if not proceed():
+                break
+            if run_callback:
+                answer = await run_callback(ask.name, item)
+                if answer is requests.NOT_RUN:
+                    break
+            else:
+                await maybe_await(getattr(host, ask.name)(*item))
+            ran += 1
+    except Exception as e:
+        return ran, e
+    return ran, None

@@ -88,7 +88,8 @@ class AsyncEtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
     def do_work(self, action: str, key: str, value: Any) -> Any:
         """Act on one change ('add', 'change' or 'delete') of ``key``.
 
-        ``etcd_data`` already reflects it.  The default calls
+        ``etcd_data`` already reflects it, and every other change etcd
+        sent in the same watch message.  The default calls
         :meth:`do_all_work`.
         """
         return self.do_all_work()
@@ -277,7 +278,12 @@ class AsyncEtcdChangeWatcher(AsyncEtcdWatcher):
         await self._reconcile(self._ledger.keys_to_reconcile(data), data)
 
     async def do_work(self, action: str, key: str, value: Any) -> None:
-        await self._reconcile((key,), self.etcd_data)
+        # ChangeLedger.report, awaited: once per event, so no driver.
+        self._ledger.state = self.implemented_state
+        change = self._ledger.change_for(key, self.etcd_data)
+        if change is not None:
+            await driving.maybe_await(self.key_change(*change))
+            self._ledger.delivered(*change)
 
     async def _reconcile(self, keys, data):
         # The attribute, as it is now: a subclass may have replaced it.

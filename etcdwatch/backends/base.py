@@ -102,6 +102,21 @@ class Backend(abc.ABC):
         continues with the next, after a :meth:`read_tree` it does not.
         """
 
+    def watch_tree_events(self, path, from_index, timeout):
+        """Like :meth:`watch_tree`, but every event at hand: a list.
+
+        The events under ``path`` from ``from_index`` on that have arrived
+        (at least one; on v3, a whole watch message of up to 1,000
+        revisions), in order, ending at the end of a revision: watching
+        again from the last one's ``index + 1`` misses nothing and repeats
+        nothing.  None when nothing happened in ``timeout`` seconds;
+        HistoryGone as :meth:`watch_tree`.  The default returns
+        :meth:`watch_tree`'s one event, which suits an API with one event
+        per index (v2) and any backend of the user's own.
+        """
+        event = self.watch_tree(path, from_index, timeout)
+        return None if event is None else [event]
+
     @abc.abstractmethod
     def read_key(self, key):
         """Return ``(KeyState or None, current_index)`` for one key."""
@@ -228,6 +243,11 @@ class AsyncBackend(abc.ABC):
         None after ``timeout`` seconds without one; HistoryGone as
         :meth:`Backend.watch_tree`.
         """
+
+    async def watch_tree_events(self, path, from_index, timeout):
+        """:meth:`Backend.watch_tree_events`, awaited: a list, or None."""
+        event = await self.watch_tree(path, from_index, timeout)
+        return None if event is None else [event]
 
     @abc.abstractmethod
     async def read_key(self, key):

@@ -197,11 +197,16 @@ class AsyncV3Backend(base.AsyncBackend):
         return await self._watch(path, v3proto.tree_ident(path), from_index,
                                  timeout)
 
+    async def watch_tree_events(self, path, from_index, timeout):
+        """Every event at hand: :meth:`V3Backend.watch_tree_events`."""
+        return await self._watch(path, v3proto.tree_ident(path), from_index,
+                                 timeout, whole=True)
+
     async def watch_key(self, key, from_index, timeout):
         return await self._watch(key, v3proto.key_ident(key), from_index,
                                  timeout)
 
-    async def _watch(self, path, ident, from_index, timeout):
+    async def _watch(self, path, ident, from_index, timeout, whole=False):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         cursor = await self._cursor(ident, from_index)
@@ -215,9 +220,9 @@ class AsyncV3Backend(base.AsyncBackend):
                 await cursor.close_stream()
             self._epochs.check(ident, what)
             while True:
-                event = cursor.pop()
-                if event is not None:
-                    return event
+                ready = cursor.ready(whole)
+                if ready is not None:
+                    return ready
                 # The token of a stream not yet open (refused before it
                 # began: not seen on etcd 3.5) is the current one.
                 generation = auth.generation

@@ -80,6 +80,16 @@ def check_arguments(name: str, election_path: str, work_time: float,
     return path
 
 
+def check_candidate_id(candidate_id: Any) -> None:
+    """Refuse a ``candidate_id`` that is not None or a non-empty str."""
+    if candidate_id is None:
+        return
+    if not isinstance(candidate_id, str) or not candidate_id.strip() or \
+            not candidate_id.isprintable():
+        raise ValueError('candidate_id must be a non-empty printable str, '
+                         'not %r' % (candidate_id,))
+
+
 def make_id() -> str:
     """A candidate's id, ``host:pid:random``.
 
@@ -100,14 +110,15 @@ class CandidateBase(object):
     def _setup(self, etcd_client: Any, name: str, election_path: str,
                work_time: float, recovery_time: float,
                multi_worker_ok: bool, on_elected: Any,
-               on_lost: Any) -> None:
+               on_lost: Any, candidate_id: Optional[str] = None) -> None:
         self.election_path = check_arguments(
             name, election_path, work_time, recovery_time, on_elected,
             on_lost)
+        check_candidate_id(candidate_id)
         self.etcd_client = etcd_client
         self.name = name
         #: This worker's id, the value it writes into the election key.
-        self.thread_id = make_id()
+        self.thread_id = make_id() if candidate_id is None else candidate_id
         self.master_key = self.election_path + '/master_' + name
         self.on_elected = on_elected
         self.on_lost = on_lost

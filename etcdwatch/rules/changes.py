@@ -5,7 +5,7 @@
 reports, whether the tree changed by a watch event or by a full re-read.
 """
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from etcdwatch.rules import mirror
 from etcdwatch.rules import requests
@@ -47,6 +47,18 @@ class ChangeLedger(object):
             del self.state[key]
         else:
             self.state[key] = value
+
+    def report(self, key: str, data: Dict[str, Any],
+               key_change: Callable[[str, str, Any], Any]) -> None:
+        """Report ``key``'s change, if any, to a plain ``key_change``.
+
+        :meth:`reconcile` for one key, without a driver: the threaded
+        change watcher's ``do_work``, once per event.
+        """
+        change = self.change_for(key, data)
+        if change is not None:
+            key_change(*change)
+            self.delivered(*change)
 
     def keys_to_reconcile(self, data: Dict[str, Any]):
         """Keys whose value differs from the one delivered.

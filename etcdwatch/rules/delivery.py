@@ -46,10 +46,22 @@ class DeliveryQueue(object):
     def head(self) -> Any:
         return self._items[0]
 
-    def succeeded(self) -> None:
-        """The head returned: drop it."""
-        self._items.popleft()
-        self.failures = 0
+    def work_run(self) -> list:
+        """The ``do_work`` items at the head, up to the next other item."""
+        run = []
+        for item in self._items:
+            if item == ALL_WORK or item == RESYNC_END:
+                break
+            run.append(item)
+        return run
+
+    def succeeded(self, count: int = 1) -> None:
+        """The head (or the first ``count`` items) returned: drop them."""
+        pop = self._items.popleft
+        for _ in range(count):
+            pop()
+        if count:
+            self.failures = 0
 
     def failed(self) -> int:
         """The head raised: keep it; return its consecutive failures."""

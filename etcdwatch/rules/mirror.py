@@ -129,9 +129,11 @@ class Mirror(object):
             yield from self.reload()
             return
         try:
-            event = yield requests.backend('watch_tree', self.path,
-                                           self.tick, heartbeat)
-            if event is None:
+            # A whole watch message at a time (up to 1,000 revisions while
+            # catching up): one pass of the loop, not one per event.
+            events = yield requests.backend('watch_tree_events', self.path,
+                                            self.tick, heartbeat)
+            if events is None:
                 # Silence proves nothing: a member cut off from its
                 # cluster, or an etcd rebuilt below our index, is silent.
                 current = yield requests.backend(
@@ -149,13 +151,14 @@ class Mirror(object):
                      're-reading %s', self.name, self.tick, self.path)
             yield from self.reload()
             return
-        self.saw_index(event.current_index)
-        if far_behind(event, len(self.data or ()), *self._catchup()):
+        first = events[0]
+        self.saw_index(events[-1].current_index)
+        if far_behind(first, len(self.data or ()), *self._catchup()):
             LOG.debug('%s: %s events behind; re-reading instead',
-                      self.name, event.current_index - event.index)
+                      self.name, first.current_index - first.index)
             yield from self.reload()
             return
-        self.apply(event)
+        self.apply_all(events)
         yield from self.deliver()
 
     def reload(self):
@@ -200,28 +203,42 @@ class Mirror(object):
                 # it re-reads everything when elected again.
                 return False
             item = self.queue.head
+            if item != delivery.ALL_WORK and item != delivery.RESYNC_END:
+                # Every do_work at the head in one request; _leading is
+                # asked again before each.
+                run = self.queue.work_run()
+                ran, error = yield requests.each('do_work', run,
+                                                 self._leading)
+                self.queue.succeeded(ran)
+                if error is not None:
+                    self._callback_failed(error, 'do_work', run[ran])
+                    return False
+                if ran < len(run):
+                    return False
+                continue
             if item == delivery.ALL_WORK:
                 ask = requests.callback('do_all_work')
-            elif item == delivery.RESYNC_END:
+            else:
                 ask = requests.callback('init_resync_end',
                                         self.short_keys())
-            else:
-                ask = requests.callback('do_work', *item)
             try:
                 ran = yield ask
             except Exception as e:
-                failures = self.queue.failed()
-                self.stats['callback_errors'] += 1
-                LOG.exception('%s: callback %s() failed on %s (attempt '
-                              '%d); will retry', self.name,
-                              self._culprit(e, ask.name),
-                              delivery.describe(item), failures)
+                self._callback_failed(e, ask.name, item)
                 return False
             if ran is requests.NOT_RUN:
                 return False
             self.queue.succeeded()
         self.synced = True
         return True
+
+    def _callback_failed(self, exc, called, item):
+        """A callback raised: it stays at the head, to be retried."""
+        failures = self.queue.failed()
+        self.stats['callback_errors'] += 1
+        LOG.error('%s: callback %s() failed on %s (attempt %d); will retry',
+                  self.name, self._culprit(exc, called),
+                  delivery.describe(item), failures, exc_info=exc)
 
     def _culprit(self, exc, called):
         """The innermost hook of ours in ``exc``'s traceback.
@@ -240,14 +257,28 @@ class Mirror(object):
 
     def apply(self, event: base.Event) -> None:
         """Fold one event into the tree and queue its callbacks."""
-        assert self.data is not None, 'apply() before the first load'
-        for change in apply_event(self.data, event, self.decode):
-            self.queue.push(change)
-        self.tick = event.index + 1
+        self.apply_all((event,))
+
+    def apply_all(self, events) -> None:
+        """Fold events, in order, into the tree and queue their callbacks.
+
+        ``events`` ends at the end of a revision (as
+        :meth:`~etcdwatch.backends.base.Backend.watch_tree_events` returns
+        them): the next watch starts after the last one.
+        """
+        data = self.data
+        assert data is not None, 'apply() before the first load'
+        push = self.queue.push
+        decode = self.decode
+        for event in events:
+            for change in apply_event(data, event, decode):
+                push(change)
+        last = events[-1]
+        self.tick = last.index + 1
         # A v2 watch answers with etcd's index from when it began, which
         # can be below the event's own.
-        self.saw_index(event.index)
-        self.stats['events'] += 1
+        self.saw_index(last.index)
+        self.stats['events'] += len(events)
         self.stats['last_event_time'] = self._clock()
 
     def saw_index(self, index: Optional[int]) -> None:

@@ -16,6 +16,14 @@ instead.  Four kinds:
 ``HOOK``
     call ``host.<name>(*args)`` as CALLBACK does, but never declined
     (``init_resync_start``, asked before the first read).
+``EACH``
+    call ``host.<name>(*item)`` for each of ``args[0]``'s items in turn,
+    as CALLBACK requests would be (and declined as they would be), and
+    also stop before an item once ``args[1]()`` is false; stop at the
+    first that raises.  The answer is ``(ran, error)``: how many returned,
+    and what the next one raised, or None (the rest were declined, or
+    there is no rest).  One request for a run of callbacks, so a watch
+    message of 1,000 events is not 1,000 trips through the driver.
 ``SLEEP``
     wait ``args[0]`` seconds, or less if the recipe is asked to stop;
     the answer is True if it was.
@@ -28,6 +36,7 @@ from etcdwatch import exceptions
 BACKEND = 'backend'
 CALLBACK = 'callback'
 HOOK = 'hook'
+EACH = 'each'
 SLEEP = 'sleep'
 
 Request = collections.namedtuple('Request', ['kind', 'name', 'args'])
@@ -49,6 +58,33 @@ def callback(name, *args):
 def hook(name, *args):
     """Ask for one call of a hook that runs even while stopping."""
     return Request(HOOK, name, args)
+
+
+def each(name, items, proceed):
+    """Ask for ``host.<name>(*item)`` for each of ``items``, in order.
+
+    ``proceed()`` is asked before each; the answer is ``(ran, error)``.
+    """
+    return Request(EACH, name, (items, proceed))
+
+
+def run_each(call, items, proceed, stopped):
+    """Serve an EACH request by calling ``call(*item)`` per item.
+
+    ``stopped()`` and ``proceed()`` are asked before each item.  Returns
+    ``(ran, error)``, as the request's answer.  The threaded driver's way
+    (the asyncio one awaits each call).
+    """
+    ran = 0
+    try:
+        for item in items:
+            if stopped() or not proceed():
+                break
+            call(*item)
+            ran += 1
+    except Exception as e:
+        return ran, e
+    return ran, None
 
 
 def sleep(seconds):

@@ -138,6 +138,40 @@ def test_events_of_one_revision_come_one_per_call(etcd3_client,
     other.close()
 
 
+def test_a_watch_message_comes_whole_and_nothing_twice(etcd3_client,
+                                                       etcd_prefix):
+    d, p = drivers.V3Driver(None, etcd3_client), etcd_prefix
+    be = backends.for_client(etcd3_client)
+    start = be.read_tree(p).index
+    d.put_many({p + '/a': '1', p + '/b': '2', p + '/c': '3'})
+    for n in range(200):
+        d.put(p + '/k%d' % (n % 7), str(n))
+    d.delete_prefix(p)
+    expected = be.read_tree(p).index
+    got, index, calls = [], start + 1, 0
+    while index <= expected:
+        events = be.watch_tree_events(p, index, WAIT)
+        calls += 1
+        # A call ends at the end of a revision.
+        assert events[-1].index == max(e.index for e in events)
+        got += events
+        index = events[-1].index + 1
+    # etcd sends what it has in one message: far fewer calls than events.
+    assert calls < len(got) / 10
+    assert len(got) == 3 + 200 + 10
+    assert [e.index for e in got] == sorted(e.index for e in got)
+    assert [(e.kind, e.key) for e in got[:3]] == [
+        ('put', p + '/a'), ('put', p + '/b'), ('put', p + '/c')]
+    assert len({e.index for e in got[:3]}) == 1
+    # The stream closed between calls: the next one starts after the
+    # last revision taken, and repeats nothing.
+    be.close()
+    d.put(p + '/z', 'z')
+    events = be.watch_tree_events(p, index, WAIT)
+    assert [(e.kind, e.key) for e in events] == [('put', p + '/z')]
+    be.close()
+
+
 def test_text_is_utf8_with_surrogateescape(etcd3_client, etcd_prefix):
     p = etcd_prefix
     etcd3_client.put((p + '/ok').encode('utf-8'), 'żółw'.encode('utf-8'))
