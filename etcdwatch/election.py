@@ -115,6 +115,12 @@ class EtcdElection(candidacy.CandidateBase):
     :param on_lost: called with the ended :class:`Term` when a term ends for
         any reason (lost, expired, resigned), on the thread that noticed:
         often the keepalive's.  Keep both callbacks short.
+    :param candidate_id: the value this candidate writes into the
+        election key, which :meth:`leader` returns (a str; default: a new
+        ``host:pid:random`` id).  Give one to tell other processes who
+        leads in terms of your own (a service's member id, say), with
+        something unique per candidate in it: two live candidates with
+        one id are taken for one, and both believe they lead.
 
     All arguments are checked before anything is sent to etcd; bad ones
     raise ``ValueError`` naming the argument.
@@ -128,9 +134,11 @@ class EtcdElection(candidacy.CandidateBase):
                  work_time: float, recovery_time: float = 5,
                  multi_worker_ok: bool = False, handler: HandlerArg = None,
                  on_elected: Optional[Callable[[Term], Any]] = None,
-                 on_lost: Optional[Callable[[Term], Any]] = None) -> None:
+                 on_lost: Optional[Callable[[Term], Any]] = None,
+                 candidate_id: Optional[str] = None) -> None:
         self._setup(etcd_client, name, election_path, work_time,
-                    recovery_time, multi_worker_ok, on_elected, on_lost)
+                    recovery_time, multi_worker_ok, on_elected, on_lost,
+                    candidate_id)
         self._backend = backends.for_client(etcd_client)
         self._handler = handlers.get_handler(handler)
         self._lock = self._handler.rlock()

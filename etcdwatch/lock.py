@@ -54,6 +54,12 @@ class EtcdLock(object):
         as long as the process lives.  A number of seconds: only while
         the holder showed life (:meth:`acquire`, :meth:`check_in`) within
         that long; a holder that hangs loses the lock.
+    :param shared: False (the default): an exclusive lock.  True: a shared
+        (reader) hold: it holds together with other shared holders, once
+        no exclusive waiter queued before it; an exclusive waiter waits
+        for every earlier holder, shared or not, and a reader queued
+        after a waiting writer waits for that writer.  Its key's value is
+        ``shared:<id>``.
 
     Not re-entrant: :meth:`acquire` while this object holds or waits
     raises RuntimeError.  One thread at a time acquires; :meth:`release`
@@ -63,19 +69,24 @@ class EtcdLock(object):
 
     def __init__(self, client: Any, name: str, lock_path: str, ttl: float,
                  handler: election.HandlerArg = None,
-                 max_silence: Optional[float] = None) -> None:
+                 max_silence: Optional[float] = None,
+                 shared: bool = False) -> None:
         self.lock_path = rules.check_arguments(name, lock_path, ttl,
                                                max_silence)
+        if not isinstance(shared, bool):
+            raise ValueError('shared must be True or False, not %r'
+                             % (shared,))
         self._backend = backends.for_client(client)
         self._handler = handlers.get_handler(handler)
         self.client = client
         self.name = name
         #: This waiter's id, the value of its key.
-        self.id = election._make_id()
+        self.id = (rules.SHARED if shared else '') + election._make_id()
         self.prefix = self.lock_path + '/' + name
         self._lock = self._handler.rlock()
         self._state = rules.LockState(name, self.prefix, self.id, ttl,
-                                      self._handler.event, max_silence)
+                                      self._handler.event, max_silence,
+                                      shared=shared)
         self._busy = False
         # (key, value) of a key we may hold, for the finalizer.
         self._queued: list = [None]
@@ -165,8 +176,13 @@ class EtcdLock(object):
             with self._lock:
                 self._busy = False
 
-    def release(self) -> None:
+    def release(self) -> bool:
         """Release the lock: delete our key, so the next waiter holds.
+
+        Returns True if our key was still there (it is deleted now): no
+        one else can have held the lock since we got it.  False if it had
+        gone (expired or deleted: another may have held the lock in the
+        meantime) or etcd could not be reached to tell.
 
         Raises RuntimeError if this object neither holds nor lost the lock
         since its last acquire, or if an acquire is in progress (a timeout
@@ -180,7 +196,7 @@ class EtcdLock(object):
             if self._state.place is None and self._queued[0] is None:
                 raise RuntimeError('%s: release of an EtcdLock that is not '
                                    'acquired' % self.name)
-        self._give_up()
+        return self._give_up()
 
     def check_in(self) -> None:
         """Show life (see ``max_silence``); raise if the lock is not held.
@@ -221,16 +237,18 @@ class EtcdLock(object):
         """Leave the queue: end our place and delete our key.
 
         ``sweep``: also delete any other key of ours in the queue (one an
-        interrupted create made, unbeknown to us).
+        interrupted create made, unbeknown to us).  Returns whether our
+        key was there to delete.
         """
         with self._lock:
             place = self._state.give_up()
             queued, self._queued[0] = self._queued[0], None
         key = place.key if place is not None else (
             queued[0] if queued is not None else None)
+        deleted = False
         try:
             if key is not None:
-                self._backend.delete_if(key, self.id)
+                deleted = bool(self._backend.delete_if(key, self.id))
             if sweep:
                 for entry in self._backend.read_queue(self.prefix).entries:
                     if entry.value == self.id:
@@ -238,6 +256,7 @@ class EtcdLock(object):
         except exceptions.BackendError:
             LOG.warning('%s: could not delete %s; it will expire',
                         self.name, key, exc_info=True)
+        return deleted
 
     def _ensure_keepalive(self, place):
         with self._lock:

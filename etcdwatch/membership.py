@@ -114,6 +114,11 @@ class EtcdMembership(object):
         whole seconds; v3 to at least its minimum lease, 2 s by default).
     :param handler: the concurrency handler ('threading', 'eventlet', an
         instance, or None for the default chosen from eventlet patching).
+    :param max_silence: None (the default): the key is kept alive as long
+        as the process lives.  A number of seconds: only while the member
+        showed life (:meth:`show_life`, :meth:`update`, the constructor)
+        within that long; a member that hangs lets its key expire (within
+        ``max_silence + ttl``), and :meth:`show_life` brings it back.
 
     The constructor registers at once (on the calling thread; if etcd
     cannot be reached it logs and goes on), then a keepalive task of the
@@ -136,8 +141,10 @@ class EtcdMembership(object):
 
     def __init__(self, etcd_client: Any, group_path: str, member_id: str,
                  value: str, ttl: float,
-                 handler: election.HandlerArg = None) -> None:
-        key = rules.check_arguments(group_path, member_id, value, ttl)
+                 handler: election.HandlerArg = None,
+                 max_silence: Optional[float] = None) -> None:
+        key = rules.check_arguments(group_path, member_id, value, ttl,
+                                    max_silence)
         backend = backends.for_client(etcd_client)
         self._handler = handlers.get_handler(handler)
         self.etcd_client = etcd_client
@@ -147,7 +154,8 @@ class EtcdMembership(object):
         self.key = key
         self._rules = rules.Membership(
             key, value, ttl,
-            can_replace=type(backend).replace is not base.Backend.replace)
+            can_replace=type(backend).replace is not base.Backend.replace,
+            max_silence=max_silence)
         self._reg = _Registration(self._rules, backend, self._handler)
         weakref.finalize(self, _finalize, self._reg)
         first_wait = ttl / 3.0
@@ -183,6 +191,27 @@ class EtcdMembership(object):
         """
         return self._rules.is_registered()
 
+    def show_life(self) -> bool:
+        """Show life (see ``max_silence``); True while registered.
+
+        If the key is not confirmed ours (it lapsed while we were silent,
+        or was lost), one round registers it again now; etcd errors are
+        not raised (the keepalive retries).
+        """
+        self._rules.show_life()
+        if self._rules.is_registered():
+            return True
+        with self._reg.step:
+            if self._reg.closed:
+                raise RuntimeError('member %s: show_life() after close()'
+                                   % self.key)
+            try:
+                return bool(self._reg.drive(self._rules.sync()))
+            except exceptions.BackendError:
+                LOG.warning('member %s: could not register again; the '
+                            'keepalive retries', self.key, exc_info=True)
+                return False
+
     def update(self, value: str) -> bool:
         """Hold ``value`` from now on; write it now.
 
@@ -198,6 +227,7 @@ class EtcdMembership(object):
             if self._reg.closed:
                 raise RuntimeError('member %s: update() after close()'
                                    % self.key)
+            self._rules.show_life()
             self._rules.set_value(value)
             return bool(self._reg.drive(self._rules.sync()))
 

@@ -281,15 +281,15 @@ def _call(func: Callable[..., Any], *args: Any, auth: Any = None) -> Any:
 
 
 class _Election(election.EtcdElection):
-    """An EtcdElection whose key holds ``candidate_id``.
+    """An EtcdElection that runs its campaign on a thread of its own.
 
-    So any coordinator can tell the leader's tooz member id from the key.
-    ``won`` is notified when a term begins; ``campaign`` is the thread
-    campaigning in the background, if any.
+    Its ``candidate_id`` (the key's value) starts with the coordinator's
+    hex member id, so any coordinator can tell the leader's tooz member id
+    from the key.  ``won`` is notified when a term begins; ``campaign`` is
+    the thread campaigning in the background, if any.
     """
 
-    def __init__(self, *args: Any, candidate_id: str, **kwargs: Any) -> None:
-        self._candidate_id = candidate_id
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.won = threading.Condition()
         self.campaign: Optional[threading.Thread] = None
         super(_Election, self).__init__(*args, **kwargs)
@@ -322,16 +322,6 @@ class _Election(election.EtcdElection):
             campaign.join(10)
         self.resign()
 
-    def _setup(self, etcd_client, name, election_path, work_time,
-               recovery_time, multi_worker_ok, on_elected, on_lost):
-        super(_Election, self)._setup(
-            etcd_client, name, election_path, work_time, recovery_time,
-            multi_worker_ok, on_elected, on_lost)
-        self.thread_id = self._candidate_id
-        self._candidacy = candidacy.Candidacy(
-            name, self.master_key, self.thread_id, work_time,
-            recovery_time, bool(multi_worker_ok))
-
 
 class _GroupWatcher(membership.EtcdGroupWatcher):
     """Queues join/leave events of one group for run_watchers()."""
@@ -342,6 +332,8 @@ class _GroupWatcher(membership.EtcdGroupWatcher):
         self._group_id = group_id
         self.changed = threading.Condition()
         self.events: 'collections.deque[Any]' = collections.deque()
+        #: Changes applied so far (under ``changed``).
+        self.generation = 0
         self._live = False
         super(_GroupWatcher, self).__init__(
             driver.client, 'tooz-group-' + _enc(group_id), path,
@@ -353,7 +345,22 @@ class _GroupWatcher(membership.EtcdGroupWatcher):
         with self.changed:
             if self._live:
                 self.events.append(event)
+
+    def key_change(self, action: str, key: str, value: Any) -> None:
+        super(_GroupWatcher, self).key_change(action, key, value)
+        # Now that ``members`` shows it too.
+        with self.changed:
+            self.generation += 1
             self.changed.notify_all()
+
+    def caught_up(self, index: int) -> bool:
+        """Whether every change up to etcd index ``index`` is queued."""
+        with self.etcd_data_lock:
+            if not self.synced:
+                return False
+            stats = self.stats()
+        return (stats['index'] is not None and stats['index'] >= index
+                and not stats['pending'])
 
     def joined(self, member: str, value: Any) -> None:
         self._queue(coordination.MemberJoinedGroup(self._group_id,
@@ -708,15 +715,32 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
         self._drop_watcher_if_unused(group_id)
 
     def _barrier(self, group_id: bytes, watcher: _GroupWatcher) -> None:
-        """Wait until ``watcher`` has seen what etcd holds now."""
-        expected = set(self._members(group_id))
+        """Wait until ``watcher`` has seen what etcd holds now.
+
+        One quorum read of the group: the watcher has seen it once its
+        members are those, or once it has applied every change up to the
+        read's index (a change made after the read may already be in).
+        """
+        path = self._members_path(group_id)
+        snapshot = self._backend.read_tree(path)
+        prefix = path + '/'
+        expected = {key[len(prefix):] for key in snapshot.items
+                    if key.startswith(prefix)
+                    and '/' not in key[len(prefix):]}
         deadline = time.monotonic() + BARRIER_TIMEOUT
-        with watcher.changed:
-            while set(watcher.members) != expected:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                watcher.changed.wait(min(left, 0.5))
+        while True:
+            with watcher.changed:
+                generation = watcher.generation
+                members = set(watcher.members)
+            if members == expected or watcher.caught_up(snapshot.index):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with watcher.changed:
+                if watcher.generation == generation:
+                    # Bounded: the index may move without a new change.
+                    watcher.changed.wait(min(left, 0.1))
 
     def run_watchers(self, timeout: Optional[float] = None) -> List[Any]:
         results: List[Any] = []
@@ -919,17 +943,11 @@ class EtcdwatchLock(locking.Lock):
                 return False
         if not self._local.locked():
             return False
+        ours = False
         try:
-            key = self._exclusive.key
-            ours = False
-            if key is not None:
-                try:
-                    ours = any(entry.key == key for entry in self._backend
-                               .read_queue(self.prefix).entries)
-                except exceptions.BackendError:
-                    ours = False
             try:
-                self._exclusive.release()
+                # True if our key was still there: the hold was ours.
+                ours = self._exclusive.release()
             except RuntimeError:
                 pass
         finally:

@@ -362,6 +362,10 @@ class EtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
     def _run_each(self, name, items, proceed):
         # _run_callback for a run of callbacks: one handover for the run,
         # and stop() still lets no callback start after it.
+        if self.etcd_elector is None:
+            # Nothing to hand over: stop() resigns nothing.
+            return requests.run_each(getattr(self, name), items, proceed,
+                                     self._stop.is_set)
         with self._handover_lock:
             if self._stop.is_set():
                 return 0, None

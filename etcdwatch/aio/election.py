@@ -29,8 +29,9 @@ Term = candidacy.Term
 class AsyncEtcdElection(candidacy.CandidateBase):
     """One participant in the election of a leader of kind ``name``.
 
-    ``name``, ``election_path``, ``work_time``, ``recovery_time`` and
-    ``multi_worker_ok`` are :class:`etcdwatch.EtcdElection`'s.
+    ``name``, ``election_path``, ``work_time``, ``recovery_time``,
+    ``multi_worker_ok`` and ``candidate_id`` are
+    :class:`etcdwatch.EtcdElection`'s.
 
     :param etcd_client: an :class:`etcdwatch.aio.AsyncEtcd3Client` (or an
         :class:`~etcdwatch.backends.base.AsyncBackend`).
@@ -51,9 +52,11 @@ class AsyncEtcdElection(candidacy.CandidateBase):
                  work_time: float, recovery_time: float = 5,
                  multi_worker_ok: bool = False,
                  on_elected: Optional[Callable[[Term], Any]] = None,
-                 on_lost: Optional[Callable[[Term], Any]] = None) -> None:
+                 on_lost: Optional[Callable[[Term], Any]] = None,
+                 candidate_id: Optional[str] = None) -> None:
         self._setup(etcd_client, name, election_path, work_time,
-                    recovery_time, multi_worker_ok, on_elected, on_lost)
+                    recovery_time, multi_worker_ok, on_elected, on_lost,
+                    candidate_id)
         self._backend = backends.for_async_client(etcd_client)
         registry.add_election(self)    # for etcdwatch.metrics
 

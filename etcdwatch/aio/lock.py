@@ -27,7 +27,7 @@ EtcdLockLost = rules.EtcdLockLost
 class AsyncEtcdLock(object):
     """A lock named ``name`` below ``lock_path``, shared through etcd.
 
-    ``name``, ``lock_path``, ``ttl`` and ``max_silence`` are
+    ``name``, ``lock_path``, ``ttl``, ``max_silence`` and ``shared`` are
     :class:`etcdwatch.lock.EtcdLock`'s.
 
     :param client: an :class:`etcdwatch.aio.AsyncEtcd3Client` (or an
@@ -39,17 +39,23 @@ class AsyncEtcdLock(object):
     """
 
     def __init__(self, client: Any, name: str, lock_path: str, ttl: float,
-                 max_silence: Optional[float] = None) -> None:
+                 max_silence: Optional[float] = None,
+                 shared: bool = False) -> None:
         self.lock_path = rules.check_arguments(name, lock_path, ttl,
                                                max_silence)
+        if not isinstance(shared, bool):
+            raise ValueError('shared must be True or False, not %r'
+                             % (shared,))
         self._backend = backends.for_async_client(client)
         self.client = client
         self.name = name
         #: This waiter's id, the value of its key.
-        self.id = threaded_election._make_id()
+        self.id = (rules.SHARED if shared else '') + \
+            threaded_election._make_id()
         self.prefix = self.lock_path + '/' + name
         self._state = rules.LockState(name, self.prefix, self.id, ttl,
-                                      asyncio.Event, max_silence)
+                                      asyncio.Event, max_silence,
+                                      shared=shared)
         self._busy = False
         self._queued: Optional[str] = None
         self._tasks: set = set()
@@ -120,15 +126,18 @@ class AsyncEtcdLock(object):
             if not won:
                 await asyncio.shield(self._give_up(sweep=True))
 
-    async def release(self) -> None:
+    async def release(self) -> bool:
         """Release the lock: delete our key, so the next waiter holds.
 
-        RuntimeError if not acquired; never raises for etcd errors.
+        True if our key was still there (deleted now), False if it had
+        gone or etcd could not be reached, as
+        :meth:`etcdwatch.lock.EtcdLock.release`.  RuntimeError if not
+        acquired; never raises for etcd errors.
         """
         if self._state.place is None and self._queued is None:
             raise RuntimeError('%s: release of an AsyncEtcdLock that is not '
                                'acquired' % self.name)
-        await asyncio.shield(self._give_up())
+        return await asyncio.shield(self._give_up())
 
     def check_in(self) -> None:
         """Show life (see ``max_silence``); raise if the lock is not held.
@@ -177,9 +186,10 @@ class AsyncEtcdLock(object):
         place = self._state.give_up()
         key = place.key if place is not None else self._queued
         self._queued = None
+        deleted = False
         try:
             if key is not None:
-                await self._backend.delete_if(key, self.id)
+                deleted = bool(await self._backend.delete_if(key, self.id))
             if sweep:
                 queue = await self._backend.read_queue(self.prefix)
                 for entry in queue.entries:
@@ -188,6 +198,7 @@ class AsyncEtcdLock(object):
         except exceptions.BackendError:
             LOG.warning('%s: could not delete %s; it will expire',
                         self.name, key, exc_info=True)
+        return deleted
 
     def _ensure_keepalive(self, place):
         self._queued = place.key

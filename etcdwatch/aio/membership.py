@@ -22,8 +22,9 @@ LOG = logging.getLogger(__name__)
 class AsyncEtcdMembership(object):
     """One member of a group, announced by a key that lives with it.
 
-    ``group_path``, ``member_id``, ``value`` and ``ttl`` are
-    :class:`etcdwatch.membership.EtcdMembership`'s, and so are the
+    ``group_path``, ``member_id``, ``value``, ``ttl`` and ``max_silence``
+    are :class:`etcdwatch.membership.EtcdMembership`'s (life is shown by
+    ``await show_life()``, :meth:`update` and :meth:`start`), and so are the
     guarantees and timing (refresh every ``ttl / 3``, re-created when
     gone, backoff on errors), once started.
 
@@ -38,8 +39,10 @@ class AsyncEtcdMembership(object):
     """
 
     def __init__(self, etcd_client: Any, group_path: str, member_id: str,
-                 value: str, ttl: float) -> None:
-        key = rules.check_arguments(group_path, member_id, value, ttl)
+                 value: str, ttl: float,
+                 max_silence: Optional[float] = None) -> None:
+        key = rules.check_arguments(group_path, member_id, value, ttl,
+                                    max_silence)
         self._backend = backends.for_async_client(etcd_client)
         self.etcd_client = etcd_client
         self.group_path = key.rsplit('/', 1)[0]
@@ -49,7 +52,8 @@ class AsyncEtcdMembership(object):
         self._rules = rules.Membership(
             key, value, ttl,
             can_replace=(type(self._backend).replace is not
-                         base.AsyncBackend.replace))
+                         base.AsyncBackend.replace),
+            max_silence=max_silence)
         self._stop = asyncio.Event()
         # Held for a whole round of the rules, never across the
         # keepalive's sleeps (see etcdwatch.membership).
@@ -84,6 +88,7 @@ class AsyncEtcdMembership(object):
             raise RuntimeError('member %s: start() was called already'
                                % self.key)
         first_wait = self._rules.ttl / 3.0
+        self._rules.show_life()
         async with self._step:
             try:
                 await self._drive(self._rules.sync())
@@ -97,6 +102,26 @@ class AsyncEtcdMembership(object):
         self._task = asyncio.ensure_future(self._keepalive(first_wait))
         return self
 
+    async def show_life(self) -> bool:
+        """Show life (see ``max_silence``); True while registered.
+
+        As :meth:`EtcdMembership.show_life
+        <etcdwatch.membership.EtcdMembership.show_life>`, awaited.
+        """
+        self._rules.show_life()
+        if self._rules.is_registered():
+            return True
+        async with self._step:
+            if self._closed:
+                raise RuntimeError('member %s: show_life() after aclose()'
+                                   % self.key)
+            try:
+                return bool(await self._drive(self._rules.sync()))
+            except exceptions.BackendError:
+                LOG.warning('member %s: could not register again; the '
+                            'keepalive retries', self.key, exc_info=True)
+                return False
+
     async def update(self, value: str) -> bool:
         """Hold ``value`` from now on; write it now.
 
@@ -108,6 +133,7 @@ class AsyncEtcdMembership(object):
             if self._closed:
                 raise RuntimeError('member %s: update() after aclose()'
                                    % self.key)
+            self._rules.show_life()
             self._rules.set_value(value)
             return bool(await self._drive(self._rules.sync()))
 

@@ -42,6 +42,8 @@ LOG = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 10.0
 #: Keys per request when reading a tree (all pages read at one revision).
 PAGE_SIZE = v3proto.PAGE_SIZE
+#: Seconds between two looks for idle watch streams to close.
+REAP_INTERVAL = 1.0
 
 # The rules' old private names in this module, kept for code (and tests)
 # written before the split.
@@ -267,6 +269,11 @@ class _LockedEpochs(v3proto.ClusterEpochs):
         self._lock = threading.Lock()
 
     def observe(self, result):
+        header = result.get('header') if isinstance(result, dict) else None
+        if header and header.get('cluster_id') == self.cluster_id:
+            # The cluster every answer comes from: nothing to note (once
+            # per watch message, so without the lock).
+            return self.epoch
         with self._lock:
             return super(_LockedEpochs, self).observe(result)
 
@@ -275,6 +282,10 @@ class _LockedEpochs(v3proto.ClusterEpochs):
             super(_LockedEpochs, self).learnt(ident, epoch)
 
     def check(self, ident, what):
+        if self.idents.get(ident) == self.epoch:
+            # Nothing changed under ident (a dict read is atomic; a change
+            # racing with it is caught by the next check).
+            return
         with self._lock:
             super(_LockedEpochs, self).check(ident, what)
 
@@ -338,6 +349,7 @@ class V3Backend(base.Backend):
         # stream while close() ran gives up as if it had been closed.
         self._closes = 0
         self._cursors = {}
+        self._reaped_at = float('-inf')
         # (key, value) -> the lease we bound the key to, to save a read on
         # each refresh.  Always checked against the key itself.
         self._leases = {}
@@ -657,6 +669,9 @@ class V3Backend(base.Backend):
                 stream = _stream_of(resp, timeout, url)
                 #: The token it was opened with.
                 stream.auth_generation = generation
+                #: Its reads' error translation (made once: a read per
+                #: message).
+                stream.translate = self._translate(what, stream)
                 return stream
             except BaseException:
                 resp.close()
@@ -666,7 +681,7 @@ class V3Backend(base.Backend):
         """The stream's next message, or None (deadline, or aborted)."""
         stream = cursor.stream
         try:
-            with self._translate('watch %s' % path, stream):
+            with stream.translate:
                 try:
                     message = stream.next_message(deadline)
                 except v3proto.StreamEnded:
@@ -718,6 +733,11 @@ class V3Backend(base.Backend):
         # A stream nobody reads (say, a follower's that won and now leads)
         # would hold a connection and a watch on etcd for nothing.
         now = time.monotonic()
+        if now - self._reaped_at < REAP_INTERVAL:
+            # Streams idle for seconds: once a second is soon enough, and
+            # a watch call (once per message) stays cheap.
+            return
+        self._reaped_at = now
         with self._lock:
             cursors = [c for ident, c in self._cursors.items()
                        if ident != keep]

@@ -300,6 +300,8 @@ class Translate(object):
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            return False
         try:
             return self._translate(exc)
         except exceptions.EtcdUnavailable:
@@ -550,8 +552,9 @@ class Cursor(object):
                 '%s: etcd is at revision %d, below %d where this watch '
                 'stands: its data was wiped or restored'
                 % (what, current, stands), current)
-        compacted = int(result.get('compact_revision', 0))
-        if compacted:
+        compacted = result.get('compact_revision')
+        if compacted and int(compacted):
+            compacted = int(compacted)
             raise exceptions.HistoryGone(
                 '%s: etcd compacted its history up to revision %d; this '
                 'watch needed it from %d'
@@ -567,21 +570,29 @@ class Cursor(object):
             raise exceptions.BackendError(
                 '%s: etcd canceled the watch: %s' % (what, reason))
         events = []
+        # Up to 1,000 events a message: names bound once, positional
+        # tuples (kind, key, value, index, is_dir, current_index).
+        event_of, add, put, delete = base.Event, events.append, base.PUT, (
+            base.DELETE)
         with Translate(what):
             for event in result.get('events') or ():
                 kv = event['kv']
-                removal = event.get('type') == 'DELETE'
-                events.append(base.Event(
-                    kind=base.DELETE if removal else base.PUT,
-                    key=text(kv['key']),
-                    value=None if removal else text(kv.get('value')),
-                    index=int(kv['mod_revision']), is_dir=False,
-                    current_index=current))
-        for event in events:
-            self.received = max(self.received, event.index)
-            if event.index >= self.floor:
-                self.events.append(event)
-        if not events and not result.get('created') and current is not None:
+                if event.get('type') == 'DELETE':
+                    add(event_of(delete, text(kv['key']), None,
+                                 int(kv['mod_revision']), False, current))
+                else:
+                    add(event_of(put, text(kv['key']), text(kv.get('value')),
+                                 int(kv['mod_revision']), False, current))
+        if events:
+            # etcd sends a message's events in revision order.
+            if events[-1].index > self.received:
+                self.received = events[-1].index
+            floor = self.floor
+            if events[0].index >= floor:
+                self.events.extend(events)
+            else:
+                self.events.extend(e for e in events if e.index >= floor)
+        elif not result.get('created') and current is not None:
             # A progress notification.
             self.received = max(self.received, current)
 

@@ -1,7 +1,7 @@
 """The callbacks a watcher still owes, in order, with their retry rule."""
 
 import collections
-from typing import Any, Deque
+from typing import Any
 
 #: Queue items for the whole-tree callbacks (the others are
 #: ``(action, key, value)`` tuples for ``do_work``).
@@ -9,7 +9,7 @@ ALL_WORK = 'do_all_work'
 RESYNC_END = 'init_resync_end'
 
 
-class DeliveryQueue(object):
+class DeliveryQueue(collections.deque):
     """Callbacks owed, oldest first; the head is retried until it returns.
 
     A callback that raises stays at the head: later ones wait behind it,
@@ -19,37 +19,33 @@ class DeliveryQueue(object):
     """
 
     def __init__(self) -> None:
-        self._items: Deque[Any] = collections.deque()
+        # A deque itself: ``len()`` and truth, asked several times per
+        # watch message, stay in C.
+        super().__init__()
         #: Consecutive failures of the head.
         self.failures = 0
 
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def push(self, item: Any) -> None:
-        self._items.append(item)
+    #: Queue an item (at the tail).
+    push = collections.deque.append
 
     def reload(self, first: bool) -> None:
         """A full read supersedes whatever was owed: do_all_work covers it.
 
         The first load is followed by init_resync_end.
         """
-        self._items.clear()
-        self._items.append(ALL_WORK)
+        self.clear()
+        self.append(ALL_WORK)
         if first:
-            self._items.append(RESYNC_END)
-
-    def clear(self) -> None:
-        self._items.clear()
+            self.append(RESYNC_END)
 
     @property
     def head(self) -> Any:
-        return self._items[0]
+        return self[0]
 
     def work_run(self) -> list:
         """The ``do_work`` items at the head, up to the next other item."""
         run = []
-        for item in self._items:
+        for item in self:
             if item == ALL_WORK or item == RESYNC_END:
                 break
             run.append(item)
@@ -57,7 +53,7 @@ class DeliveryQueue(object):
 
     def succeeded(self, count: int = 1) -> None:
         """The head (or the first ``count`` items) returned: drop them."""
-        pop = self._items.popleft
+        pop = self.popleft
         for _ in range(count):
             pop()
         if count:

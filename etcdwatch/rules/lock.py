@@ -6,7 +6,12 @@ a key on a lease of its own), so the keys queue up by creation index.  The
 waiter whose key is oldest holds the lock; every other waiter watches only
 the key just before its own, and looks at the queue again when that key
 goes.  So waiters are served in the order they queued, and a release (a
-delete) wakes only the next waiter.  A keepalive renews the waiter's key
+delete) wakes only the next waiter.  A *shared* waiter (a reader: its
+key's value starts with :data:`SHARED`) holds once no exclusive key is
+older than its own, so readers hold together; it waits for the newest
+exclusive key before its own.  An exclusive waiter waits for every key
+before its own, shared or not; a reader that queues behind a waiting
+writer waits for it.  A keepalive renews the waiter's key
 while it waits and while it holds; a holder that dies stops renewing, and
 its key expires within its TTL.
 
@@ -37,6 +42,15 @@ from etcdwatch import outage
 from etcdwatch.rules import requests
 
 LOG = logging.getLogger('etcdwatch.lock')
+
+
+#: The start of a shared (reader) waiter's value, before its id.
+SHARED = 'shared:'
+
+
+def is_shared(value: Any) -> bool:
+    """Whether a queue entry's value is a shared (reader) waiter's."""
+    return str(value).startswith(SHARED)
 
 
 class EtcdLockLost(exceptions.EtcdWatchError):
@@ -89,12 +103,19 @@ class LockState(object):
         life (acquired, or called ``check_in()``) in the last
         ``max_silence`` seconds; a hung holder's key then expires.
     :param clock: monotonic seconds (a test may pass its own).
+    :param shared: a shared (reader) waiter; ``me`` must then start with
+        :data:`SHARED`.
     """
 
     def __init__(self, name: str, prefix: str, me: str, ttl: float,
                  make_event: Callable[[], Any],
                  max_silence: Optional[float] = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 shared: bool = False) -> None:
+        if bool(shared) != is_shared(me):
+            raise ValueError('me: %r does not match shared=%r'
+                             % (me, shared))
+        self.shared = bool(shared)
         self.name = name
         self.prefix = prefix
         self.me = me
@@ -225,13 +246,18 @@ class LockState(object):
                 if not mine:
                     self.lose(place, 'our key is gone from the queue')
                     continue
-                if mine[0] == 0:
+                ahead = queue.entries[:mine[0]]
+                if self.shared:
+                    # Readers ahead hold with us; writers ahead do not.
+                    ahead = [entry for entry in ahead
+                             if not is_shared(entry.value)]
+                if not ahead:
                     if (yield from self._take(place)):
                         return True
                     continue
                 if not blocking:
                     return False
-                before = queue.entries[mine[0] - 1]
+                before = ahead[-1]
                 wait = self.ttl if time_left is None else \
                     max(0.01, min(self.ttl, time_left()))
                 try:

@@ -33,12 +33,13 @@ LOG = logging.getLogger('etcdwatch.membership')
 
 
 def check_arguments(group_path: str, member_id: str, value: Any,
-                    ttl: float) -> str:
+                    ttl: float, max_silence: Optional[float] = None) -> str:
     """Refuse bad membership arguments, naming each; the member's key."""
     path = keys.check_path('group_path', group_path)
     keys.check_name('member_id', member_id)
     check_value('value', value)
     keys.check_duration('ttl', ttl)
+    keys.check_duration('max_silence', max_silence, allow_none=True)
     return path + '/' + member_id
 
 
@@ -59,13 +60,22 @@ class Membership(object):
         (an atomic compare-and-swap that keeps the key); without it a new
         value is written by deleting the key and creating it again, so
         watchers see the member leave and join.
+    :param max_silence: None: the key is kept alive while the host runs.
+        Seconds: :meth:`keepalive` renews (or re-creates) it only while
+        the member showed life (:meth:`show_life`) within that long; a
+        member that stops showing life lets its key expire, and gets it
+        back when it shows life again.
     :param clock: monotonic seconds (a test may pass its own).
     """
 
     def __init__(self, key: str, value: str, ttl: float,
                  can_replace: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 max_silence: Optional[float] = None) -> None:
         self.key = key
+        self.max_silence = max_silence
+        #: When the member last showed life (monotonic).
+        self.life_shown = clock()
         #: The value the member wants its key to hold.
         self.value = value
         self.ttl = ttl
@@ -96,6 +106,15 @@ class Membership(object):
 
     # -- state ------------------------------------------------------------
 
+    def show_life(self) -> None:
+        """The member is alive: keep its key (see ``max_silence``)."""
+        self.life_shown = self.clock()
+
+    def silent(self) -> bool:
+        """Whether the member showed no life for ``max_silence``."""
+        return (self.max_silence is not None
+                and self.clock() - self.life_shown > self.max_silence)
+
     def is_registered(self) -> bool:
         """Whether etcd confirmed, within the TTL, that the key is ours."""
         until = self.confirmed_until
@@ -117,6 +136,7 @@ class Membership(object):
         """
         result = dict(self.stats)
         result['registered'] = self.is_registered()
+        result['silent'] = self.silent()
         result['seconds_since_contact'] = (
             None if self.last_contact is None else
             self.clock() - self.last_contact)
@@ -210,6 +230,12 @@ class Membership(object):
             return
         while not stopped():
             interval = self.ttl / 3.0
+            if self.silent():
+                # No renewal: the key expires, as the member shows no
+                # life.  Checked again every round.
+                if (yield requests.sleep(interval)):
+                    return
+                continue
             try:
                 yield from self.sync()
                 self.outage.succeeded()

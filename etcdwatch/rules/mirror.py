@@ -30,12 +30,13 @@ DELETE = 'delete'
 
 
 def apply_event(data: Dict[str, Any], event: base.Event,
-                decode: Callable[[str, str], Any]) -> list:
+                decode: Optional[Callable[[str, str], Any]]) -> list:
     """Fold ``event`` into ``data``; return its ``(action, key, value)``.
 
     One change per key it touched, in a list.  ``decode(key, raw)``
     returns ``(True, value)``, or ``(False, None)`` for
-    a value it refuses (the key then counts as absent).  A directory's
+    a value it refuses (the key then counts as absent); None keeps values
+    as they are.  A directory's
     DELETE removes every key below it, one 'delete' each, in key order.
     """
     changes = []
@@ -49,7 +50,8 @@ def apply_event(data: Dict[str, Any], event: base.Event,
             del data[key]
             changes.append((DELETE, key, None))
     elif not event.is_dir:
-        ok, value = decode(event.key, event.value)
+        ok, value = (True, event.value) if decode is None else decode(
+            event.key, event.value)
         if ok:
             changes.append((CHANGE if event.key in data else ADD,
                             event.key, value))
@@ -269,7 +271,7 @@ class Mirror(object):
         data = self.data
         assert data is not None, 'apply() before the first load'
         push = self.queue.push
-        decode = self.decode
+        decode = None if self._plain_values else self.decode
         for event in events:
             for change in apply_event(data, event, decode):
                 push(change)
