@@ -214,3 +214,18 @@ async def test_leaders_async_iterator(fake):
         await leaders.aclose()
         await a.aclose()
         await b.aclose()
+
+
+@pytest.mark.asyncio
+async def test_candidate_id_is_the_keys_value(fake):
+    async with client_of(fake) as client:
+        e = candidate(client, candidate_id='member-7.a1')
+        assert await e.campaign(timeout=TIMEOUT)
+        assert holder(fake) == 'member-7.a1'
+        assert await e.leader() == 'member-7.a1'
+        await e.aclose()
+
+
+def test_a_bad_candidate_id_is_named(fake):
+    with pytest.raises(ValueError, match='candidate_id'):
+        candidate(object(), candidate_id='')

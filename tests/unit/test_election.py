@@ -636,3 +636,19 @@ def test_stats(client):
     stats = a.stats()
     assert stats['terms_lost'] == 1 and stats['failed_renewals'] >= 1
     assert not stats['elected'] and stats['term'] is None
+
+
+def test_candidate_id_is_the_keys_value(client):
+    e = EtcdElection(client, 'svc', '/e', work_time=10,
+                     candidate_id='member-7.a1')
+    assert e.thread_id == 'member-7.a1'
+    assert e.wait_until_elected(timeout=10)
+    assert e.leader() == 'member-7.a1'
+    e.resign()
+    assert e.leader() is None
+
+
+@pytest.mark.parametrize('bad', ['', '  ', 'a\nb', b'id', 7])
+def test_a_bad_candidate_id_is_named(client, bad):
+    with pytest.raises(ValueError, match='candidate_id'):
+        EtcdElection(client, 'svc', '/e', work_time=10, candidate_id=bad)

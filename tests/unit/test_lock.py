@@ -284,6 +284,19 @@ def test_a_deleted_key_ends_the_hold(client):
     lock.release()
 
 
+def test_release_tells_whether_our_key_was_still_there(client):
+    lock = EtcdLock(client, 'job', PATH, ttl=30)
+    assert lock.acquire()
+    assert lock.release() is True
+    assert queue_of(client) == []
+    assert lock.acquire()
+    # Gone before the release (deleted, as an expiry would): False.
+    backends.for_client(client).delete_if(lock.key, lock.id)
+    assert lock.release() is False
+    assert lock.acquire(timeout=5)
+    assert lock.release() is True
+
+
 def test_a_collected_lock_deletes_its_key(client):
     lock = EtcdLock(client, 'job', PATH, ttl=30)
     assert lock.acquire()
@@ -403,3 +416,84 @@ def test_is_held_never_past_the_local_lease_deadline():
     assert state.is_held()
     now[0] += 7
     assert not state.is_held()
+
+
+@pytest.mark.asyncio
+async def test_aio_release_tells_whether_our_key_was_still_there():
+    fake = FakeEtcd3Server()
+    async with aio_client_of(fake) as c:
+        lock = AsyncEtcdLock(c, 'job', PATH, ttl=30)
+        assert await lock.acquire()
+        assert await lock.release() is True
+        assert await lock.acquire()
+        fake.client().delete(lock.key)
+        assert await lock.release() is False
+        await lock.aclose()
+
+
+# -- shared (reader) holds --------------------------------------------------
+
+def test_shared_holders_hold_together_and_a_writer_waits_for_them(client):
+    readers = [EtcdLock(client, 'job', PATH, ttl=30, shared=True)
+               for _ in range(2)]
+    writer = EtcdLock(client, 'job', PATH, ttl=30)
+    late = EtcdLock(client, 'job', PATH, ttl=30, shared=True)
+    assert all(r.acquire(blocking=False) for r in readers)
+    assert all(r.is_held for r in readers)
+    assert readers[0].id.startswith('shared:')
+    assert not writer.acquire(blocking=False)
+    got = []
+    waiting = threading.Thread(target=lambda: got.append(
+        writer.acquire(timeout=WAIT)))
+    waiting.start()
+    wait_until(lambda: len(queue_of(client)) == 3, WAIT)
+    # A reader queued behind a waiting writer waits for it.
+    assert not late.acquire(blocking=False)
+    assert readers[0].release() is True
+    assert not got and not writer.is_held
+    assert readers[1].release() is True
+    waiting.join(WAIT)
+    assert got == [True] and writer.is_held
+    reading = threading.Thread(target=lambda: got.append(
+        late.acquire(timeout=WAIT)))
+    reading.start()
+    wait_until(lambda: len(queue_of(client)) == 2, WAIT)
+    assert not late.is_held
+    assert writer.release() is True
+    reading.join(WAIT)
+    assert got == [True, True] and late.is_held
+    assert late.release() is True
+    assert queue_of(client) == []
+
+
+def test_shared_must_be_a_bool(client):
+    with pytest.raises(ValueError, match='shared'):
+        EtcdLock(client, 'job', PATH, ttl=30, shared='yes')
+    with pytest.raises(ValueError, match='shared'):
+        AsyncEtcdLock(object(), 'job', PATH, ttl=30, shared=1)
+
+
+@pytest.mark.asyncio
+async def test_aio_shared_holders_hold_together_and_a_writer_waits():
+    fake = FakeEtcd3Server()
+    async with aio_client_of(fake) as c:
+        readers = [AsyncEtcdLock(c, 'job', PATH, ttl=30, shared=True)
+                   for _ in range(2)]
+        writer = AsyncEtcdLock(c, 'job', PATH, ttl=30)
+        assert await readers[0].acquire(blocking=False)
+        assert await readers[1].acquire(blocking=False)
+        assert not await writer.acquire(blocking=False)
+        waiting = asyncio.ensure_future(writer.acquire(timeout=WAIT))
+        deadline = time.monotonic() + WAIT
+        while len(backends.for_client(fake.client()).read_queue(
+                PATH + '/job').entries) < 3:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert await readers[0].release()
+        assert not waiting.done()
+        assert await readers[1].release()
+        assert await asyncio.wait_for(waiting, WAIT)
+        assert writer.is_held
+        assert await writer.release()
+        for lock in readers + [writer]:
+            await lock.aclose()

@@ -81,6 +81,8 @@ class ClockDriver(object):
     ({'ttl': float('inf')}, 'ttl'),
     ({'ttl': '3'}, 'ttl'),
     ({'handler': 'gevent'}, 'handler'),
+    ({'max_silence': 0}, 'max_silence'),
+    ({'max_silence': '5'}, 'max_silence'),
 ])
 def test_bad_arguments_are_refused_before_anything_is_written(kwargs,
                                                               argument):
@@ -141,6 +143,51 @@ def test_a_key_expired_while_the_process_slept_is_created_again():
     assert d.run(d.rules.sync())
     assert d.value() == 'v1' and d.rules.is_registered()
     assert d.rules.stats['keys_lost'] == 1
+
+
+def test_with_max_silence_a_silent_member_lets_its_key_expire():
+    d = ClockDriver(ttl=3)
+    d.rules = rules.Membership(KEY, 'v1', 3, clock=d.clock.time,
+                               max_silence=2)
+    assert d.run(d.rules.sync())
+    d.keepalive_for(20)
+    # Renewed while within max_silence (rounds at 0, 1 and 2 s), then
+    # left to expire; not created again.
+    assert d.value() is None and not d.rules.is_registered()
+    assert d.rules.report()['silent']
+    assert d.rules.stats['renewals'] == 3
+    assert d.rules.stats['registrations'] == 1
+    # Life shown: the next round registers again.
+    d.rules.show_life()
+    assert not d.rules.silent()
+    d.keepalive_for(1)
+    assert d.value() == 'v1' and d.rules.is_registered()
+    assert d.rules.stats['registrations'] == 2
+
+
+def test_with_max_silence_a_member_showing_life_keeps_its_key():
+    d = ClockDriver(ttl=3)
+    d.rules = rules.Membership(KEY, 'v1', 3, clock=d.clock.time,
+                               max_silence=2)
+    assert d.run(d.rules.sync())
+    d.before_sleep = lambda seconds: d.rules.show_life()
+    d.keepalive_for(30)
+    assert d.value() == 'v1' and d.rules.is_registered()
+    assert d.rules.stats['registrations'] == 1
+    assert d.rules.stats['keys_lost'] == 0
+
+
+def test_show_life_registers_a_lapsed_member_again_at_once():
+    client = FakeEtcdClient()
+    with EtcdMembership(client, '/group', 'm1', 'v', 1,
+                        max_silence=0.5) as member:
+        assert member.show_life()
+        wait_until(lambda: client.dump('/group') == {}, timeout=10,
+                   interval=0.05)
+        assert not member.is_registered
+        assert member.show_life()
+        assert client.dump('/group') == {KEY: 'v'}
+        assert member.is_registered
 
 
 def test_is_registered_ends_before_the_key_can_expire():

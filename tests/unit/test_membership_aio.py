@@ -41,6 +41,9 @@ def test_bad_arguments_are_refused_with_no_io(fake):
         AsyncEtcdMembership(object(), '/group', 'm1', 'v', 0)
     with pytest.raises(TypeError, match='etcd_client'):
         AsyncEtcdMembership(object(), '/group', 'm1', 'v', 3)
+    with pytest.raises(ValueError, match='max_silence'):
+        AsyncEtcdMembership(object(), '/group', 'm1', 'v', 3,
+                            max_silence=-1)
     assert value_of(fake) is None
 
 
@@ -63,3 +66,21 @@ async def test_registers_keeps_alive_comes_back_updates_and_leaves(fake):
         with pytest.raises(RuntimeError, match='aclose'):
             await member.update('v3')
         assert value_of(fake) is None
+
+
+@pytest.mark.asyncio
+async def test_max_silence_lets_the_key_lapse_and_show_life_restores(fake):
+    async with client_of(fake) as client:
+        member = AsyncEtcdMembership(client, '/group', 'm1', 'v1', 3,
+                                     max_silence=0.5)
+        async with member:
+            assert await member.show_life()
+            await until(lambda: member.stats()['silent'], timeout=5)
+            # The lease runs out on the fake's clock; a silent member's
+            # keepalive does not create the key again.
+            fake.clock.advance(10)
+            assert value_of(fake) is None
+            await until(lambda: not member.is_registered, timeout=5)
+            assert await member.show_life()
+            assert value_of(fake) == 'v1'
+            assert not member.stats()['silent']
