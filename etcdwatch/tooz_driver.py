@@ -26,10 +26,11 @@ What it is built on:
   request while another leads), started by ``run_watchers()``, which
   announces the terms won; ``heartbeat()`` is the leader's "show life";
 * groups and members: a group is a key ``<prefix>/groups/<group>``, a
-  member a key ``<prefix>/members/<group>/<member>`` on the coordinator's
-  one lease (``timeout``), renewed by ``heartbeat()``; after the lease
-  expired (a pause, an outage) ``heartbeat()`` takes a new lease and joins
-  again every group it had joined;
+  member a key ``<prefix>/members/<group>/<member>`` kept by an
+  :class:`etcdwatch.EtcdMembership` with ``max_silence`` (its keepalive
+  renews the key only while ``heartbeat()`` shows life within
+  ``membership_timeout``); a key that lapsed (a pause, an outage) is
+  registered again by the next ``heartbeat()``, in every joined group;
 * join/leave watches: an :class:`etcdwatch.EtcdGroupWatcher` per watched
   group; ``run_watchers()`` first reads the group from etcd (a quorum
   read) and waits until its watcher has seen that state, so a change made
@@ -66,6 +67,7 @@ from etcdwatch import exceptions
 from etcdwatch import lock as etcd_lock
 from etcdwatch import membership
 from etcdwatch.rules import candidacy
+from etcdwatch.rules import lock as lock_rules
 from etcdwatch import v3client
 
 __all__ = ['EtcdwatchDriver', 'EtcdwatchLock']
@@ -81,7 +83,7 @@ BARRIER_TIMEOUT = 10.0
 #: background, on a watch) to win a leadership it does not hold.
 CAMPAIGN_WAIT = 0.05
 #: The value prefix of a shared (reader) key in a lock's queue.
-SHARED = 'shared:'
+SHARED = lock_rules.SHARED
 #: Where the password is read from when neither the URL nor the
 #: ``password_file`` option holds it (the same as the CLI's).
 ENV_PASSWORD = 'ETCDWATCH_PASSWORD'
@@ -402,9 +404,8 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
         self.client: Any = None
         self._backend: Any = None
         self._guard = threading.RLock()
-        self._lease: Any = None
-        # group_id -> the member value we wrote.
-        self._values: Dict[bytes, str] = {}
+        # group_id -> our membership of it.
+        self._memberships: Dict[bytes, membership.EtcdMembership] = {}
         self._electors: Dict[bytes, _Election] = {}
         # group_id -> the term we last reported LeaderElected for.
         self._announced: Dict[bytes, Any] = {}
@@ -456,7 +457,6 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
             raise coordination.ToozConnectionError(
                 'cannot reach etcd at %s: %s'
                 % (','.join(self._settings['endpoints']), e)) from e
-        self._lease = None
 
     def _stop(self) -> None:
         for watcher in list(self._watchers.values()):
@@ -469,32 +469,23 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
         for lock in list(self._locks):
             lock._abandon()
         with self._guard:
-            lease, self._lease = self._lease, None
-            self._values.clear()
-        if lease is not None:
-            try:
-                lease.revoke()
-            except Exception:
-                pass
-
-    def _member_lease(self) -> Any:
-        with self._guard:
-            if self._lease is None:
-                self._lease = self.client.lease(
-                    max(2, int(round(self.membership_timeout))))
-            return self._lease
+            members = list(self._memberships.values())
+            self._memberships.clear()
+        for member in members:
+            member.close(timeout=5)
 
     def heartbeat(self) -> float:
-        """Show life: renew the member lease, locks and leaderships.
+        """Show life: to the memberships, locks and leaderships.
 
-        A member lease that expired (a pause longer than ``timeout``, an
-        outage) is replaced and every joined group is joined again.
+        A member key that lapsed (a pause longer than its timeout, an
+        outage) is registered again at once, in every joined group.
         Returns the seconds to wait before the next heartbeat.
         """
-        try:
-            self._renew_membership()
-        except Exception:
-            pass
+        for member in list(self._memberships.values()):
+            try:
+                member.show_life()
+            except Exception:
+                pass
         for lock in list(self._locks):
             lock.heartbeat()
         for elector in list(self._electors.values()):
@@ -505,28 +496,6 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
                     pass
         return min(self.timeout, self.lock_timeout,
                    self.membership_timeout) / 3.0
-
-    def _renew_membership(self) -> None:
-        with self._guard:
-            lease = self._lease
-            if lease is None and not self._values:
-                return
-            alive = False
-            if lease is not None:
-                try:
-                    alive = lease.refresh() > 0
-                except Exception as e:
-                    if 'not found' not in str(e):
-                        raise
-            if alive:
-                return
-            self._lease = None
-            lease = self._member_lease()
-            for group_id, value in list(self._values.items()):
-                # Taken again only if absent: a key another coordinator
-                # with our member id holds stays theirs.
-                self.client.create(self._member_key(group_id), value,
-                                   lease=lease)
 
     # -- groups -----------------------------------------------------------
 
@@ -571,12 +540,25 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
                 raise coordination.GroupNotCreated(group_id)
             value = self._member_value(capabilities)
             with self._guard:
-                if not self.client.create(self._member_key(group_id),
-                                          value,
-                                          lease=self._member_lease()):
+                if group_id in self._memberships or self.client.get(
+                        self._member_key(group_id)):
                     raise coordination.MemberAlreadyExist(group_id,
                                                           self._member)
-                self._values[group_id] = value
+                # Kept alive while heartbeat() shows life.
+                member = membership.EtcdMembership(
+                    self.client, self._members_path(group_id),
+                    _enc(self._member), value, self.membership_timeout,
+                    handler='threading',
+                    max_silence=self.membership_timeout)
+                if not member.is_registered:
+                    stats = member.stats()
+                    member.close(timeout=5)
+                    if stats['conflicts']:
+                        raise coordination.MemberAlreadyExist(
+                            group_id, self._member)
+                    raise coordination.ToozConnectionError(
+                        'could not join %r: etcd did not answer' % group_id)
+                self._memberships[group_id] = member
                 self._joined_groups.add(group_id)
         return self._call(join)
 
@@ -600,9 +582,13 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
     def leave_group(self, group_id: bytes) -> Any:
         def leave():
             with self._guard:
-                self._values.pop(group_id, None)
+                member = self._memberships.pop(group_id, None)
                 self._joined_groups.discard(group_id)
-            if not self.client.delete(self._member_key(group_id)):
+            if member is not None:
+                deleted = member.close(timeout=5)
+            else:
+                deleted = self.client.delete(self._member_key(group_id))
+            if not deleted:
                 if not self._group_exists(group_id):
                     raise coordination.GroupNotCreated(group_id)
                 raise coordination.MemberNotJoined(group_id, self._member)
@@ -651,33 +637,21 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
     def update_capabilities(self, group_id: bytes,
                             capabilities: Any) -> Any:
         def update():
-            key = self._member_key(group_id)
             with self._guard:
-                old = self._values.get(group_id)
-                if old is None:
+                member = self._memberships.get(group_id)
+                if member is None:
                     if not self._group_exists(group_id):
                         raise coordination.GroupNotCreated(group_id)
                     raise coordination.MemberNotJoined(group_id,
                                                        self._member)
                 new = self._member_value(
-                    capabilities, json.loads(old)['created_at'])
-                if not self._replace(key, old, new, self._member_lease()):
+                    capabilities, json.loads(member.value)['created_at'])
+                # In place (watchers see an update); a lapsed key is
+                # registered again with the new value.
+                if not member.update(new):
                     raise coordination.MemberNotJoined(group_id,
                                                        self._member)
-                self._values[group_id] = new
         return self._call(update)
-
-    def _replace(self, key: str, old: str, new: str, lease: Any) -> bool:
-        """Put ``new`` on ``lease`` if ``key`` holds ``old``."""
-        from etcdwatch.backends import v3proto
-        txn = {
-            'compare': [{'key': v3proto.b64(key), 'result': 'EQUAL',
-                         'target': 'VALUE', 'value': v3proto.b64(old)}],
-            'success': [{'request_put': {'key': v3proto.b64(key),
-                                         'value': v3proto.b64(new),
-                                         'lease': lease.id}}],
-            'failure': []}
-        return bool(self.client.transaction(txn).get('succeeded'))
 
     # -- watches ----------------------------------------------------------
 
@@ -851,14 +825,15 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
 
 
 class EtcdwatchLock(locking.Lock):
-    """A tooz lock: an :class:`etcdwatch.EtcdLock` queue with readers.
+    """A tooz lock: two :class:`etcdwatch.EtcdLock` waiters on one queue.
 
-    Exclusive holders are EtcdLock waiters.  A shared holder is a key of
-    its own in the same queue (value ``shared:<id>``) on a lease of its
-    own; it holds once no exclusive key is older than its own, and waits
-    (a watch, no polling) for the newest such key to go.  Both kinds show
-    life through the coordinator's ``heartbeat()``: a holder that does not
-    for ``lock_timeout`` loses the lock, and knows it (``is_still_owner()``
+    An exclusive hold is an EtcdLock; a shared hold an EtcdLock with
+    ``shared=True`` in the same queue (readers hold together, a writer
+    waits for every earlier holder, a reader behind a waiting writer waits
+    for it; all by watches, no polling).  Shared holds of one object are
+    counted (each acquire needs a release).  Both kinds show life through
+    the coordinator's ``heartbeat()``: a holder that does not for
+    ``lock_timeout`` loses the lock, and knows it (``is_still_owner()``
     and ``heartbeat()`` turn False before another can take it).
     """
 
@@ -870,14 +845,19 @@ class EtcdwatchLock(locking.Lock):
         self._exclusive = etcd_lock.EtcdLock(
             driver.client, _enc(name), self._path, ttl=self._ttl,
             handler='threading', max_silence=self._ttl)
+        self._reader = etcd_lock.EtcdLock(
+            driver.client, _enc(name), self._path, ttl=self._ttl,
+            handler='threading', max_silence=self._ttl, shared=True)
         self.prefix = self._exclusive.prefix
         self._backend = backends.for_client(driver.client)
         self._mutex = threading.Lock()
         # Held while this object holds (or takes) the exclusive lock, so
         # threads sharing the object take turns.
         self._local = threading.Lock()
-        # The shared hold: (key, value, count, confirmed monotonic time).
-        self._shared: Optional[List[Any]] = None
+        # Held while this object takes the shared lock.
+        self._reading = threading.Lock()
+        # Shared acquires not yet released (under _mutex).
+        self._shared_count = 0
 
     # -- what tooz asks ---------------------------------------------------
 
@@ -908,7 +888,7 @@ class EtcdwatchLock(locking.Lock):
 
     def _acquire_exclusive(self, nonblocking: bool,
                            wait: Optional[float]) -> bool:
-        if self._shared is not None:
+        if self._shared_count:
             return False
         start = time.monotonic()
         if not self._local.acquire(blocking=not nonblocking,
@@ -927,26 +907,52 @@ class EtcdwatchLock(locking.Lock):
                 self._local.release()
         return won
 
+    def _acquire_shared(self, nonblocking: bool,
+                        wait: Optional[float]) -> bool:
+        start = time.monotonic()
+        if not self._reading.acquire(blocking=not nonblocking,
+                                     timeout=-1 if wait is None else wait):
+            return False
+        try:
+            with self._mutex:
+                if self._shared_count:
+                    self._shared_count += 1
+                    return True
+            if self._local.locked():
+                return False
+            left = None if wait is None else \
+                max(0.001, wait - (time.monotonic() - start))
+            try:
+                won = self._reader.acquire(blocking=not nonblocking,
+                                           timeout=left)
+            except RuntimeError:
+                won = False
+            if won:
+                with self._mutex:
+                    self._shared_count = 1
+            return won
+        finally:
+            self._reading.release()
+
     def release(self) -> bool:
         with self._mutex:
-            shared = self._shared
-            if shared is not None:
-                shared[2] -= 1
-                if shared[2] > 0:
-                    return True
-                self._shared = None
-        if shared is not None:
+            count = self._shared_count
+            if count:
+                self._shared_count = count - 1
+        if count > 1:
+            return True
+        if count == 1:
             self._driver._locks.discard(self)
             try:
-                return bool(self._backend.delete_if(shared[0], shared[1]))
-            except exceptions.BackendError:
+                # True if our key was still there: the hold was ours.
+                return self._reader.release()
+            except RuntimeError:
                 return False
         if not self._local.locked():
             return False
         ours = False
         try:
             try:
-                # True if our key was still there: the hold was ours.
                 ours = self._exclusive.release()
             except RuntimeError:
                 pass
@@ -963,91 +969,24 @@ class EtcdwatchLock(locking.Lock):
         return bool(entries)
 
     def is_still_owner(self) -> bool:
-        shared = self._shared
-        if shared is not None:
-            return self._shared_valid(shared)
+        if self._shared_count:
+            return self._reader.is_held
         return self._exclusive.is_held
 
     def heartbeat(self) -> bool:
         """Show life; True while this lock is still held."""
-        shared = self._shared
-        if shared is not None:
-            try:
-                if self._backend.refresh(shared[0], shared[1], self._ttl):
-                    shared[3] = time.monotonic()
-            except exceptions.BackendError:
-                pass
-            return self._shared_valid(shared)
-        if self._exclusive.key is None:
+        held = self._reader if self._shared_count else self._exclusive
+        if held.key is None:
             return False
         try:
-            self._exclusive.check_in()
+            held.check_in()
         except etcd_lock.EtcdLockLost:
             return False
         return True
 
     def _abandon(self) -> None:
         try:
-            self.release()
+            while self.release() and self._shared_count:
+                pass
         except Exception:
             pass
-
-    # -- shared holds -----------------------------------------------------
-
-    def _margin(self) -> float:
-        return min(self._ttl / 4.0, 1.0)
-
-    def _shared_valid(self, shared: List[Any]) -> bool:
-        return time.monotonic() < shared[3] + self._ttl - self._margin()
-
-    def _acquire_shared(self, nonblocking: bool,
-                        wait: Optional[float]) -> bool:
-        with self._mutex:
-            if self._shared is not None:
-                self._shared[2] += 1
-                return True
-        if self._local.locked():
-            return False
-        deadline = None if wait is None else time.monotonic() + wait
-        value = SHARED + election._make_id()
-        sent = time.monotonic()
-        key, _index = self._backend.create_unique(self.prefix, value,
-                                                  self._ttl)
-        confirmed = sent
-        try:
-            while True:
-                queue = self._backend.read_queue(self.prefix)
-                before: List[Any] = []
-                for entry in queue.entries:
-                    if entry.key == key:
-                        break
-                    before.append(entry)
-                else:
-                    return False          # our key went (expired, broken)
-                writers = [e for e in before
-                           if not str(e.value).startswith(SHARED)]
-                if not writers:
-                    with self._mutex:
-                        self._shared = [key, value, 1, confirmed]
-                    key = None
-                    return True
-                if nonblocking:
-                    return False
-                left = None if deadline is None else \
-                    deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                step = self._ttl / 3.0
-                self._backend.watch_key(writers[-1].key, queue.index + 1,
-                                        step if left is None
-                                        else min(step, left))
-                sent = time.monotonic()
-                if not self._backend.refresh(key, value, self._ttl):
-                    return False
-                confirmed = sent
-        finally:
-            if key is not None:
-                try:
-                    self._backend.delete_if(key, value)
-                except exceptions.BackendError:
-                    pass

@@ -350,40 +350,45 @@ class ChunkedDecoder(object):
         self.done = False
 
     def feed(self, data):
-        self._pending += data
-        out = []
-        while self._state != 'done':
-            if self._state == 'data':
-                if not self._pending:
+        # Positions into one buffer: a piece holding many chunks (a burst
+        # of messages) is not copied once per chunk.
+        buf = self._pending + data if self._pending else data
+        end, pos, out = len(buf), 0, []
+        state, left = self._state, self._left
+        while state != 'done':
+            if state == 'data':
+                if pos >= end:
                     break
-                piece = self._pending[:self._left]
-                self._pending = self._pending[len(piece):]
-                self._left -= len(piece)
-                out.append(piece)
-                if not self._left:
-                    self._state = 'crlf'
+                stop = min(end, pos + left)
+                out.append(buf[pos:stop])
+                left -= stop - pos
+                pos = stop
+                if not left:
+                    state = 'crlf'
                 continue
-            line, newline, rest = self._pending.partition(b'\n')
-            if not newline:
-                if len(self._pending) > self._MAX_LINE:
+            newline = buf.find(b'\n', pos)
+            if newline < 0:
+                if end - pos > self._MAX_LINE:
                     raise ValueError('chunked body: framing line too long')
                 break
-            self._pending = rest
-            line = line.rstrip(b'\r')
-            if self._state == 'size':
+            line = buf[pos:newline].rstrip(b'\r')
+            pos = newline + 1
+            if state == 'size':
                 size = line.split(b';', 1)[0].strip()
                 if not size or size.strip(b'0123456789abcdefABCDEF'):
                     raise ValueError('chunked body: bad size %r' % line)
-                self._left = int(size, 16)
-                self._state = 'data' if self._left else 'trailer'
-            elif self._state == 'crlf':
+                left = int(size, 16)
+                state = 'data' if left else 'trailer'
+            elif state == 'crlf':
                 if line:
                     raise ValueError('chunked body: chunk overruns its size')
-                self._state = 'size'
+                state = 'size'
             elif not line:          # the blank line after the trailers
-                self._state = 'done'
+                state = 'done'
                 self.done = True
-        return b''.join(out)
+        self._state, self._left = state, left
+        self._pending = buf[pos:]
+        return out[0] if len(out) == 1 else b''.join(out)
 
 
 class StreamEnded(Exception):
@@ -403,16 +408,21 @@ class MessageBuffer(object):
     def __init__(self, chunked=False):
         self._decoder = ChunkedDecoder() if chunked else None
         self._text = b''
+        # Where the next line starts in _text: lines are taken by moving
+        # it, not by copying the rest of the buffer after each.
+        self._pos = 0
         self.ended = False
 
     def feed(self, data):
         """Add body bytes (raises ValueError for bad chunked framing)."""
-        if self._decoder is None:
-            self._text += data
-            return
-        self._text += self._decoder.feed(data)
-        if self._decoder.done:
-            self.ended = True
+        if self._decoder is not None:
+            data = self._decoder.feed(data)
+            if self._decoder.done:
+                self.ended = True
+        if self._pos:
+            self._text = self._text[self._pos:]
+            self._pos = 0
+        self._text += data
 
     def end(self):
         """The body ended (no more bytes will come)."""
@@ -420,7 +430,7 @@ class MessageBuffer(object):
 
     def has_line(self):
         """Whether a complete line is waiting."""
-        return b'\n' in self._text
+        return self._text.find(b'\n', self._pos) >= 0
 
     def next(self):
         """The next message, or None until more bytes arrive.
@@ -428,17 +438,19 @@ class MessageBuffer(object):
         Raises :class:`StreamEnded` once the stream ended and every message
         was taken, ValueError for a line that is not JSON.
         """
+        text = self._text
         while True:
-            line, newline, rest = self._text.partition(b'\n')
-            if newline:
-                self._text = rest
+            newline = text.find(b'\n', self._pos)
+            if newline >= 0:
+                line = text[self._pos:newline]
+                self._pos = newline + 1
                 if line.strip():
                     return json.loads(line.decode('utf-8'))
                 continue
             if not self.ended:
                 return None
             # The gateway ends a stream error without a newline.
-            line, self._text = self._text, b''
+            line, self._text, self._pos = text[self._pos:], b'', 0
             if line.strip():
                 return json.loads(line.decode('utf-8'))
             raise StreamEnded()

@@ -53,9 +53,12 @@ class DeliveryQueue(collections.deque):
 
     def succeeded(self, count: int = 1) -> None:
         """The head (or the first ``count`` items) returned: drop them."""
-        pop = self.popleft
-        for _ in range(count):
-            pop()
+        if count == len(self):
+            self.clear()
+        else:
+            pop = self.popleft
+            for _ in range(count):
+                pop()
         if count:
             self.failures = 0
 

@@ -153,9 +153,12 @@ class Mirror(object):
                      're-reading %s', self.name, self.tick, self.path)
             yield from self.reload()
             return
-        first = events[0]
-        self.saw_index(events[-1].current_index)
-        if far_behind(first, len(self.data or ()), *self._catchup()):
+        first, last = events[0], events[-1]
+        if last.current_index != last.index:
+            self.saw_index(last.current_index)
+        # Following live, etcd's index is the event's own: not behind.
+        if first.current_index != first.index and far_behind(
+                first, len(self.data or ()), *self._catchup()):
             LOG.debug('%s: %s events behind; re-reading instead',
                       self.name, first.current_index - first.index)
             yield from self.reload()
