@@ -28,9 +28,11 @@ What it is built on:
 * groups and members: a group is a key ``<prefix>/groups/<group>``, a
   member a key ``<prefix>/members/<group>/<member>`` kept by an
   :class:`etcdwatch.EtcdMembership` with ``max_silence`` (its keepalive
-  renews the key only while ``heartbeat()`` shows life within
-  ``membership_timeout``); a key that lapsed (a pause, an outage) is
-  registered again by the next ``heartbeat()``, in every joined group;
+  renews the key only while ``heartbeat()`` showed life within half of
+  ``membership_timeout``, on a TTL of a third of it, at least 2 s: a
+  silent coordinator's key is gone within ``membership_timeout``); a key
+  that lapsed (a pause, an outage) is registered again by the next
+  ``heartbeat()``, in every joined group;
 * join/leave watches: an :class:`etcdwatch.EtcdGroupWatcher` per watched
   group; ``run_watchers()`` first reads the group from etcd (a quorum
   read) and waits until its watcher has seen that state, so a change made
@@ -544,12 +546,15 @@ class EtcdwatchDriver(coordination.CoordinationDriver):
                         self._member_key(group_id)):
                     raise coordination.MemberAlreadyExist(group_id,
                                                           self._member)
-                # Kept alive while heartbeat() shows life.
+                # Kept alive while heartbeat() shows life: a coordinator
+                # silent for membership_timeout is gone by then (renewed
+                # for half of it, on a lease of a third, at least 2 s).
                 member = membership.EtcdMembership(
                     self.client, self._members_path(group_id),
-                    _enc(self._member), value, self.membership_timeout,
+                    _enc(self._member), value,
+                    max(2.0, self.membership_timeout / 3.0),
                     handler='threading',
-                    max_silence=self.membership_timeout)
+                    max_silence=self.membership_timeout / 2.0)
                 if not member.is_registered:
                     stats = member.stats()
                     member.close(timeout=5)
