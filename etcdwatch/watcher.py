@@ -427,7 +427,7 @@ class EtcdChangeWatcher(EtcdWatcher):
 
     def do_work(self, action: str, key: str, value: Any) -> None:
         self._ledger.state = self.implemented_state
-        self._ledger.report(key, self.etcd_data, self.key_change)
+        self._ledger.report(action, key, value, self.key_change)
 
     def _reconcile(self, keys, data):
         # The attribute, as it is now: a subclass may have replaced it.

@@ -280,7 +280,7 @@ class AsyncEtcdChangeWatcher(AsyncEtcdWatcher):
     async def do_work(self, action: str, key: str, value: Any) -> None:
         # ChangeLedger.report, awaited: once per event, so no driver.
         self._ledger.state = self.implemented_state
-        change = self._ledger.change_for(key, self.etcd_data)
+        change = self._ledger.change_to(action, key, value)
         if change is not None:
             await driving.maybe_await(self.key_change(*change))
             self._ledger.delivered(*change)

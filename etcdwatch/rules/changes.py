@@ -31,15 +31,22 @@ class ChangeLedger(object):
         A rewrite with the value already delivered is no change; a key
         never delivered is never reported deleted.
         """
-        known = key in self.state
         if key in data:
-            value = data[key]
-            if known and self.state[key] == value:
-                return None
-            return (mirror.CHANGE if known else mirror.ADD), key, value
-        if known:
-            return mirror.DELETE, key, None
-        return None
+            return self.change_to(mirror.CHANGE, key, data[key])
+        return self.change_to(mirror.DELETE, key, None)
+
+    def change_to(self, action: str, key: str, value: Any
+                  ) -> Optional[Tuple[str, str, Any]]:
+        """The report for a change that left ``key`` at ``value``, or None.
+
+        ``action`` 'delete' leaves it absent.  As :meth:`change_for`.
+        """
+        known = key in self.state
+        if action == mirror.DELETE:
+            return (mirror.DELETE, key, None) if known else None
+        if known and self.state[key] == value:
+            return None
+        return (mirror.CHANGE if known else mirror.ADD), key, value
 
     def delivered(self, action: str, key: str, value: Any) -> None:
         """``key_change(action, key, value)`` returned without error."""
@@ -48,14 +55,16 @@ class ChangeLedger(object):
         else:
             self.state[key] = value
 
-    def report(self, key: str, data: Dict[str, Any],
+    def report(self, action: str, key: str, value: Any,
                key_change: Callable[[str, str, Any], Any]) -> None:
-        """Report ``key``'s change, if any, to a plain ``key_change``.
+        """Report one event's change, if any, to a plain ``key_change``.
 
-        :meth:`reconcile` for one key, without a driver: the threaded
-        change watcher's ``do_work``, once per event.
+        The event left ``key`` at ``value`` (:meth:`change_to`): its own
+        value, not the tree's, which may already hold later events of the
+        same watch message; so reports keep the order of etcd's changes.
+        Without a driver: the threaded change watcher's ``do_work``.
         """
-        change = self.change_for(key, data)
+        change = self.change_to(action, key, value)
         if change is not None:
             key_change(*change)
             self.delivered(*change)

@@ -231,7 +231,7 @@ def test_etcd_data_holds_the_whole_message_during_its_callbacks():
     assert seen == [{'/p/a': '1', '/p/b': '2'}] * 2
 
 
-def test_a_change_watcher_reports_the_net_change_of_a_message():
+def test_a_change_watcher_reports_a_message_in_etcds_order():
     fake = FakeEtcd3Server()
     writer = fake.client()
     writer.put('/p/a', '1')
@@ -244,15 +244,19 @@ def test_a_change_watcher_reports_the_net_change_of_a_message():
     w = Changes(fake.client(), 'w', '/p', heartbeat=1)
     w.refresh_all_data()
     reports.clear()
-    writer.put('/p/a', '2')
-    writer.put('/p/a', '3')
+    writer.put('/p/a', '1')         # a rewrite: no change
     writer.put('/p/b', 'x')
     writer.delete('/p/b')
+    writer.put('/p/a', '2')
+    writer.put('/p/a', '2')         # a rewrite: no change
     writer.put('/p/c', 'y')
     w.do_watch()
-    # One report per key whose value differs from the one delivered.
-    assert reports == [('change', '/p/a', '3'), ('add', '/p/c', 'y')]
-    assert w.implemented_state == {'/p/a': '3', '/p/c': 'y'}
+    assert w.stats()['events'] == 6     # one message
+    # One report per real change, in etcd's order, each with the value
+    # its event left (not the tree's, which holds the whole message).
+    assert reports == [('add', '/p/b', 'x'), ('delete', '/p/b', None),
+                       ('change', '/p/a', '2'), ('add', '/p/c', 'y')]
+    assert w.implemented_state == {'/p/a': '2', '/p/c': 'y'}
 
 
 def test_an_elected_watcher_that_loses_its_term_stops_mid_message():
