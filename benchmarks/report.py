@@ -435,6 +435,7 @@ def _case_lines(title, doc, rows):
 _CASE_TITLES = {
     'catchup': 'Catch-up after K missed events',
     'throughput': 'Live throughput',
+    'ingest': 'CPU per event: whole watch messages',
     'load': 'Initial load and resync',
     'latency': 'Event latency',
     'election': 'Election handover and failover',

@@ -165,6 +165,24 @@ def _write_behind(writer, revisions, txn_keys):
         for n in range(txn_keys)], 'failure': []})
 
 
+def _loaded(keys=0):
+    """(fake etcd, a loaded _Recorder on /p); then ``keys`` puts behind it.
+
+    The puts are /p/k0, /p/k1... = v0, v1...: one message for the watcher.
+    """
+    fake = FakeEtcd3Server()
+    w = _Recorder(fake.client(), 'w', '/p', heartbeat=1)
+    w.refresh_all_data()
+    writer = fake.client()
+    for n in range(keys):
+        writer.put('/p/k%d' % n, 'v%d' % n)
+    return fake, w
+
+
+def _keys(w):
+    return [key for _a, key, _v in w.calls]
+
+
 def test_one_watch_call_applies_a_whole_message():
     fake = FakeEtcd3Server()
     w = _Recorder(fake.client(), 'w', '/p', heartbeat=1)
@@ -182,30 +200,20 @@ def test_one_watch_call_applies_a_whole_message():
 
 
 def test_a_failing_callback_in_a_message_is_retried_in_order():
-    fake = FakeEtcd3Server()
-    w = _Recorder(fake.client(), 'w', '/p', heartbeat=1)
+    _fake, w = _loaded(20)
     w.CALLBACK_RETRY_MIN = w.CALLBACK_RETRY_MAX = 0.01
-    w.refresh_all_data()
-    writer = fake.client()
-    for n in range(20):
-        writer.put('/p/k%d' % n, 'v%d' % n)
     w.fail = {'/p/k7'}
     w.do_watch()
-    assert [key for _a, key, _v in w.calls] == [
+    assert _keys(w) == [
         '/p/k%d' % n for n in range(7)]
     assert w.stats()['callback_errors'] == 1
     w.do_watch()            # the retry: k7 first, then the rest
-    assert [key for _a, key, _v in w.calls] == [
+    assert _keys(w) == [
         '/p/k%d' % n for n in range(20)]
 
 
 def test_no_callback_of_a_message_starts_after_stop():
-    fake = FakeEtcd3Server()
-    w = _Recorder(fake.client(), 'w', '/p', heartbeat=1)
-    w.refresh_all_data()
-    writer = fake.client()
-    for n in range(20):
-        writer.put('/p/k%d' % n, 'v%d' % n)
+    _fake, w = _loaded(20)
 
     def stop_at_the_fifth(key):
         if key == '/p/k4':
@@ -214,14 +222,12 @@ def test_no_callback_of_a_message_starts_after_stop():
     w.do_watch()
     # The fifth had started when stop() came: it finishes, no other
     # starts.
-    assert [key for _a, key, _v in w.calls] == [
+    assert _keys(w) == [
         '/p/k%d' % n for n in range(5)]
 
 
 def test_etcd_data_holds_the_whole_message_during_its_callbacks():
-    fake = FakeEtcd3Server()
-    w = _Recorder(fake.client(), 'w', '/p', heartbeat=1)
-    w.refresh_all_data()
+    fake, w = _loaded()
     writer = fake.client()
     writer.put('/p/a', '1')
     writer.put('/p/b', '2')
@@ -260,12 +266,7 @@ def test_a_change_watcher_reports_a_message_in_etcds_order():
 
 
 def test_an_elected_watcher_that_loses_its_term_stops_mid_message():
-    fake = FakeEtcd3Server()
-    w = _Recorder(fake.client(), 'w', '/p', heartbeat=1)
-    w.refresh_all_data()
-    writer = fake.client()
-    for n in range(10):
-        writer.put('/p/k%d' % n, 'v%d' % n)
+    _fake, w = _loaded(10)
     leading = threading.Event()
     leading.set()
     w._mirror._leading = leading.is_set
@@ -275,7 +276,7 @@ def test_an_elected_watcher_that_loses_its_term_stops_mid_message():
             leading.clear()
     w.hook = lose_at_the_third
     w.do_watch()
-    assert [key for _a, key, _v in w.calls] == ['/p/k0', '/p/k1', '/p/k2']
+    assert _keys(w) == ['/p/k0', '/p/k1', '/p/k2']
 
 
 def test_a_backend_of_ones_own_gets_one_event_per_call():
