@@ -704,6 +704,9 @@ class V3Backend(base.Backend):
     def _cursor(self, key, range_end, from_index):
         ident = (key, range_end)
         self._reap_idle(keep=ident)
+        cursor = self._cursors.get(ident)     # atomic: no lock to find one
+        if cursor is not None:
+            return cursor
         with self._lock:
             cursor = self._cursors.get(ident)
             if cursor is None:
