@@ -33,8 +33,8 @@ def drive(rule: Rule, backend: Any, host: Any,
     :param run_callback: ``(name, args) -> answer`` for CALLBACK requests;
         may answer :data:`~etcdwatch.rules.requests.NOT_RUN`.
     :param sleep: ``seconds -> stopped`` for SLEEP requests.
-    :param run_each: ``(name, items, proceed) -> (ran, error)`` for EACH
-        requests; without it, each item is served as a CALLBACK request
+    :param run_each: ``(name, items, proceed, done) -> (ran, error)`` for
+        EACH requests; without it, each item is served as a CALLBACK request
         (one declined ends the run).
 
     An exception raised while serving a request is thrown into the rule;
@@ -80,7 +80,7 @@ def _call(host, ask, run_callback, run_each=None):
 
 
 def _each(host, ask, run_callback):
-    items, proceed = ask.args
+    items, proceed, done = ask.args
     declined = []
 
     def call(*item):
@@ -88,7 +88,12 @@ def _each(host, ask, run_callback):
                  run_callback) is requests.NOT_RUN:
             declined.append(item)
 
+    def done_unless_declined():
+        if not declined:
+            done()
+
     def stopped():
         return bool(declined)
-    ran, error = requests.run_each(call, items, proceed, stopped)
+    ran, error = requests.run_each(call, items, proceed,
+                                   done_unless_declined, stopped)
     return ran - len(declined), error

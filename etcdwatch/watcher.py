@@ -320,8 +320,9 @@ class EtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
         """Campaign (interruptibly); on a new term, start from a re-read.
 
         Also the check-in that keeps the election's keepalive renewing: one
-        pass of the loop (a watch of at most a heartbeat, plus callbacks)
-        fits in the elector's work_time.
+        pass of the loop (a watch of at most a heartbeat) fits in the
+        elector's work_time, and each callback checks in as it starts (a
+        watch message can bring a thousand).
         """
         if not self.etcd_elector._campaign(self._stop):
             return False
@@ -359,20 +360,20 @@ class EtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
         finally:
             self._callback_returned()
 
-    def _run_each(self, name, items, proceed):
+    def _run_each(self, name, items, proceed, done):
         # _run_callback for a run of callbacks: one handover for the run,
         # and stop() still lets no callback start after it.
         if self.etcd_elector is None:
             # Nothing to hand over: stop() resigns nothing.
             return requests.run_each(getattr(self, name), items, proceed,
-                                     self._stop.is_set)
+                                     done, self._stop.is_set)
         with self._handover_lock:
             if self._stop.is_set():
                 return 0, None
             self._in_callback = True
         try:
             return requests.run_each(getattr(self, name), items, proceed,
-                                     self._stop.is_set)
+                                     done, self._stop.is_set)
         finally:
             self._callback_returned()
 

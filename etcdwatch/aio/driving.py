@@ -75,7 +75,7 @@ async def drive(rule: Any, backend: Any, host: Any,
 
 async def _each(host, ask, run_callback):
     """Serve an EACH request: ``(ran, error)``."""
-    items, proceed = ask.args
+    items, proceed, done = ask.args
     ran = 0
     try:
         for item in items:
@@ -88,6 +88,9 @@ async def _each(host, ask, run_callback):
             else:
                 await maybe_await(getattr(host, ask.name)(*item))
             ran += 1
+            # Recorded now: a cancellation at the next await must not
+            # leave this one to run again.
+            done()
     except Exception as e:
         return ran, e
     return ran, None

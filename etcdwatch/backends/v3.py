@@ -19,6 +19,7 @@ Needs etcd >= 3.4 (tested on 3.5); the v2 API may be disabled.
 """
 
 import json
+import selectors
 import socket
 import ssl
 import threading
@@ -115,6 +116,7 @@ class _Stream(object):
         #: The member's base URL, for moving off it when it fails.
         self.url = url
         self.aborted = False
+        self._selector = None
         raw = response.raw
         self._sock = _socket_of(raw)
         reader = getattr(getattr(raw, '_fp', None), 'fp', None)
@@ -156,22 +158,37 @@ class _Stream(object):
 
     def _fill(self, deadline):
         """Read what has arrived; False if ``deadline`` passed first."""
-        timeout = None
-        if deadline is not None:
-            # 0: only what has arrived, without waiting.
-            timeout = max(0.0, deadline - time.monotonic())
-        # The socket's own timeout: its wait is one poll in C, a fraction
-        # of the cost of a failed read plus a selector, once per message.
-        self._sock.settimeout(timeout)
-        try:
-            data = self._sock.recv(65536)
-        except (BlockingIOError, socket.timeout, ssl.SSLWantReadError,
-                ssl.SSLWantWriteError):
-            return False
-        if not data:
-            self._buffer.end()
-        self._buffer.feed(data)
-        return True
+        while True:
+            timeout = None
+            if deadline is not None:
+                # 0: only what has arrived, without waiting.
+                timeout = max(0.0, deadline - time.monotonic())
+            # The socket's own timeout: its wait is one poll in C, a
+            # fraction of the cost of a failed read plus a selector, once
+            # per message.
+            self._sock.settimeout(timeout)
+            try:
+                data = self._sock.recv(65536)
+            except socket.timeout:
+                return False
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                    ssl.SSLWantWriteError):
+                # A socket that stays non-blocking whatever its timeout
+                # (eventlet's green TLS socket): wait until it is readable.
+                if timeout == 0:
+                    return False
+                self._wait_readable(timeout)
+                continue
+            if not data:
+                self._buffer.end()
+            self._buffer.feed(data)
+            return True
+
+    def _wait_readable(self, timeout):
+        if self._selector is None:
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._sock, selectors.EVENT_READ)
+        self._selector.select(timeout)
 
     def abort(self):
         """Wake a read blocked in another thread; the reader closes."""
@@ -185,6 +202,8 @@ class _Stream(object):
         # Never returned to the pool half read: closing the response
         # closes its connection.
         try:
+            if self._selector is not None:
+                self._selector.close()
             self.response.close()
         except Exception:  # noqa: broad; closing must not fail the caller
             pass
@@ -267,15 +286,21 @@ class _LockedEpochs(v3proto.ClusterEpochs):
     def __init__(self):
         super(_LockedEpochs, self).__init__()
         self._lock = threading.Lock()
+        # (cluster ID, epoch), replaced whole under the lock, so the lock
+        # free path below never pairs a new epoch with the old ID.
+        self._known = (None, 0)
 
     def observe(self, result):
         header = result.get('header') if isinstance(result, dict) else None
-        if header and header.get('cluster_id') == self.cluster_id:
+        known = self._known
+        if header and header.get('cluster_id') == known[0]:
             # The cluster every answer comes from: nothing to note (once
             # per watch message, so without the lock).
-            return self.epoch
+            return known[1]
         with self._lock:
-            return super(_LockedEpochs, self).observe(result)
+            epoch = super(_LockedEpochs, self).observe(result)
+            self._known = (self.cluster_id, epoch)
+            return epoch
 
     def learnt(self, ident, epoch):
         with self._lock:

@@ -51,16 +51,10 @@ class DeliveryQueue(collections.deque):
             run.append(item)
         return run
 
-    def succeeded(self, count: int = 1) -> None:
-        """The head (or the first ``count`` items) returned: drop them."""
-        if count == len(self):
-            self.clear()
-        else:
-            pop = self.popleft
-            for _ in range(count):
-                pop()
-        if count:
-            self.failures = 0
+    def succeeded(self) -> None:
+        """The head returned: drop it."""
+        self.popleft()
+        self.failures = 0
 
     def failed(self) -> int:
         """The head raised: keep it; return its consecutive failures."""

@@ -135,7 +135,7 @@ class Mirror(object):
             # catching up): one pass of the loop, not one per event.
             events = yield requests.backend('watch_tree_events', self.path,
                                             self.tick, heartbeat)
-            if events is None:
+            if not events:
                 # Silence proves nothing: a member cut off from its
                 # cluster, or an etcd rebuilt below our index, is silent.
                 current = yield requests.backend(
@@ -210,11 +210,12 @@ class Mirror(object):
             item = self.queue.head
             if item != delivery.ALL_WORK and item != delivery.RESYNC_END:
                 # Every do_work at the head in one request; _leading is
-                # asked again before each.
+                # asked again before each, and each one that returned
+                # leaves the queue at once.
                 run = self.queue.work_run()
                 ran, error = yield requests.each('do_work', run,
-                                                 self._leading)
-                self.queue.succeeded(ran)
+                                                 self._leading,
+                                                 self.queue.succeeded)
                 if error is not None:
                     self._callback_failed(error, 'do_work', run[ran])
                     return False

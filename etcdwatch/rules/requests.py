@@ -19,11 +19,14 @@ instead.  Four kinds:
 ``EACH``
     call ``host.<name>(*item)`` for each of ``args[0]``'s items in turn,
     as CALLBACK requests would be (and declined as they would be), and
-    also stop before an item once ``args[1]()`` is false; stop at the
-    first that raises.  The answer is ``(ran, error)``: how many returned,
-    and what the next one raised, or None (the rest were declined, or
-    there is no rest).  One request for a run of callbacks, so a watch
-    message of 1,000 events is not 1,000 trips through the driver.
+    also stop before an item once ``args[1]()`` is false; call
+    ``args[2]()`` as soon as an item's call returned (so what ran is
+    recorded even if the driver is cancelled, or a callback raises a
+    BaseException, later in the run); stop at the first that raises.
+    The answer is ``(ran, error)``: how many returned, and what the next
+    one raised, or None (the rest were declined, or there is no rest).
+    One request for a run of callbacks, so a watch message of 1,000
+    events is not 1,000 trips through the driver.
 ``SLEEP``
     wait ``args[0]`` seconds, or less if the recipe is asked to stop;
     the answer is True if it was.
@@ -60,20 +63,21 @@ def hook(name, *args):
     return Request(HOOK, name, args)
 
 
-def each(name, items, proceed):
+def each(name, items, proceed, done):
     """Ask for ``host.<name>(*item)`` for each of ``items``, in order.
 
-    ``proceed()`` is asked before each; the answer is ``(ran, error)``.
+    ``proceed()`` is asked before each, ``done()`` called after each that
+    returned; the answer is ``(ran, error)``.
     """
-    return Request(EACH, name, (items, proceed))
+    return Request(EACH, name, (items, proceed, done))
 
 
-def run_each(call, items, proceed, stopped):
+def run_each(call, items, proceed, done, stopped):
     """Serve an EACH request by calling ``call(*item)`` per item.
 
-    ``stopped()`` and ``proceed()`` are asked before each item.  Returns
-    ``(ran, error)``, as the request's answer.  The threaded driver's way
-    (the asyncio one awaits each call).
+    ``stopped()`` and ``proceed()`` are asked before each item, ``done()``
+    called after each.  Returns ``(ran, error)``, as the request's
+    answer.  The threaded driver's way (the asyncio one awaits each call).
     """
     ran = 0
     try:
@@ -82,6 +86,7 @@ def run_each(call, items, proceed, stopped):
                 break
             call(*item)
             ran += 1
+            done()
     except Exception as e:
         return ran, e
     return ran, None

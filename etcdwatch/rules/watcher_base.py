@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterable, Optional
 
 from oslo_log import log as logging
 
+from etcdwatch import exceptions
 from etcdwatch import keys
 from etcdwatch import registry
 from etcdwatch.rules import mirror
@@ -207,8 +208,23 @@ class WatcherBase(object):
         return initial, self.DANGER_PAUSE_MAX or 8 * initial
 
     def _leading(self):
+        """Whether callbacks may run now; an elected watcher shows life.
+
+        Asked before each callback.  Each one that starts shows life, so
+        a long run of quick callbacks (a watch message of a thousand
+        events) is progress, as one callback per pass of the loop was; a
+        callback that hangs still lets the term end after work_time.
+        """
         elector = self.etcd_elector
-        return elector is None or elector.is_elected
+        if elector is None:
+            return True
+        if not elector.is_elected:
+            return False
+        try:
+            elector.check_in()
+        except exceptions.EtcdElectionLost:
+            return False
+        return True
 
     def _catchup(self):
         min_lag, fraction = self.CATCHUP_MIN_LAG, self.CATCHUP_TREE_FRACTION

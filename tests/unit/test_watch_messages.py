@@ -10,6 +10,7 @@ revision never split.
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -77,10 +78,8 @@ def test_work_run_stops_at_a_whole_tree_callback():
     queue.push(('add', '/c', 3))
     assert queue.work_run() == [('add', '/a', 1), ('add', '/b', 2)]
     queue.failed()
-    queue.succeeded(2)
-    assert queue.head == delivery.ALL_WORK and queue.failures == 0
-    queue.succeeded(0)
-    assert queue.head == delivery.ALL_WORK
+    queue.succeeded()
+    assert queue.head == ('add', '/b', 2) and queue.failures == 0
 
 
 class _Host(object):
@@ -94,8 +93,8 @@ class _Host(object):
         self.calls.append(item)
 
 
-def _each(items, proceed=lambda: True):
-    return (yield requests.each('do_work', items, proceed))
+def _each(items, proceed=lambda: True, done=lambda: None):
+    return (yield requests.each('do_work', items, proceed, done))
 
 
 ITEMS = [('add', '/k%d' % n, n) for n in range(5)]
@@ -345,4 +344,97 @@ async def test_the_asyncio_watcher_applies_a_whole_message():
         assert w.calls == ['/p/k%d' % n for n in range(11)]
         await w.do_watch()
         assert w.calls == ['/p/k%d' % n for n in range(30)]
+        await w.aclose()
+
+
+def test_callbacks_that_returned_are_not_run_again_after_a_base_exception():
+    _fake, w = _loaded(5)
+    original = w.do_work
+
+    def interrupted(action, key, value):
+        if key == '/p/k3' and not getattr(w, 'interrupted', False):
+            w.interrupted = True
+            raise KeyboardInterrupt
+        original(action, key, value)
+    w.do_work = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        w.do_watch()
+    assert _keys(w) == ['/p/k0', '/p/k1', '/p/k2']
+    w.do_watch()
+    assert _keys(w) == ['/p/k%d' % n for n in range(5)]
+
+
+class _Slow(_Recorder):
+    DANGER_PAUSE = 0.1
+
+    def do_work(self, action, key, value):
+        time.sleep(0.02)
+        super().do_work(action, key, value)
+
+
+def test_an_elected_watcher_keeps_its_term_through_a_long_message():
+    # 300 callbacks of 20 ms: one message takes three times work_time,
+    # which one check-in per pass of the loop would not cover.
+    fake = FakeEtcd3Server()
+    w = _Slow(fake.client(), 'w', '/p', election_path='/e',
+              wait_until_elected=True, recovery_time=1, heartbeat=1)
+    assert w.etcd_elector.work_time < 3
+    gate = threading.Event()
+    w.hook = lambda key: key == '/p/first' and gate.wait(WAIT)
+    thread = threading.Thread(target=w.watch_forever, daemon=True)
+    thread.start()
+    try:
+        assert w.wait_synced(WAIT)
+        term = w.etcd_elector.fencing_token
+        writer = fake.client()
+        writer.put('/p/first', 'x')
+        wait_until(lambda: w.hook is not None and not gate.is_set() and
+                   w.stats()['events'] == 1)
+        for n in range(300):
+            writer.put('/p/k%d' % n, 'v%d' % n)
+        lost, sizes = [], []
+        w.etcd_elector.on_lost = lambda *args: lost.append(time.monotonic())
+        apply_all = w._mirror.apply_all
+        w._mirror.apply_all = lambda events: (sizes.append(len(events)),
+                                              apply_all(events))
+        # As a reconnect would: the next stream catches up in one message.
+        w._backend.close()
+        gate.set()
+        wait_until(lambda: len(w.calls) == 301, timeout=60)
+        assert sizes == [300]
+        assert not lost and w.etcd_elector.is_elected
+        assert w.etcd_elector.fencing_token == term
+    finally:
+        w.stop()
+        thread.join(WAIT)
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_asyncio_run_does_not_run_callbacks_again():
+    fake = FakeEtcd3Server()
+    async with aio.AsyncEtcd3Client(
+            [fake.base_url.split('//')[1]],
+            transport=fake.async_httpx_transport()) as client:
+        w = _AsyncRecorder(client, 'w', '/p', heartbeat=1)
+        await w.refresh_all_data()
+        writer = fake.client()
+        for n in range(5):
+            writer.put('/p/k%d' % n, 'v%d' % n)
+        blocked = asyncio.Event()
+        original = w.do_work
+
+        async def hanging(action, key, value):
+            if key == '/p/k3' and not blocked.is_set():
+                blocked.set()
+                await asyncio.sleep(3600)
+            await original(action, key, value)
+        w.do_work = hanging
+        task = asyncio.ensure_future(w.do_watch())
+        await asyncio.wait_for(blocked.wait(), WAIT)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert w.calls == ['/p/k0', '/p/k1', '/p/k2']
+        await w.do_watch()
+        assert w.calls == ['/p/k%d' % n for n in range(5)]
         await w.aclose()
