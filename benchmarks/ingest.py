@@ -2,24 +2,26 @@
 
 Two ways a follower meets events, each measured as this process's CPU
 time (user + system, every thread: etcd3gw reads its stream in a thread
-of its own) per 1,000 events delivered to a callback:
+of its own) per 1,000 events delivered to a callback.
 
-catching up
-    Followers of every kind load the (empty) prefix; writer processes
-    then write N events (puts that cycle over ``KEYS`` keys, so every
-    event is one callback, and v3 keeps them all: nothing compacts);
-    then each follower in turn runs from where it loaded until its N-th
-    callback.  etcdwatch walks the events here, as the bare loop does
-    (``CATCHUP_MIN_LAG`` is infinite): by default it would re-read the
-    tree instead, which is far cheaper (see the catch-up case).  v2 keeps
-    only its last 1,000 events, so there N is 900.
-following live
-    A follower follows while writer processes write flat out for a few
-    seconds (the throughput case's trial, whose CPU figure this is).
+*Catching up:* followers of every kind load the (empty) prefix; writer
+processes then write N events (puts that cycle over 1,000 keys, so every
+event is one callback, and v3 keeps them all: nothing compacts); then each
+follower in turn runs from where it loaded until its N-th callback.
+etcdwatch walks the events here, as the bare loop does
+(``CATCHUP_MIN_LAG`` is infinite): by default it would re-read the tree
+instead, which is far cheaper (see the catch-up case).  v2 keeps only its
+last 1,000 events, so there N is 900.
 
-The bare loops are :mod:`benchmarks.baselines`: python-etcd's watch per
-event on v2, one etcd3gw ``watch_prefix`` stream on v3.  Every follower of
-one trial sees the same events, and the kinds take turns.
+*Following live:* a follower follows while writer processes write flat
+out for a few seconds (the throughput case's trial, whose CPU figure this
+is).
+
+The goal (v3 only: the bare loop's CPU or less) is the v3 issue's; on v2
+the figures are measured, not held to a goal.  The bare loops are
+:mod:`benchmarks.baselines`: python-etcd's watch per event on v2, one
+etcd3gw ``watch_prefix`` stream on v3.  Every follower of one trial sees
+the same events, and the kinds take turns.
 """
 
 import collections
@@ -205,12 +207,14 @@ def rows(results):
                 bare = by_param[param].get('bare', [])
                 value = common.ratio(common.median(ours),
                                      common.median(bare))
+                held = api == apis.V3
                 table.append(common.row(
                     'ingest', '%s, %s' % (api, label % param),
                     'CPU per 1,000 events delivered', 'ms',
                     common.median(ours) * 1e3, bare_name,
                     common.median(bare) * 1e3, 'ours/bare', value,
-                    '<= bare', value <= GOAL_RATIO,
+                    '<= bare' if held else '',
+                    value <= GOAL_RATIO if held else None,
                     'medians of %d / %d trials; etcdwatch per trial: %s; '
                     'bare: %s' % (
                         len(ours), len(bare),
