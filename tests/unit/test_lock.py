@@ -347,8 +347,9 @@ async def test_aio_one_holder_at_a_time_in_order():
 async def test_aio_cancelled_acquire_withdraws_its_key():
     fake = FakeEtcd3Server()
     async with aio_client_of(fake) as c:
-        holder = AsyncEtcdLock(c, 'job', PATH, ttl=5)
-        waiter = AsyncEtcdLock(c, 'job', PATH, ttl=5)
+        # Long TTLs: a loaded machine must not end the holder's hold.
+        holder = AsyncEtcdLock(c, 'job', PATH, ttl=30)
+        waiter = AsyncEtcdLock(c, 'job', PATH, ttl=30)
         assert await holder.acquire()
         task = asyncio.ensure_future(waiter.acquire())
         while len(queue_of(fake.client())) < 2:
@@ -362,7 +363,7 @@ async def test_aio_cancelled_acquire_withdraws_its_key():
         assert [e.value for e in queue_of(fake.client())] == [holder.id]
         assert await holder.holder() == holder.id
         await holder.release()
-        assert await waiter.acquire(timeout=5)
+        assert await waiter.acquire(timeout=WAIT)
         assert waiter.fencing_token > 0
         with pytest.raises(RuntimeError):
             await waiter.acquire()
