@@ -1,11 +1,14 @@
 """Small tools shared by the test modules."""
 
+import os
+import subprocess
 import threading
 import time
 
 import etcd
 
 from etcdwatch import EtcdChangeWatcher
+from etcdwatch.testing.server import find_etcd_tool
 
 
 def wait_until(predicate, timeout=10.0, interval=0.005, message=None):
@@ -172,3 +175,14 @@ def converged(watcher, driver, path):
     truth = driver.state(path)
     return (watcher.etcd_data == truth and
             fold_changes(watcher.changes) == truth)
+
+
+def etcdctl(server, *args, user=None):
+    """Run etcdctl (v3) against ``server``; ``user`` is "name:password"."""
+    argv = [find_etcd_tool('etcdctl', server.binary),
+            '--endpoints', server.client_url]
+    if user:
+        argv += ['--user', user]
+    subprocess.run(argv + list(args), env=dict(os.environ, ETCDCTL_API='3'),
+                   check=True, timeout=30, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE)

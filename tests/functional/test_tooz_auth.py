@@ -11,9 +11,7 @@ password.
 """
 
 import logging
-import os
 import re
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -25,7 +23,7 @@ import tooz
 from tooz import coordination
 
 from etcdwatch.testing.server import EtcdServer
-from etcdwatch.testing.server import find_etcd_tool
+from tests.helpers import etcdctl
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.functional
@@ -39,26 +37,16 @@ PASSWORDS = (ROOT_PW, TOOZ_PW, WRONG_PW, urllib.parse.quote(TOOZ_PW, ''),
 PREFIX = '/tooz-app'
 
 
-def _etcdctl(server, *args, user=None):
-    argv = [find_etcd_tool('etcdctl', server.binary),
-            '--endpoints', server.client_url]
-    if user:
-        argv += ['--user', user]
-    subprocess.run(argv + list(args), env=dict(os.environ, ETCDCTL_API='3'),
-                   check=True, timeout=30, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.PIPE)
-
-
 @pytest.fixture(scope='module')
 def server():
     with EtcdServer(name='tooz-auth', enable_v2=False) as etcd:
-        _etcdctl(etcd, 'user', 'add', 'root:' + ROOT_PW)
-        _etcdctl(etcd, 'user', 'add', 'tooz:' + TOOZ_PW)
-        _etcdctl(etcd, 'role', 'add', 'tooz-role')
-        _etcdctl(etcd, 'role', 'grant-permission', 'tooz-role',
-                 '--prefix=true', 'readwrite', PREFIX + '/')
-        _etcdctl(etcd, 'user', 'grant-role', 'tooz', 'tooz-role')
-        _etcdctl(etcd, 'auth', 'enable')
+        etcdctl(etcd, 'user', 'add', 'root:' + ROOT_PW)
+        etcdctl(etcd, 'user', 'add', 'tooz:' + TOOZ_PW)
+        etcdctl(etcd, 'role', 'add', 'tooz-role')
+        etcdctl(etcd, 'role', 'grant-permission', 'tooz-role',
+                '--prefix=true', 'readwrite', PREFIX + '/')
+        etcdctl(etcd, 'user', 'grant-role', 'tooz', 'tooz-role')
+        etcdctl(etcd, 'auth', 'enable')
         yield etcd
 
 

@@ -10,8 +10,6 @@ canceled with "permission denied").
 
 import asyncio
 import logging
-import os
-import subprocess
 import threading
 import time
 import uuid
@@ -28,10 +26,10 @@ from etcdwatch import election
 from etcdwatch import exceptions
 from etcdwatch.testing.server import EtcdCluster
 from etcdwatch.testing.server import EtcdServer
-from etcdwatch.testing.server import find_etcd_tool
 
 from etcdwatch import v3client
 from etcdwatch import watcher
+from tests.helpers import etcdctl
 from tests.helpers import wait_until
 
 TIMEOUT = 60
@@ -39,16 +37,6 @@ ROOT_PW = 'root-Secret-4fz'
 APP_PW = 'app-Secret-9qk'
 OTHER_PW = 'other-Secret-2mx'
 PASSWORDS = (ROOT_PW, APP_PW, OTHER_PW, 'wrong-Secret-7tt')
-
-
-def etcdctl(server, *args, user=None):
-    argv = [find_etcd_tool('etcdctl', server.binary),
-            '--endpoints', server.client_url]
-    if user:
-        argv += ['--user', user]
-    subprocess.run(argv + list(args), env=dict(os.environ, ETCDCTL_API='3'),
-                   check=True, timeout=30, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.PIPE)
 
 
 def set_up_auth(server):
