@@ -24,9 +24,23 @@ class DeliveryQueue(collections.deque):
         super().__init__()
         #: Consecutive failures of the head.
         self.failures = 0
+        #: The etcd index of each item's event (None for a whole-tree
+        #: callback), in step with the items.
+        self.indexes: collections.deque = collections.deque()
 
-    #: Queue an item (at the tail).
-    push = collections.deque.append
+    def push(self, item: Any, index: Any = None) -> None:
+        """Queue an item (at the tail), with its event's index."""
+        self.append(item)
+        self.indexes.append(index)
+
+    def clear(self) -> None:
+        super().clear()
+        self.indexes.clear()
+
+    @property
+    def head_index(self) -> Any:
+        """The etcd index of the head's event, or None."""
+        return self.indexes[0] if self.indexes else None
 
     def reload(self, first: bool) -> None:
         """A full read supersedes whatever was owed: do_all_work covers it.
@@ -34,9 +48,9 @@ class DeliveryQueue(collections.deque):
         The first load is followed by init_resync_end.
         """
         self.clear()
-        self.append(ALL_WORK)
+        self.push(ALL_WORK)
         if first:
-            self.append(RESYNC_END)
+            self.push(RESYNC_END)
 
     @property
     def head(self) -> Any:
@@ -54,6 +68,7 @@ class DeliveryQueue(collections.deque):
     def succeeded(self) -> None:
         """The head returned: drop it."""
         self.popleft()
+        self.indexes.popleft()
         self.failures = 0
 
     def failed(self) -> int:

@@ -278,7 +278,7 @@ class Mirror(object):
         decode = None if self._plain_values else self.decode
         for event in events:
             for change in apply_event(data, event, decode):
-                push(change)
+                push(change, event.index)
         last = events[-1]
         self.tick = last.index + 1
         # A v2 watch answers with etcd's index from when it began, which
@@ -286,6 +286,16 @@ class Mirror(object):
         self.saw_index(last.index)
         self.stats['events'] += len(events)
         self.stats['last_event_time'] = self._clock()
+
+    def visible_tick(self) -> Optional[int]:
+        """``tick`` as the recipes show it.
+
+        During (or before the retry of) an event's callback, the index
+        after that event's, as when events were applied one at a time;
+        else :attr:`tick`.
+        """
+        index = self.queue.head_index
+        return self.tick if index is None else index + 1
 
     def saw_index(self, index: Optional[int]) -> None:
         """etcd showed its current index (a watch, a read, a check)."""

@@ -125,8 +125,13 @@ class WatcherBase(object):
 
     @property
     def tick(self) -> Optional[int]:
-        """The next etcd index to watch from; None means "re-read all"."""
-        return self._mirror.tick
+        """The next etcd index to watch from; None means "re-read all".
+
+        During a ``do_work`` call, the index after that call's event (a
+        watch message's later events are applied already, but ``tick``
+        says where this callback stands).
+        """
+        return self._mirror.visible_tick()
 
     @tick.setter
     def tick(self, value: Optional[int]) -> None:

@@ -40,7 +40,11 @@ BOUND = 60
 
 
 def _url(cluster, order):
-    return 'etcdwatch+http://%s/?timeout=%d' % (
+    # request_timeout under the member keys' 2 s leases: a renewal sent to
+    # a member just as the raft leader was cut hangs until it times out,
+    # and only a retry once a new leader is elected renews in time (with
+    # 5 s, every coordinator's key could lapse: a false leave and join).
+    return 'etcdwatch+http://%s/?timeout=%d&request_timeout=1' % (
         ','.join('%s:%d' % cluster.hosts[i] for i in order), TIMEOUT)
 
 

@@ -236,6 +236,23 @@ def test_etcd_data_holds_the_whole_message_during_its_callbacks():
     assert seen == [{'/p/a': '1', '/p/b': '2'}] * 2
 
 
+def test_tick_during_a_callback_is_after_that_callbacks_event():
+    fake, w = _loaded()
+    start = w.tick
+    writer = fake.client()
+    for key in ('a', 'b', 'c'):
+        writer.put('/p/' + key, '1')
+    ticks = []
+    w.hook = lambda key: ticks.append((key, w.tick))
+    w.do_watch()
+    assert w.stats()['events'] == 3         # one message
+    # As one event at a time: during each callback, tick is the index
+    # after that callback's event (the CLI prints tick - 1 as its index).
+    assert ticks == [('/p/a', start + 1), ('/p/b', start + 2),
+                     ('/p/c', start + 3)]
+    assert w.tick == start + 3
+
+
 def test_a_change_watcher_reports_a_message_in_etcds_order():
     fake = FakeEtcd3Server()
     writer = fake.client()
