@@ -261,10 +261,6 @@ class Mirror(object):
 
     # -- pure steps -------------------------------------------------------
 
-    def apply(self, event: base.Event) -> None:
-        """Fold one event into the tree and queue its callbacks."""
-        self.apply_all((event,))
-
     def apply_all(self, events) -> None:
         """Fold events, in order, into the tree and queue their callbacks.
 
@@ -273,7 +269,7 @@ class Mirror(object):
         them): the next watch starts after the last one.
         """
         data = self.data
-        assert data is not None, 'apply() before the first load'
+        assert data is not None, 'apply_all() before the first load'
         push = self.queue.push
         decode = None if self._plain_values else self.decode
         for event in events:
