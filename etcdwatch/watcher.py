@@ -231,7 +231,8 @@ class EtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
                     if self.etcd_elector is not None:
                         if not self._wait_until_elected():
                             break
-                    self.do_watch()
+                    with self._pass():
+                        self.do_watch()
                     self._mirror.succeeded()
                 except Exception as e:
                     self._stop.wait(self._mirror.failed(
@@ -298,11 +299,15 @@ class EtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
     def do_watch(self) -> None:
         """One step: retry undelivered callbacks, or one watch, or one read.
 
-        Raises :class:`~etcdwatch.exceptions.BackendError` for etcd errors.
+        Called by :meth:`watch_forever`'s loop, the watch goes on with the
+        next message while messages keep coming, for up to a
+        ``heartbeat``; called on its own, it watches once.  Raises
+        :class:`~etcdwatch.exceptions.BackendError` for etcd errors.
         """
         self._drive(self._mirror.step(self.heartbeat,
                                       self.CALLBACK_RETRY_MIN,
-                                      self.CALLBACK_RETRY_MAX))
+                                      self.CALLBACK_RETRY_MAX,
+                                      self._follow))
 
     def refresh_all_data(self) -> None:
         """Re-read the whole tree, then call :meth:`do_all_work`.

@@ -91,6 +91,10 @@ class MessageStream(object):
         self._waiter: Optional['asyncio.Future[None]'] = None
         self._room: Optional['asyncio.Future[None]'] = None
 
+    def has_message(self):
+        """Whether a whole message is received (next_message won't wait)."""
+        return self._buffer.has_line()
+
     async def next_message(self, deadline):
         """The next message, or None if ``deadline`` passes first.
 

@@ -44,6 +44,11 @@ class _Collector(aio_watcher.AsyncEtcdChangeWatcher):
             self.out.append(RESYNC)
         return super().do_all_work()
 
+    def _follow(self) -> float:
+        # The iterator yields between passes: a pass ends with the first
+        # message that brought a change to yield.
+        return 0 if self.out else super()._follow()
+
     def key_change(self, action: str, key: str, value: Any) -> None:
         short_key = self.make_short_key(key)
         if short_key is not None:

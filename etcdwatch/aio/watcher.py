@@ -183,7 +183,8 @@ class AsyncEtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
             if self.etcd_elector is not None:
                 if not await self._waiting(self._wait_until_elected()):
                     return False
-            await self.do_watch()
+            with self._pass():
+                await self.do_watch()
             self._mirror.succeeded()
         except Exception as e:
             await driving.sleep_until(self._stop)(
@@ -196,7 +197,8 @@ class AsyncEtcdWatcher(watcher_base.WatcherBase, metaclass=abc.ABCMeta):
         Raises :class:`~etcdwatch.exceptions.BackendError` for etcd errors.
         """
         await self._drive(self._mirror.step(
-            self.heartbeat, self.CALLBACK_RETRY_MIN, self.CALLBACK_RETRY_MAX))
+            self.heartbeat, self.CALLBACK_RETRY_MIN, self.CALLBACK_RETRY_MAX,
+            self._follow))
 
     async def refresh_all_data(self) -> None:
         """Re-read the whole tree, then call :meth:`do_all_work`."""

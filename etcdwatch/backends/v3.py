@@ -138,6 +138,10 @@ class _Stream(object):
             first = b''
         self._buffer.feed(first or b'')
 
+    def has_message(self):
+        """Whether a whole message is received (next_message won't wait)."""
+        return self._buffer.has_line()
+
     def next_message(self, deadline):
         """The next message, or None if ``deadline`` passes first.
 
@@ -226,6 +230,9 @@ class _MessageStream(object):
         self.aborted = False
         self._read = response.raw.read_message
         self._buffer = v3proto.MessageBuffer(chunked=False)
+
+    def has_message(self):
+        return self._buffer.has_line()
 
     def next_message(self, deadline):
         while True:
@@ -601,7 +608,9 @@ class V3Backend(base.Backend):
                 cursor.close_stream()
             self._check_cluster(ident, what)
             while True:
-                ready = cursor.ready(whole)
+                stream = cursor.stream
+                ready = cursor.ready(whole, whole and stream is not None and
+                                     stream.has_message())
                 if ready is not None:
                     return ready
                 if cursor.stream is None:

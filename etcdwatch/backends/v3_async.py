@@ -220,7 +220,9 @@ class AsyncV3Backend(base.AsyncBackend):
                 await cursor.close_stream()
             self._epochs.check(ident, what)
             while True:
-                ready = cursor.ready(whole)
+                stream = cursor.stream
+                ready = cursor.ready(whole, whole and stream is not None and
+                                     stream.has_message())
                 if ready is not None:
                     return ready
                 # The token of a stream not yet open (refused before it

@@ -31,6 +31,7 @@ import binascii
 import collections
 import json
 import math
+import re
 import uuid
 from typing import Any, List, Sequence, Tuple, Union
 
@@ -47,6 +48,10 @@ PAGE_SIZE = 1000
 #: Seconds without an answer to a new watch after which etcd is deemed
 #: unavailable (a shorter wait proves nothing).
 MIN_SILENCE = 0.5
+#: The most events one whole-message watch call gathers from messages
+#: already received (one message may hold more: etcd sends up to 1,000
+#: revisions in one).
+BATCH_EVENTS = 1000
 
 #: A v3 watcher's defaults for CATCHUP_MIN_LAG / CATCHUP_TREE_FRACTION.  A
 #: stream delivers missed events in batches (about 0.015 ms each on
@@ -332,6 +337,11 @@ class Translate(object):
 
 # -- watch streams: framing ---------------------------------------------------
 
+#: A chunk's size line (up to its newline): hex digits, then perhaps
+#: extensions.
+_CHUNK_SIZE = re.compile(rb'[ \t]*([0-9a-fA-F]+)[ \t]*(?:;[^\r\n]*)?\r?')
+
+
 class ChunkedDecoder(object):
     """Decodes an HTTP/1.1 chunked body fed in pieces of any size.
 
@@ -356,6 +366,30 @@ class ChunkedDecoder(object):
         end, pos, out = len(buf), 0, []
         state, left = self._state, self._left
         while state != 'done':
+            if state == 'size':
+                newline = buf.find(b'\n', pos)
+                if newline < 0:
+                    if end - pos > self._MAX_LINE:
+                        raise ValueError('chunked body: framing line too long')
+                    break
+                size = _CHUNK_SIZE.fullmatch(buf, pos, newline)
+                if size is None:
+                    raise ValueError('chunked body: bad size %r'
+                                     % buf[pos:newline])
+                left = int(size.group(1), 16)
+                pos = newline + 1
+                if not left:
+                    state = 'trailer'
+                    continue
+                stop = pos + left
+                if buf[stop:stop + 2] == b'\r\n':
+                    # The whole chunk and its CRLF are here (a watch
+                    # message usually comes in one piece): one slice.
+                    out.append(buf[pos:stop])
+                    pos, left = stop + 2, 0
+                    continue
+                state = 'data'
+                continue
             if state == 'data':
                 if pos >= end:
                     break
@@ -373,13 +407,7 @@ class ChunkedDecoder(object):
                 break
             line = buf[pos:newline].rstrip(b'\r')
             pos = newline + 1
-            if state == 'size':
-                size = line.split(b';', 1)[0].strip()
-                if not size or size.strip(b'0123456789abcdefABCDEF'):
-                    raise ValueError('chunked body: bad size %r' % line)
-                left = int(size, 16)
-                state = 'data' if left else 'trailer'
-            elif state == 'crlf':
+            if state == 'crlf':
                 if line:
                     raise ValueError('chunked body: chunk overruns its size')
                 state = 'size'
@@ -389,6 +417,24 @@ class ChunkedDecoder(object):
         self._state, self._left = state, left
         self._pending = buf[pos:]
         return out[0] if len(out) == 1 else b''.join(out)
+
+
+_raw_json = json.JSONDecoder().raw_decode
+
+
+def _json(line):
+    """The JSON value of one line (bytes); ValueError if it is not JSON."""
+    text = line.decode('utf-8')
+    try:
+        # json.loads minus its two whitespace scans: once per message.
+        value, end = _raw_json(text)
+    except ValueError:
+        value, end = None, -1
+    if end != len(text):
+        # Surrounding whitespace, trailing data or no JSON at all:
+        # json.loads decides (and words the error).
+        return json.loads(text)
+    return value
 
 
 class StreamEnded(Exception):
@@ -419,6 +465,10 @@ class MessageBuffer(object):
             data = self._decoder.feed(data)
             if self._decoder.done:
                 self.ended = True
+        if self._pos >= len(self._text):
+            # Every line taken (following live, the usual case): no copy.
+            self._text, self._pos = data, 0
+            return
         if self._pos:
             self._text = self._text[self._pos:]
             self._pos = 0
@@ -445,14 +495,14 @@ class MessageBuffer(object):
                 line = text[self._pos:newline]
                 self._pos = newline + 1
                 if line.strip():
-                    return json.loads(line.decode('utf-8'))
+                    return _json(line)
                 continue
             if not self.ended:
                 return None
             # The gateway ends a stream error without a newline.
             line, self._text, self._pos = text[self._pos:], b'', 0
             if line.strip():
-                return json.loads(line.decode('utf-8'))
+                return _json(line)
             raise StreamEnded()
 
 
@@ -525,9 +575,19 @@ class Cursor(object):
         self.floor = self.returned + 1
         return events
 
-    def ready(self, whole):
-        """:meth:`pop_all` if ``whole``, else :meth:`pop`."""
-        return self.pop_all() if whole else self.pop()
+    def ready(self, whole, more=False):
+        """:meth:`pop_all` if ``whole``, else :meth:`pop`.
+
+        With ``whole``, None while ``more`` (another message is received
+        already) can add to the events, up to :data:`BATCH_EVENTS`: a
+        reader that fell behind a busy stream takes the messages that
+        piled up in one call, not one call each.
+        """
+        if not whole:
+            return self.pop()
+        if more and len(self.events) < BATCH_EVENTS:
+            return None
+        return self.pop_all()
 
     def start_revision(self):
         """Where a new stream for this cursor must start."""
@@ -586,7 +646,7 @@ class Cursor(object):
         # tuples (kind, key, value, index, is_dir, current_index).
         event_of, add, put, delete = base.Event, events.append, base.PUT, (
             base.DELETE)
-        with Translate(what):
+        try:
             for event in result.get('events') or ():
                 kv = event['kv']
                 if event.get('type') == 'DELETE':
@@ -595,6 +655,11 @@ class Cursor(object):
                 else:
                     add(event_of(put, text(kv['key']), text(kv.get('value')),
                                  int(kv['mod_revision']), False, current))
+        except (ValueError, KeyError, TypeError) as e:
+            # As Translate words it (a try costs nothing; a with block is
+            # two calls, once per message).
+            Translate(what)._translate(e)
+            raise
         if events:
             # etcd sends a message's events in revision order.
             if events[-1].index > self.received:

@@ -122,37 +122,65 @@ class Mirror(object):
 
     # -- one pass of the loop --------------------------------------------
 
-    def step(self, heartbeat: float, retry_min: float, retry_max: float):
-        """Retry owed callbacks, or read the tree, or watch once."""
+    def step(self, heartbeat: float, retry_min: float, retry_max: float,
+             follow: Optional[Callable[[], float]] = None):
+        """Retry owed callbacks, or read the tree, or watch.
+
+        One watch, unless ``follow`` is given: after a watch message was
+        delivered whole, ``follow()`` returns the seconds this pass may
+        still wait for the next one (0 ends the pass), so a watcher
+        following a busy prefix makes one pass per ``heartbeat``, not
+        one per message.  Only a pass's first watch, which waits the whole
+        ``heartbeat``, takes silence as a reason to ask etcd where it
+        stands.
+        """
         if self.queue:
             yield from self.retry(min(retry_max, heartbeat), retry_min)
             return
         if self.tick is None:
             yield from self.reload()
             return
+        timeout = heartbeat
+        while True:
+            delivered = yield from self.watch(timeout,
+                                              timeout == heartbeat)
+            if not delivered or follow is None:
+                return
+            timeout = follow()
+            if timeout <= 0:
+                return
+
+    def watch(self, timeout: float, check_silence: bool = True):
+        """Watch once, apply what comes and deliver it.
+
+        Returns True when a message was applied and every callback it
+        owed returned.
+        """
         try:
             # A whole watch message at a time (up to 1,000 revisions while
             # catching up): one pass of the loop, not one per event.
             events = yield requests.backend('watch_tree_events', self.path,
-                                            self.tick, heartbeat)
+                                            self.tick, timeout)
             if not events:
+                if not check_silence:
+                    return False
                 # Silence proves nothing: a member cut off from its
                 # cluster, or an etcd rebuilt below our index, is silent.
                 current = yield requests.backend(
                     'check_current', self.path, self.tick - 1)
                 self.stats['checks'] += 1
                 self.saw_index(current)
-                return
+                return False
         except exceptions.ClusterRewound as e:
             LOG.warning('%s: %s; re-reading %s', self.name, e, self.path)
             self.stats['rewinds'] += 1
             yield from self.reload()
-            return
+            return False
         except exceptions.HistoryGone:
             LOG.info('%s: etcd history no longer reaches index %s; '
                      're-reading %s', self.name, self.tick, self.path)
             yield from self.reload()
-            return
+            return False
         first, last = events[0], events[-1]
         if last.current_index != last.index:
             self.saw_index(last.current_index)
@@ -162,9 +190,9 @@ class Mirror(object):
             LOG.debug('%s: %s events behind; re-reading instead',
                       self.name, first.current_index - first.index)
             yield from self.reload()
-            return
+            return False
         self.apply_all(events)
-        yield from self.deliver()
+        return (yield from self.deliver())
 
     def reload(self):
         """Read the whole tree, then deliver do_all_work().
@@ -270,18 +298,32 @@ class Mirror(object):
         """
         data = self.data
         assert data is not None, 'apply_all() before the first load'
-        push = self.queue.push
-        decode = None if self._plain_values else self.decode
+        queue = self.queue
+        push, push_index = queue.append, queue.indexes.append
+        plain = self._plain_values
+        decode = None if plain else self.decode
+        put = base.PUT
         for event in events:
+            key = event.key
+            if plain and event.kind == put and not event.is_dir:
+                # apply_event's commonest case, inline (once per event).
+                push((CHANGE if key in data else ADD, key, event.value))
+                push_index(event.index)
+                data[key] = event.value
+                continue
             for change in apply_event(data, event, decode):
-                push(change, event.index)
-        last = events[-1]
-        self.tick = last.index + 1
+                push(change)
+                push_index(event.index)
+        last = events[-1].index
+        self.tick = last + 1
+        stats = self.stats
         # A v2 watch answers with etcd's index from when it began, which
         # can be below the event's own.
-        self.saw_index(last.index)
-        self.stats['events'] += len(events)
-        self.stats['last_event_time'] = self._clock()
+        known = stats['etcd_index']
+        if known is None or last > known:
+            stats['etcd_index'] = last
+        stats['events'] += len(events)
+        stats['last_event_time'] = self._clock()
 
     def visible_tick(self) -> Optional[int]:
         """``tick`` as the recipes show it.

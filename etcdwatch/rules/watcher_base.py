@@ -7,6 +7,8 @@ short keys).  :class:`etcdwatch.EtcdWatcher` and
 :class:`etcdwatch.aio.AsyncEtcdWatcher` add the I/O and the waiting.
 """
 
+import contextlib
+import time
 import warnings
 from typing import Any, Dict, Iterable, Optional
 
@@ -29,7 +31,10 @@ class WatcherBase(object):
     """
 
     _backend: Any
+    _stop: Any
     etcd_elector: Any = None
+    #: While the loop runs a pass: when it ends (time.monotonic()).
+    _pass_ends: Optional[float] = None
 
     #: Ceiling of the first wait after an etcd error; each consecutive
     #: error doubles it up to DANGER_PAUSE_MAX, and each wait is drawn at
@@ -230,6 +235,28 @@ class WatcherBase(object):
         except exceptions.EtcdElectionLost:
             return False
         return True
+
+    @contextlib.contextmanager
+    def _pass(self):
+        """The loop's call of do_watch: it may follow for a heartbeat."""
+        self._pass_ends = time.monotonic() + self.heartbeat
+        try:
+            yield
+        finally:
+            self._pass_ends = None
+
+    def _follow(self):
+        """Seconds this pass of the loop may still wait for a message.
+
+        0 ends the pass (outside the loop, once stopped, once the term is
+        lost, or a ``heartbeat`` after the pass began).  A watcher that
+        follows a busy prefix then runs ``do_tick`` and checks its term
+        once per heartbeat, not once per watch message.
+        """
+        ends = self._pass_ends
+        if ends is None or self._stop.is_set() or not self._leading():
+            return 0
+        return ends - time.monotonic()
 
     def _catchup(self):
         min_lag, fraction = self.CATCHUP_MIN_LAG, self.CATCHUP_TREE_FRACTION
