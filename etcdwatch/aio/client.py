@@ -93,7 +93,7 @@ class MessageStream(object):
 
     def has_message(self):
         """Whether a whole message is received (next_message won't wait)."""
-        return self._buffer.has_line()
+        return self._buffer.has_message()
 
     async def next_message(self, deadline):
         """The next message, or None if ``deadline`` passes first.

@@ -45,6 +45,10 @@ DEFAULT_TIMEOUT = 10.0
 PAGE_SIZE = v3proto.PAGE_SIZE
 #: Seconds between two looks for idle watch streams to close.
 REAP_INTERVAL = 1.0
+#: How much longer than asked a stream read may wait, so that following
+#: a busy stream does not set the socket's timeout (a system call) once
+#: per message.
+_TIMEOUT_SLACK = 0.02
 
 # The rules' old private names in this module, kept for code (and tests)
 # written before the split.
@@ -129,6 +133,8 @@ class _Stream(object):
                 'watch: unexpected Content-Encoding %r' % encoding)
         self._buffer = v3proto.MessageBuffer(chunked=bool(raw.chunked))
         self._sock.setblocking(False)
+        #: The socket's timeout, as last set (0: non-blocking).
+        self._timeout = 0.0
         # What the HTTP reader buffered past the headers; from now on
         # the socket is read directly.
         try:
@@ -140,7 +146,7 @@ class _Stream(object):
 
     def has_message(self):
         """Whether a whole message is received (next_message won't wait)."""
-        return self._buffer.has_line()
+        return self._buffer.has_message()
 
     def next_message(self, deadline):
         """The next message, or None if ``deadline`` passes first.
@@ -154,10 +160,8 @@ class _Stream(object):
             message = self._buffer.next()
             if message is not None:
                 return message
+            # Past the deadline, _fill only takes what has arrived.
             if not self._fill(deadline):
-                return None
-            if deadline is not None and time.monotonic() >= deadline and (
-                    not self._buffer.has_line()):
                 return None
 
     def _fill(self, deadline):
@@ -169,8 +173,9 @@ class _Stream(object):
                 timeout = max(0.0, deadline - time.monotonic())
             # The socket's own timeout: its wait is one poll in C, a
             # fraction of the cost of a failed read plus a selector, once
-            # per message.
-            self._sock.settimeout(timeout)
+            # per message.  Setting it is a system call of its own, so a
+            # timeout up to _TIMEOUT_SLACK longer than asked is kept.
+            self._set_timeout(timeout)
             try:
                 data = self._sock.recv(65536)
             except socket.timeout:
@@ -187,6 +192,15 @@ class _Stream(object):
                 self._buffer.end()
             self._buffer.feed(data)
             return True
+
+    def _set_timeout(self, timeout):
+        current = self._timeout
+        if current == timeout or (
+                timeout and current and
+                timeout <= current <= timeout + _TIMEOUT_SLACK):
+            return
+        self._sock.settimeout(timeout)
+        self._timeout = timeout
 
     def _wait_readable(self, timeout):
         if self._selector is None:
@@ -232,7 +246,7 @@ class _MessageStream(object):
         self._buffer = v3proto.MessageBuffer(chunked=False)
 
     def has_message(self):
-        return self._buffer.has_line()
+        return self._buffer.has_message()
 
     def next_message(self, deadline):
         while True:
@@ -632,12 +646,20 @@ class V3Backend(base.Backend):
                         # could not close this one, so we do.
                         cursor.close_stream()
                         return None
-                message = self._next_message(path, cursor, deadline)
+                try:
+                    message = self._next_message(path, cursor, deadline)
+                except exceptions.BackendError:
+                    if cursor.events:
+                        # See _take below: the events at hand come first.
+                        return cursor.ready(whole)
+                    raise
                 if message is None:
-                    return None
+                    # Events at hand (a whole line received was blank, or
+                    # the stream was closed) are not held back.
+                    return cursor.ready(whole)
                 stream = cursor.stream
                 try:
-                    self._take(path, cursor, message)
+                    self._take(what, cursor, message)
                 except v3auth.TokenRejected as e:
                     # A new watch refused for want of a token or of a
                     # permission (etcd cannot tell which): once more with
@@ -654,6 +676,13 @@ class V3Backend(base.Backend):
                     cursor.close_stream()
                     if isinstance(e, exceptions.EtcdUnavailable):
                         self._member_unavailable(stream.url)
+                    if cursor.events and not isinstance(
+                            e, exceptions.ClusterRewound):
+                        # A message read only to join the events at hand
+                        # failed: they come back now, and the next call's
+                        # new stream meets the failure again (or a
+                        # healthy member).
+                        return cursor.ready(whole)
                     raise
                 self._check_cluster(ident, what)
         except exceptions.ClusterRewound:
@@ -731,9 +760,9 @@ class V3Backend(base.Backend):
             return None
         return message
 
-    def _take(self, path, cursor, message):
+    def _take(self, what, cursor, message):
         """Fold one stream message into the cursor (see v3proto.take)."""
-        v3proto.take(cursor, self._epochs, message, 'watch %s' % path)
+        v3proto.take(cursor, self._epochs, message, what)
 
     def _cursor(self, key, range_end, from_index):
         ident = (key, range_end)

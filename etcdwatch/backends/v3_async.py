@@ -232,7 +232,8 @@ class AsyncV3Backend(base.AsyncBackend):
                     message = await self._next_message(path, cursor,
                                                        deadline, timeout)
                     if message is None:
-                        return None
+                        # Events at hand are not held back.
+                        return cursor.ready(whole)
                     generation = getattr(cursor.stream, 'auth_generation',
                                          0)
                     await self._take(cursor, message, what)
@@ -245,6 +246,14 @@ class AsyncV3Backend(base.AsyncBackend):
                     refused = True
                     auth.rejected(generation)
                     continue
+                except exceptions.BackendError as e:
+                    if cursor.events and not isinstance(
+                            e, exceptions.ClusterRewound):
+                        # A message read only to join the events at hand
+                        # failed (its stream is closed): they come back
+                        # now; the next call meets the failure again.
+                        return cursor.ready(whole)
+                    raise
                 self._epochs.check(ident, what)
         except exceptions.ClusterRewound:
             # Its positions mean nothing now.

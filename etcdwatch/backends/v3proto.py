@@ -342,6 +342,15 @@ class Translate(object):
 _CHUNK_SIZE = re.compile(rb'[ \t]*([0-9a-fA-F]+)[ \t]*(?:;[^\r\n]*)?\r?')
 
 
+def _chunk_size(line):
+    """A size line the pattern above refused: the lenient parse."""
+    line = line.rstrip(b'\r')
+    size = line.split(b';', 1)[0].strip()
+    if not size or size.strip(b'0123456789abcdefABCDEF'):
+        raise ValueError('chunked body: bad size %r' % line)
+    return int(size, 16)
+
+
 class ChunkedDecoder(object):
     """Decodes an HTTP/1.1 chunked body fed in pieces of any size.
 
@@ -373,10 +382,8 @@ class ChunkedDecoder(object):
                         raise ValueError('chunked body: framing line too long')
                     break
                 size = _CHUNK_SIZE.fullmatch(buf, pos, newline)
-                if size is None:
-                    raise ValueError('chunked body: bad size %r'
-                                     % buf[pos:newline])
-                left = int(size.group(1), 16)
+                left = (int(size.group(1), 16) if size is not None else
+                        _chunk_size(buf[pos:newline]))
                 pos = newline + 1
                 if not left:
                     state = 'trailer'
@@ -481,6 +488,17 @@ class MessageBuffer(object):
     def has_line(self):
         """Whether a complete line is waiting."""
         return self._text.find(b'\n', self._pos) >= 0
+
+    def has_message(self):
+        """Whether a whole message is waiting (a line that is not blank)."""
+        text, pos = self._text, self._pos
+        while True:
+            newline = text.find(b'\n', pos)
+            if newline < 0:
+                return False
+            if text[pos:newline].strip():
+                return True
+            pos = newline + 1
 
     def next(self):
         """The next message, or None until more bytes arrive.

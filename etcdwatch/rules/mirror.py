@@ -24,6 +24,10 @@ from etcdwatch.rules import requests
 
 LOG = logging.getLogger('etcdwatch.watcher')
 
+#: Seconds a pass must still have left to watch again (or a quarter of
+#: its heartbeat, if less).
+FOLLOW_MIN = 1.0
+
 ADD = 'add'
 CHANGE = 'change'
 DELETE = 'delete'
@@ -128,11 +132,11 @@ class Mirror(object):
 
         One watch, unless ``follow`` is given: after a watch message was
         delivered whole, ``follow()`` returns the seconds this pass may
-        still wait for the next one (0 ends the pass), so a watcher
-        following a busy prefix makes one pass per ``heartbeat``, not
-        one per message.  Only a pass's first watch, which waits the whole
-        ``heartbeat``, takes silence as a reason to ask etcd where it
-        stands.
+        still wait for the next one (under ``min(FOLLOW_MIN, heartbeat /
+        4)`` ends the pass), so a watcher following a busy prefix makes
+        one pass per ``heartbeat``, not one per message.  Only a pass's
+        first watch, which waits the whole ``heartbeat``, takes silence as
+        a reason to ask etcd where it stands.
         """
         if self.queue:
             yield from self.retry(min(retry_max, heartbeat), retry_min)
@@ -140,15 +144,15 @@ class Mirror(object):
         if self.tick is None:
             yield from self.reload()
             return
-        timeout = heartbeat
-        while True:
-            delivered = yield from self.watch(timeout,
-                                              timeout == heartbeat)
-            if not delivered or follow is None:
-                return
+        delivered = yield from self.watch(heartbeat)
+        # A follow-up watch with a sliver of time left would only time out
+        # (or give up opening a stream): the pass ends instead.
+        shortest = min(FOLLOW_MIN, heartbeat / 4)
+        while delivered and follow is not None:
             timeout = follow()
-            if timeout <= 0:
+            if timeout < shortest:
                 return
+            delivered = yield from self.watch(timeout, check_silence=False)
 
     def watch(self, timeout: float, check_silence: bool = True):
         """Watch once, apply what comes and deliver it.

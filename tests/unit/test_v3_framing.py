@@ -52,6 +52,15 @@ def test_bare_newlines_are_accepted_as_before():
         assert _decode(wire[:split], wire[split:]) == (b'abcde', True), split
 
 
+@pytest.mark.parametrize('size_line', [
+    b'5\r\r', b'5\r ;x\r', b'5;a\rb\r', b'5\x0b\r', b'\x0c5\r'])
+def test_size_lines_outside_the_fast_pattern_parse_as_before(size_line):
+    # Stray CRs and other whitespace: the lenient parse takes over.
+    wire = size_line + b'\nhello\r\n0\r\n\r\n'
+    for split in range(len(wire) + 1):
+        assert _decode(wire[:split], wire[split:]) == (b'hello', True), split
+
+
 def test_nothing_is_taken_after_the_last_chunk():
     decoder = proto.ChunkedDecoder()
     assert decoder.feed(b'2\r\nab\r\n0\r\n\r\n3\r\nxyz\r\n') == b'ab'
