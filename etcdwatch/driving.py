@@ -43,12 +43,15 @@ def drive(rule: Rule, backend: Any, host: Any,
     guard = lock if lock is not None else contextlib.nullcontext()
     answer: Any = None
     error: Optional[Exception] = None
+    send, throw = rule.send, rule.throw
     while True:
         with guard:
             while True:
-                done, ask = requests.advance(rule, answer, error)
-                if done:
-                    return ask
+                # requests.advance, inline: twice per watch message.
+                try:
+                    ask = send(answer) if error is None else throw(error)
+                except StopIteration as end:
+                    return end.value
                 answer, error = None, None
                 if ask.kind in (requests.BACKEND, requests.SLEEP) or (
                         not hooks_locked):

@@ -27,15 +27,20 @@ class DeliveryQueue(collections.deque):
         #: The etcd index of each item's event (None for a whole-tree
         #: callback), in step with the items.
         self.indexes: collections.deque = collections.deque()
+        #: How many whole-tree callbacks are queued.
+        self.whole_tree = 0
 
     def push(self, item: Any, index: Any = None) -> None:
         """Queue an item (at the tail), with its event's index."""
         self.append(item)
         self.indexes.append(index)
+        if not is_work(item):
+            self.whole_tree += 1
 
     def clear(self) -> None:
         super().clear()
         self.indexes.clear()
+        self.whole_tree = 0
 
     @property
     def head_index(self) -> Any:
@@ -58,16 +63,19 @@ class DeliveryQueue(collections.deque):
 
     def work_run(self) -> list:
         """The ``do_work`` items at the head, up to the next other item."""
+        if not self.whole_tree:
+            return list(self)
         run = []
         for item in self:
-            if item == ALL_WORK or item == RESYNC_END:
+            if not is_work(item):
                 break
             run.append(item)
         return run
 
     def succeeded(self) -> None:
         """The head returned: drop it."""
-        self.popleft()
+        if not is_work(self.popleft()):
+            self.whole_tree -= 1
         self.indexes.popleft()
         self.failures = 0
 
@@ -81,6 +89,11 @@ class DeliveryQueue(collections.deque):
         if not self.failures:
             return 0.0
         return min(longest, shortest * 2 ** min(64, self.failures - 1))
+
+
+def is_work(item: Any) -> bool:
+    """Whether a queued item is a ``do_work`` call (not a whole-tree one)."""
+    return type(item) is tuple
 
 
 def describe(item: Any) -> str:

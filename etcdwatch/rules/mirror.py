@@ -239,8 +239,8 @@ class Mirror(object):
                 # A watcher that lost its election delivers nothing more;
                 # it re-reads everything when elected again.
                 return False
-            item = self.queue.head
-            if item != delivery.ALL_WORK and item != delivery.RESYNC_END:
+            item = self.queue[0]
+            if type(item) is tuple:     # delivery.is_work, inline
                 # Every do_work at the head in one request; _leading is
                 # asked again before each, and each one that returned
                 # leaves the queue at once.

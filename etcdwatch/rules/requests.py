@@ -43,6 +43,9 @@ EACH = 'each'
 SLEEP = 'sleep'
 
 Request = collections.namedtuple('Request', ['kind', 'name', 'args'])
+# Made without the namedtuple's Python-level __new__: twice per watch
+# message.
+_request = tuple.__new__
 
 #: The answer to a CALLBACK request that the driver declined to start.
 NOT_RUN = type('NotRun', (), {'__repr__': lambda self: 'NOT_RUN'})()
@@ -50,17 +53,17 @@ NOT_RUN = type('NotRun', (), {'__repr__': lambda self: 'NOT_RUN'})()
 
 def backend(name, *args):
     """Ask for one backend operation."""
-    return Request(BACKEND, name, args)
+    return _request(Request, (BACKEND, name, args))
 
 
 def callback(name, *args):
     """Ask for one call of a hook of the recipe object."""
-    return Request(CALLBACK, name, args)
+    return _request(Request, (CALLBACK, name, args))
 
 
 def hook(name, *args):
     """Ask for one call of a hook that runs even while stopping."""
-    return Request(HOOK, name, args)
+    return _request(Request, (HOOK, name, args))
 
 
 def each(name, items, proceed, done):
@@ -69,7 +72,7 @@ def each(name, items, proceed, done):
     ``proceed()`` is asked before each, ``done()`` called after each that
     returned; the answer is ``(ran, error)``.
     """
-    return Request(EACH, name, (items, proceed, done))
+    return _request(Request, (EACH, name, (items, proceed, done)))
 
 
 def run_each(call, items, proceed, done, stopped):
