@@ -18,10 +18,12 @@ bytes back.  Str written through this backend is encoded the same way.
 Needs etcd >= 3.4 (tested on 3.5); the v2 API may be disabled.
 """
 
+import _socket
 import json
 import selectors
 import socket
 import ssl
+import struct
 import threading
 import time
 
@@ -49,6 +51,8 @@ REAP_INTERVAL = 1.0
 #: a busy stream does not set the socket's timeout (a system call) once
 #: per message.
 _TIMEOUT_SLACK = 0.02
+#: Bytes a stream read takes at most.
+_READ_SIZE = 65536
 
 # The rules' old private names in this module, kept for code (and tests)
 # written before the split.
@@ -100,6 +104,123 @@ def _socket_of(raw):
         return None
 
 
+class _TimedReads(object):
+    """Reads of a socket that wait at most a timeout each.
+
+    The socket's own timeout (one poll in C, then the read), which works
+    for TLS sockets and green ones too.  Setting it is a system call of
+    its own, so a timeout up to ``_TIMEOUT_SLACK`` longer than asked is
+    kept rather than set again for every message of a busy stream.
+    """
+
+    def __init__(self, sock):
+        self.sock = sock
+        # The socket's timeout as last set (0: non-blocking, as given).
+        self._timeout = 0.0
+        self._selector = None
+
+    def recv(self, deadline):
+        """What has arrived (``b''`` at the end), or None at ``deadline``.
+
+        ``deadline``: a ``time.monotonic()`` value, or None to wait for
+        ever; once passed, only what has arrived is taken.
+        """
+        while True:
+            timeout = _timeout_to(deadline)
+            self._set_timeout(timeout)
+            try:
+                return self.sock.recv(_READ_SIZE)
+            except socket.timeout:
+                return None
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                    ssl.SSLWantWriteError):
+                # A socket that stays non-blocking whatever its timeout
+                # (eventlet's green TLS socket): wait until it is readable.
+                if timeout == 0:
+                    return None
+                self._wait_readable(timeout)
+
+    def _set_timeout(self, timeout):
+        current = self._timeout
+        if current == timeout or (
+                timeout and current and
+                timeout <= current <= timeout + _TIMEOUT_SLACK):
+            return
+        self.sock.settimeout(timeout)
+        self._timeout = timeout
+
+    def _wait_readable(self, timeout):
+        if self._selector is None:
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self.sock, selectors.EVENT_READ)
+        self._selector.select(timeout)
+
+    def close(self):
+        if self._selector is not None:
+            self._selector.close()
+
+
+class _KernelTimedReads(_TimedReads):
+    """The same for a plain socket: a blocking read the kernel bounds.
+
+    The socket blocks, and ``SO_RCVTIMEO`` ends a read that waited the
+    timeout: one system call per message instead of a poll and a read,
+    which following a stream live is most of what a message costs.  Only
+    for the standard library's own socket: a TLS socket would retry a
+    read the kernel ended, and a green one never blocks.
+    """
+
+    def __init__(self, sock):
+        super(_KernelTimedReads, self).__init__(sock)
+        sock.settimeout(None)
+        self._timeout = None
+        self._set_timeout(None)
+
+    def recv(self, deadline):
+        timeout = _timeout_to(deadline)
+        try:
+            if timeout == 0:
+                return self.sock.recv(_READ_SIZE, socket.MSG_DONTWAIT)
+            self._set_timeout(timeout)
+            return self.sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            # The kernel ended the wait (EAGAIN): the timeout passed.
+            return None
+
+    def _set_timeout(self, timeout):
+        current = self._timeout
+        if current is not None and timeout is not None and (
+                timeout <= current <= timeout + _TIMEOUT_SLACK):
+            return
+        # A zero timeval means no limit; a timeout under a microsecond
+        # must still be one.
+        seconds = 0 if timeout is None else int(timeout)
+        micros = 0 if timeout is None else max(
+            1 if not seconds else 0, int((timeout - seconds) * 1e6))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                             struct.pack('@ll', seconds, micros))
+        self._timeout = timeout
+
+
+def _timeout_to(deadline):
+    """Seconds left until ``deadline`` (0 once passed), or None."""
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def _reads_of(sock):
+    """The way to read ``sock`` with timeouts (see the two classes)."""
+    # The standard library's own class, not a subclass: under eventlet's
+    # monkey patching socket.socket is the green one, whose module is
+    # eventlet's, and a TLS socket's class is ssl's.
+    if type(sock).__module__ == 'socket' and isinstance(
+            sock, _socket.socket) and hasattr(socket, 'MSG_DONTWAIT') and (
+            hasattr(socket, 'SO_RCVTIMEO')):
+        return _KernelTimedReads(sock)
+    return _TimedReads(sock)
+
+
 class _Stream(object):
     """One open ``/watch`` response: JSON messages, one per line.
 
@@ -120,7 +241,6 @@ class _Stream(object):
         #: The member's base URL, for moving off it when it fails.
         self.url = url
         self.aborted = False
-        self._selector = None
         raw = response.raw
         self._sock = _socket_of(raw)
         reader = getattr(getattr(raw, '_fp', None), 'fp', None)
@@ -133,8 +253,6 @@ class _Stream(object):
                 'watch: unexpected Content-Encoding %r' % encoding)
         self._buffer = v3proto.MessageBuffer(chunked=bool(raw.chunked))
         self._sock.setblocking(False)
-        #: The socket's timeout, as last set (0: non-blocking).
-        self._timeout = 0.0
         # What the HTTP reader buffered past the headers; from now on
         # the socket is read directly.
         try:
@@ -143,6 +261,7 @@ class _Stream(object):
                 ssl.SSLWantWriteError):
             first = b''
         self._buffer.feed(first or b'')
+        self._reads = _reads_of(self._sock)
 
     def has_message(self):
         """Whether a whole message is received (next_message won't wait)."""
@@ -166,47 +285,13 @@ class _Stream(object):
 
     def _fill(self, deadline):
         """Read what has arrived; False if ``deadline`` passed first."""
-        while True:
-            timeout = None
-            if deadline is not None:
-                # 0: only what has arrived, without waiting.
-                timeout = max(0.0, deadline - time.monotonic())
-            # The socket's own timeout: its wait is one poll in C, a
-            # fraction of the cost of a failed read plus a selector, once
-            # per message.  Setting it is a system call of its own, so a
-            # timeout up to _TIMEOUT_SLACK longer than asked is kept.
-            self._set_timeout(timeout)
-            try:
-                data = self._sock.recv(65536)
-            except socket.timeout:
-                return False
-            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
-                    ssl.SSLWantWriteError):
-                # A socket that stays non-blocking whatever its timeout
-                # (eventlet's green TLS socket): wait until it is readable.
-                if timeout == 0:
-                    return False
-                self._wait_readable(timeout)
-                continue
-            if not data:
-                self._buffer.end()
-            self._buffer.feed(data)
-            return True
-
-    def _set_timeout(self, timeout):
-        current = self._timeout
-        if current == timeout or (
-                timeout and current and
-                timeout <= current <= timeout + _TIMEOUT_SLACK):
-            return
-        self._sock.settimeout(timeout)
-        self._timeout = timeout
-
-    def _wait_readable(self, timeout):
-        if self._selector is None:
-            self._selector = selectors.DefaultSelector()
-            self._selector.register(self._sock, selectors.EVENT_READ)
-        self._selector.select(timeout)
+        data = self._reads.recv(deadline)
+        if data is None:
+            return False
+        if not data:
+            self._buffer.end()
+        self._buffer.feed(data)
+        return True
 
     def abort(self):
         """Wake a read blocked in another thread; the reader closes."""
@@ -220,8 +305,7 @@ class _Stream(object):
         # Never returned to the pool half read: closing the response
         # closes its connection.
         try:
-            if self._selector is not None:
-                self._selector.close()
+            self._reads.close()
             self.response.close()
         except Exception:  # noqa: broad; closing must not fail the caller
             pass

@@ -1,12 +1,14 @@
-"""A v3 watch stream read from a real socket: plain, TLS, and green TLS.
+"""A v3 watch stream read from a real socket: plain, TLS, green.
 
 ``backends.v3._Stream`` waits for each message on the socket's own
-timeout.  These tests serve one message late over a socket pair of their
-own and check that a read waits for it (never spins, never gives up
-early), that a read whose deadline passes takes nothing and leaves the
-stream usable, and that abort() wakes a blocked read.  Under eventlet's
-monkey patching a TLS socket stays non-blocking whatever its timeout, so
-that case runs in a patched interpreter of its own.
+timeout, or, on a plain socket of the standard library, in a blocking
+read that the kernel ends (``SO_RCVTIMEO``).  These tests serve one
+message late over a socket pair of their own and check that a read waits
+for it (never spins, never gives up early), that a read whose deadline
+passes takes nothing and leaves the stream usable, and that abort() wakes
+a blocked read.  Under eventlet's monkey patching sockets are green (a
+TLS one stays non-blocking whatever its timeout), so those cases run in a
+patched interpreter of their own.
 """
 
 import os
@@ -44,9 +46,16 @@ def stream_over(sock):
     return v3._Stream(response, 1.0)
 
 
-def check_stream(sock, send_late):
-    """The checks, for any socket whose peer ``send_late()`` sends late."""
+def check_stream(sock, send_late, kernel_waits=None):
+    """The checks, for any socket whose peer ``send_late()`` sends late.
+
+    ``kernel_waits``: whether the kernel should bound the reads (None:
+    not checked).
+    """
     stream = stream_over(sock)
+    if kernel_waits is not None:
+        assert isinstance(stream._reads, v3._KernelTimedReads) == (
+            kernel_waits), stream._reads
     send_late()
     started = time.monotonic()
     assert stream.next_message(time.monotonic() + 0.1) is None
@@ -96,14 +105,34 @@ def test_a_read_waits_for_a_late_message(secure, tls):
     def send_late():
         threading.Timer(LATE, server.sendall, (MESSAGE,)).start()
     try:
-        check_stream(client, send_late)
+        check_stream(client, send_late, kernel_waits=not secure)
     finally:
         client.close()
         server.close()
 
 
-def test_abort_wakes_a_blocked_read(tls):
-    client, server = _pair(tls)
+def test_a_deadline_under_a_microsecond_away_still_ends_the_read():
+    # A zero SO_RCVTIMEO would mean "no limit": the read would hang.
+    client, server = _pair()
+    stream = stream_over(client)
+    box = {}
+
+    def read():
+        box['message'] = stream.next_message(time.monotonic() + 1e-7)
+    thread = threading.Thread(target=read, daemon=True)
+    try:
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), 'the read did not end'
+        assert box['message'] is None
+    finally:
+        client.close()
+        server.close()
+
+
+@pytest.mark.parametrize('secure', [False, True], ids=['plain', 'tls'])
+def test_abort_wakes_a_blocked_read(secure, tls):
+    client, server = _pair(tls if secure else None)
     stream = stream_over(client)
     box = {}
 
@@ -134,16 +163,18 @@ import socket, ssl, sys, time
 sys.path.insert(0, sys.argv[1])
 from tests.unit import test_v3_stream_sockets as t
 from etcdwatch.testing.server import make_tls_files
+secure = sys.argv[3] == 'tls'
 files = make_tls_files(sys.argv[2])
 server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 server_ctx.load_cert_chain(files.server_cert, files.server_key)
 client_ctx = ssl.create_default_context(cafile=files.ca_cert)
 listener = socket.create_server(('127.0.0.1', 0))
 accepted = eventlet.spawn(lambda: server_ctx.wrap_socket(
-    listener.accept()[0], server_side=True))
-client = client_ctx.wrap_socket(
-    socket.create_connection(listener.getsockname()),
-    server_hostname='127.0.0.1')
+    listener.accept()[0], server_side=True) if secure else
+    listener.accept()[0])
+client = socket.create_connection(listener.getsockname())
+if secure:
+    client = client_ctx.wrap_socket(client, server_hostname='127.0.0.1')
 server = accepted.wait()
 
 def send_late():
@@ -151,18 +182,23 @@ def send_late():
         eventlet.sleep(t.LATE)
         server.sendall(t.MESSAGE)
     eventlet.spawn(later)
-t.check_stream(client, send_late)
+# Green sockets are never read by the kernel-bounded way: a green read
+# does not block, so SO_RCVTIMEO would bound nothing.
+t.check_stream(client, send_late, kernel_waits=False)
 print('ok')
 '''
 
 
-def test_a_green_tls_read_waits_for_a_late_message(tmp_path):
+@pytest.mark.parametrize('secure', [False, True], ids=['plain', 'tls'])
+def test_a_green_read_waits_for_a_late_message(secure, tmp_path):
     # eventlet's GreenSSLSocket ignores settimeout() once made
     # non-blocking: without a wait for readability every read would
-    # return at once and a watcher would spin.
+    # return at once and a watcher would spin.  A green plain socket
+    # honours its timeout; the kernel's would not apply to it.
     env = dict(os.environ, PYTHONWARNINGS='ignore')
     proc = subprocess.run(
-        [sys.executable, '-c', GREEN, ROOT, str(tmp_path)], cwd=ROOT,
+        [sys.executable, '-c', GREEN, ROOT, str(tmp_path),
+         'tls' if secure else 'plain'], cwd=ROOT,
         env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith('ok')
