@@ -303,6 +303,8 @@ class Mirror(object):
         data = self.data
         assert data is not None, 'apply_all() before the first load'
         queue = self.queue
+        # DeliveryQueue.push, inline: do_work items only, so its count of
+        # whole-tree items holds.
         push, push_index = queue.append, queue.indexes.append
         plain = self._plain_values
         decode = None if plain else self.decode
