@@ -18,12 +18,10 @@ bytes back.  Str written through this backend is encoded the same way.
 Needs etcd >= 3.4 (tested on 3.5); the v2 API may be disabled.
 """
 
-import _socket
 import json
 import selectors
 import socket
 import ssl
-import struct
 import threading
 import time
 
@@ -160,48 +158,6 @@ class _TimedReads(object):
             self._selector.close()
 
 
-class _KernelTimedReads(_TimedReads):
-    """The same for a plain socket: a blocking read the kernel bounds.
-
-    The socket blocks, and ``SO_RCVTIMEO`` ends a read that waited the
-    timeout: one system call per message instead of a poll and a read,
-    which following a stream live is most of what a message costs.  Only
-    for the standard library's own socket: a TLS socket would retry a
-    read the kernel ended, and a green one never blocks.
-    """
-
-    def __init__(self, sock):
-        super(_KernelTimedReads, self).__init__(sock)
-        sock.settimeout(None)
-        self._timeout = None
-        self._set_timeout(None)
-
-    def recv(self, deadline):
-        timeout = _timeout_to(deadline)
-        try:
-            if timeout == 0:
-                return self.sock.recv(_READ_SIZE, socket.MSG_DONTWAIT)
-            self._set_timeout(timeout)
-            return self.sock.recv(_READ_SIZE)
-        except BlockingIOError:
-            # The kernel ended the wait (EAGAIN): the timeout passed.
-            return None
-
-    def _set_timeout(self, timeout):
-        current = self._timeout
-        if current is not None and timeout is not None and (
-                timeout <= current <= timeout + _TIMEOUT_SLACK):
-            return
-        # A zero timeval means no limit; a timeout under a microsecond
-        # must still be one.
-        seconds = 0 if timeout is None else int(timeout)
-        micros = 0 if timeout is None else max(
-            1 if not seconds else 0, int((timeout - seconds) * 1e6))
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                             struct.pack('@ll', seconds, micros))
-        self._timeout = timeout
-
-
 def _timeout_to(deadline):
     """Seconds left until ``deadline`` (0 once passed), or None."""
     if deadline is None:
@@ -210,14 +166,14 @@ def _timeout_to(deadline):
 
 
 def _reads_of(sock):
-    """The way to read ``sock`` with timeouts (see the two classes)."""
-    # The standard library's own class, not a subclass: under eventlet's
-    # monkey patching socket.socket is the green one, whose module is
-    # eventlet's, and a TLS socket's class is ssl's.
-    if type(sock).__module__ == 'socket' and isinstance(
-            sock, _socket.socket) and hasattr(socket, 'MSG_DONTWAIT') and (
-            hasattr(socket, 'SO_RCVTIMEO')):
-        return _KernelTimedReads(sock)
+    """The way to read ``sock`` with timeouts.
+
+    One way for every socket.  Not a blocking read that the kernel ends
+    (``SO_RCVTIMEO``), though it is one system call instead of two: a
+    signal (a handler, Ctrl-Z, a profiler or debugger attaching) makes
+    Python retry such a read with the whole timeout again, so a watch
+    could overrun its deadline without bound.
+    """
     return _TimedReads(sock)
 
 

@@ -104,8 +104,8 @@ def advance(rule, answer, error=None):
     """Give ``rule`` the answer to its last request (or throw ``error``).
 
     Returns ``(True, what it returned)`` when it ended, else
-    ``(False, its next request)``.  Drivers call this, never
-    ``send``/``throw`` themselves.
+    ``(False, its next request)``.  The asyncio driver calls this; the
+    threaded one does the same inline (twice per watch message).
     """
     try:
         if error is not None:

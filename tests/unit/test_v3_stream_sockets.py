@@ -1,8 +1,7 @@
 """A v3 watch stream read from a real socket: plain, TLS, green.
 
 ``backends.v3._Stream`` waits for each message on the socket's own
-timeout, or, on a plain socket of the standard library, in a blocking
-read that the kernel ends (``SO_RCVTIMEO``).  These tests serve one
+timeout.  These tests serve one
 message late over a socket pair of their own and check that a read waits
 for it (never spins, never gives up early), that a read whose deadline
 passes takes nothing and leaves the stream usable, and that abort() wakes
@@ -12,6 +11,7 @@ patched interpreter of their own.
 """
 
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -46,16 +46,9 @@ def stream_over(sock):
     return v3._Stream(response, 1.0)
 
 
-def check_stream(sock, send_late, kernel_waits=None):
-    """The checks, for any socket whose peer ``send_late()`` sends late.
-
-    ``kernel_waits``: whether the kernel should bound the reads (None:
-    not checked).
-    """
+def check_stream(sock, send_late):
+    """The checks, for any socket whose peer ``send_late()`` sends late."""
     stream = stream_over(sock)
-    if kernel_waits is not None:
-        assert isinstance(stream._reads, v3._KernelTimedReads) == (
-            kernel_waits), stream._reads
     send_late()
     started = time.monotonic()
     assert stream.next_message(time.monotonic() + 0.1) is None
@@ -105,14 +98,39 @@ def test_a_read_waits_for_a_late_message(secure, tls):
     def send_late():
         threading.Timer(LATE, server.sendall, (MESSAGE,)).start()
     try:
-        check_stream(client, send_late, kernel_waits=not secure)
+        check_stream(client, send_late)
     finally:
         client.close()
         server.close()
 
 
+def test_signals_do_not_stretch_a_read_past_its_deadline():
+    # A read that the kernel ends (SO_RCVTIMEO) is retried by Python with
+    # its whole timeout after each signal: with a signal every 0.2 s, a
+    # 1 s deadline would pass unnoticed until the signals stop (3 s).
+    client, server = _pair()
+    stream = stream_over(client)
+    signals = []
+    previous = signal.signal(signal.SIGALRM, lambda *a: signals.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)
+        stopper = threading.Timer(3, signal.setitimer,
+                                  (signal.ITIMER_REAL, 0))
+        stopper.start()
+        started = time.monotonic()
+        assert stream.next_message(started + 1) is None
+        waited = time.monotonic() - started
+        stopper.join()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        client.close()
+        server.close()
+    assert len(signals) >= 3
+    assert 0.9 <= waited < 2.5
+
+
 def test_a_deadline_under_a_microsecond_away_still_ends_the_read():
-    # A zero SO_RCVTIMEO would mean "no limit": the read would hang.
     client, server = _pair()
     stream = stream_over(client)
     box = {}
@@ -182,9 +200,7 @@ def send_late():
         eventlet.sleep(t.LATE)
         server.sendall(t.MESSAGE)
     eventlet.spawn(later)
-# Green sockets are never read by the kernel-bounded way: a green read
-# does not block, so SO_RCVTIMEO would bound nothing.
-t.check_stream(client, send_late, kernel_waits=False)
+t.check_stream(client, send_late)
 print('ok')
 '''
 
@@ -194,7 +210,7 @@ def test_a_green_read_waits_for_a_late_message(secure, tmp_path):
     # eventlet's GreenSSLSocket ignores settimeout() once made
     # non-blocking: without a wait for readability every read would
     # return at once and a watcher would spin.  A green plain socket
-    # honours its timeout; the kernel's would not apply to it.
+    # honours its timeout.
     env = dict(os.environ, PYTHONWARNINGS='ignore')
     proc = subprocess.run(
         [sys.executable, '-c', GREEN, ROOT, str(tmp_path),
