@@ -158,8 +158,9 @@ class Mirror(object):
         """Watch once, apply what comes and deliver it.
 
         Returns True when a message was applied and every callback it
-        owed returned.
+        owed returned.  Only after a load (``tick`` is not None).
         """
+        assert self.tick is not None, 'watch() before the first load'
         try:
             # A whole watch message at a time (up to 1,000 revisions while
             # catching up): one pass of the loop, not one per event.
