@@ -109,6 +109,12 @@ class _TimedReads(object):
     for TLS sockets and green ones too.  Setting it is a system call of
     its own, so a timeout up to ``_TIMEOUT_SLACK`` longer than asked is
     kept rather than set again for every message of a busy stream.
+
+    Not a blocking read that the kernel ends (``SO_RCVTIMEO``), though
+    that is one system call instead of two: a signal (a handler, Ctrl-Z,
+    a profiler or debugger attaching) makes Python retry such a read with
+    its whole timeout again, so a watch could overrun its deadline
+    without bound.
     """
 
     def __init__(self, sock):
@@ -165,18 +171,6 @@ def _timeout_to(deadline):
     return max(0.0, deadline - time.monotonic())
 
 
-def _reads_of(sock):
-    """The way to read ``sock`` with timeouts.
-
-    One way for every socket.  Not a blocking read that the kernel ends
-    (``SO_RCVTIMEO``), though it is one system call instead of two: a
-    signal (a handler, Ctrl-Z, a profiler or debugger attaching) makes
-    Python retry such a read with the whole timeout again, so a watch
-    could overrun its deadline without bound.
-    """
-    return _TimedReads(sock)
-
-
 class _Stream(object):
     """One open ``/watch`` response: JSON messages, one per line.
 
@@ -217,7 +211,7 @@ class _Stream(object):
                 ssl.SSLWantWriteError):
             first = b''
         self._buffer.feed(first or b'')
-        self._reads = _reads_of(self._sock)
+        self._reads = _TimedReads(self._sock)
 
     def has_message(self):
         """Whether a whole message is received (next_message won't wait)."""
