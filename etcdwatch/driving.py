@@ -57,7 +57,11 @@ def drive(rule: Rule, backend: Any, host: Any,
                         not hooks_locked):
                     break
                 try:
-                    answer = _call(host, ask, run_callback, run_each)
+                    if ask.kind == requests.EACH and run_each:
+                        # _call's first case, inline: once per message.
+                        answer = run_each(ask.name, *ask.args)
+                    else:
+                        answer = _call(host, ask, run_callback, run_each)
                 except Exception as e:
                     error = e
         try:

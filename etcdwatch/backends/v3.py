@@ -130,8 +130,19 @@ class _TimedReads(object):
         ever; once passed, only what has arrived is taken.
         """
         while True:
-            timeout = _timeout_to(deadline)
-            self._set_timeout(timeout)
+            # Seconds left (0 once passed); the socket's timeout is
+            # set only if the one it has is not close enough.
+            timeout = None
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout < 0:
+                    timeout = 0.0
+            current = self._timeout
+            if current != timeout and not (
+                    timeout and current and
+                    timeout <= current <= timeout + _TIMEOUT_SLACK):
+                self.sock.settimeout(timeout)
+                self._timeout = timeout
             try:
                 return self.sock.recv(_READ_SIZE)
             except socket.timeout:
@@ -144,15 +155,6 @@ class _TimedReads(object):
                     return None
                 self._wait_readable(timeout)
 
-    def _set_timeout(self, timeout):
-        current = self._timeout
-        if current == timeout or (
-                timeout and current and
-                timeout <= current <= timeout + _TIMEOUT_SLACK):
-            return
-        self.sock.settimeout(timeout)
-        self._timeout = timeout
-
     def _wait_readable(self, timeout):
         if self._selector is None:
             self._selector = selectors.DefaultSelector()
@@ -162,13 +164,6 @@ class _TimedReads(object):
     def close(self):
         if self._selector is not None:
             self._selector.close()
-
-
-def _timeout_to(deadline):
-    """Seconds left until ``deadline`` (0 once passed), or None."""
-    if deadline is None:
-        return None
-    return max(0.0, deadline - time.monotonic())
 
 
 class _Stream(object):
@@ -212,10 +207,9 @@ class _Stream(object):
             first = b''
         self._buffer.feed(first or b'')
         self._reads = _TimedReads(self._sock)
-
-    def has_message(self):
-        """Whether a whole message is received (next_message won't wait)."""
-        return self._buffer.has_message()
+        #: Whether a whole message is received (next_message won't wait):
+        #: the buffer's own method (asked once per message).
+        self.has_message = self._buffer.has_message
 
     def next_message(self, deadline):
         """The next message, or None if ``deadline`` passes first.
@@ -225,23 +219,18 @@ class _Stream(object):
         :class:`~etcdwatch.backends.v3proto.StreamEnded` at the end of the
         stream (or after :meth:`abort`), and transport errors as they come.
         """
+        buffer, recv = self._buffer, self._reads.recv
         while True:
-            message = self._buffer.next()
+            message = buffer.next()
             if message is not None:
                 return message
-            # Past the deadline, _fill only takes what has arrived.
-            if not self._fill(deadline):
+            # Past the deadline, this only takes what has arrived.
+            data = recv(deadline)
+            if data is None:
                 return None
-
-    def _fill(self, deadline):
-        """Read what has arrived; False if ``deadline`` passed first."""
-        data = self._reads.recv(deadline)
-        if data is None:
-            return False
-        if not data:
-            self._buffer.end()
-        self._buffer.feed(data)
-        return True
+            if not data:
+                buffer.end()
+            buffer.feed(data)
 
     def abort(self):
         """Wake a read blocked in another thread; the reader closes."""
@@ -278,9 +267,7 @@ class _MessageStream(object):
         self.aborted = False
         self._read = response.raw.read_message
         self._buffer = v3proto.MessageBuffer(chunked=False)
-
-    def has_message(self):
-        return self._buffer.has_message()
+        self.has_message = self._buffer.has_message
 
     def next_message(self, deadline):
         while True:
@@ -451,10 +438,6 @@ class V3Backend(base.Backend):
     def _session(self):
         return self.client.session
 
-    @property
-    def _epoch(self):
-        return self._epochs.epoch
-
     def _url(self, path):
         # The member in use can change (FailoverEtcd3Client): the API path
         # is the cluster's, the base URL the member's.
@@ -505,7 +488,9 @@ class V3Backend(base.Backend):
         once more (then retries once) if etcd refuses the token
         (:mod:`~etcdwatch.backends.v3auth`).
         """
-        self._reap_idle()
+        now = time.monotonic()
+        if now - self._reaped_at >= REAP_INTERVAL:
+            self._reap_idle(now)
         for attempt in (1, 2):
             generation, headers = self._token()
             try:
@@ -571,18 +556,6 @@ class V3Backend(base.Backend):
             request = steps.resume(answer, error)
         return steps.result
 
-    def _observe(self, result):
-        """Note the cluster ID of an answer; return the current epoch."""
-        return self._epochs.observe(result)
-
-    def _learnt(self, ident, epoch):
-        """The caller of ``ident`` now stands on what epoch ``epoch`` said."""
-        self._epochs.learnt(ident, epoch)
-
-    def _check_cluster(self, ident, what):
-        """Raise ClusterRewound, once, if the cluster changed under ident."""
-        self._epochs.check(ident, what)
-
     # -- reads ------------------------------------------------------------
 
     def read_tree(self, path):
@@ -644,10 +617,11 @@ class V3Backend(base.Backend):
 
     def _watch(self, path, key, range_end, from_index, timeout,
                whole=False):
-        deadline = None if timeout is None else time.monotonic() + timeout
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
         closes = self._closes
         ident = (key, range_end)
-        cursor = self._cursor(key, range_end, from_index)
+        cursor = self._cursor(ident, from_index, now)
         # Free but for a close() racing with us: try that first (a timed
         # acquire costs three times as much, once per watch message).
         if not cursor.lock.acquire(False) and not cursor.lock.acquire(
@@ -656,17 +630,27 @@ class V3Backend(base.Backend):
         what = cursor.what
         if what is None:
             what = cursor.what = 'watch %s' % path
+        epochs = self._epochs
         refused = False
         try:
-            if cursor.position(from_index):
+            # Continuing right after the events last returned (following
+            # a stream, once per message) moves nothing: position() only
+            # if not.
+            if (from_index != cursor.floor or
+                    cursor.returned != from_index - 1) and (
+                    cursor.position(from_index)):
                 cursor.close_stream()
-            self._check_cluster(ident, what)
+            # ClusterEpochs.check's question, asked here first: this runs
+            # once per watch message, and the answer is nearly always no.
+            if epochs.idents.get(ident) != epochs.epoch:
+                epochs.check(ident, what)
             while True:
-                stream = cursor.stream
-                ready = cursor.ready(whole, whole and stream is not None and
-                                     stream.has_message())
-                if ready is not None:
-                    return ready
+                if cursor.events:
+                    stream = cursor.stream
+                    ready = cursor.ready(whole, whole and stream is not None
+                                         and stream.has_message())
+                    if ready is not None:
+                        return ready
                 if cursor.stream is None:
                     try:
                         cursor.stream = self._open(path, cursor, deadline,
@@ -690,7 +674,8 @@ class V3Backend(base.Backend):
                     message = self._next_message(path, cursor, deadline)
                 except exceptions.BackendError:
                     if cursor.events:
-                        # See _take below: the events at hand come first.
+                        # See the take below: the events at hand come
+                        # first.
                         return cursor.ready(whole)
                     raise
                 if message is None:
@@ -699,7 +684,7 @@ class V3Backend(base.Backend):
                     return cursor.ready(whole)
                 stream = cursor.stream
                 try:
-                    self._take(what, cursor, message)
+                    v3proto.take(cursor, epochs, message, what)
                 except v3auth.TokenRejected as e:
                     # A new watch refused for want of a token or of a
                     # permission (etcd cannot tell which): once more with
@@ -724,14 +709,16 @@ class V3Backend(base.Backend):
                         # healthy member).
                         return cursor.ready(whole)
                     raise
-                self._check_cluster(ident, what)
+                if epochs.idents.get(ident) != epochs.epoch:
+                    epochs.check(ident, what)
         except exceptions.ClusterRewound:
             self._drop_cursor(ident, cursor)
             raise
         finally:
-            if cursor.stream is not None:
-                cursor.stream.last_used = time.monotonic()
-                cursor.stream.timeout = timeout
+            stream = cursor.stream
+            if stream is not None:
+                stream.last_used = time.monotonic()
+                stream.timeout = timeout
             cursor.lock.release()
 
     def _drop_cursor(self, ident, cursor):
@@ -784,37 +771,42 @@ class V3Backend(base.Backend):
         """The stream's next message, or None (deadline, or aborted)."""
         stream = cursor.stream
         try:
-            with stream.translate:
-                try:
-                    message = stream.next_message(deadline)
-                except v3proto.StreamEnded:
-                    raise exceptions.EtcdUnavailable(
-                        'watch %s: etcd ended the stream' % path)
-        except exceptions.BackendError:
-            cursor.close_stream()
-            if stream.aborted:
-                return None
-            raise
+            message = stream.next_message(deadline)
+        except Exception as e:
+            # Translated here, not in a with block around the read: that
+            # is two calls more per message.
+            try:
+                with stream.translate:
+                    if isinstance(e, v3proto.StreamEnded):
+                        raise exceptions.EtcdUnavailable(
+                            'watch %s: etcd ended the stream' % path)
+                    raise
+            except exceptions.BackendError:
+                cursor.close_stream()
+                if stream.aborted:
+                    return None
+                raise
         if stream.aborted:
             cursor.close_stream()
             return None
         return message
 
-    def _take(self, what, cursor, message):
-        """Fold one stream message into the cursor (see v3proto.take)."""
-        v3proto.take(cursor, self._epochs, message, what)
+    def _cursor(self, ident, from_index, now):
+        """The cursor of ``ident``, made at ``from_index`` if there is none.
 
-    def _cursor(self, key, range_end, from_index):
-        ident = (key, range_end)
-        self._reap_idle(keep=ident)
+        Also closes idle streams, once per :data:`REAP_INTERVAL` (``now``:
+        ``time.monotonic()``).
+        """
+        if now - self._reaped_at >= REAP_INTERVAL:
+            self._reap_idle(now, keep=ident)
         cursor = self._cursors.get(ident)     # atomic: no lock to find one
         if cursor is not None:
             return cursor
         with self._lock:
             cursor = self._cursors.get(ident)
             if cursor is None:
-                cursor = self._cursors[ident] = _Cursor(key, range_end,
-                                                        from_index)
+                cursor = self._cursors[ident] = _Cursor(
+                    ident[0], ident[1], from_index)
             return cursor
 
     def _forget_cursor(self, ident):
@@ -835,14 +827,11 @@ class V3Backend(base.Backend):
             if stream is not None:
                 stream.abort()
 
-    def _reap_idle(self, keep=None):
+    def _reap_idle(self, now, keep=None):
         # A stream nobody reads (say, a follower's that won and now leads)
-        # would hold a connection and a watch on etcd for nothing.
-        now = time.monotonic()
-        if now - self._reaped_at < REAP_INTERVAL:
-            # Streams idle for seconds: once a second is soon enough, and
-            # a watch call (once per message) stays cheap.
-            return
+        # would hold a connection and a watch on etcd for nothing.  Streams
+        # idle for seconds: once a second is soon enough, and a watch call
+        # (once per message) stays cheap.
         self._reaped_at = now
         with self._lock:
             cursors = [c for ident, c in self._cursors.items()

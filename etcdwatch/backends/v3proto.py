@@ -634,7 +634,10 @@ class Cursor(object):
         may follow it).  Raises without changing the cursor, so a message
         is taken whole or not at all.
         """
-        current = revision(result)
+        # revision(result), inline: once per message.
+        current = (result.get('header') or {}).get('revision')
+        if current is not None:
+            current = int(current)
         start = self.floor if self.opened is None else self.opened
         stands = max(start - 1, self.received)
         if current is not None and current < stands:
@@ -660,19 +663,26 @@ class Cursor(object):
             raise exceptions.BackendError(
                 '%s: etcd canceled the watch: %s' % (what, reason))
         events = []
-        # Up to 1,000 events a message: names bound once, positional
-        # tuples (kind, key, value, index, is_dir, current_index).
-        event_of, add, put, delete = base.Event, events.append, base.PUT, (
-            base.DELETE)
+        # Up to 1,000 events a message: names bound once, events made as
+        # plain tuples (kind, key, value, index, is_dir, current_index)
+        # without the namedtuple's Python __new__, and text() inline.
+        new, event, add, put, delete = tuple.__new__, base.Event, (
+            events.append), base.PUT, base.DELETE
+        decode = binascii.a2b_base64
         try:
-            for event in result.get('events') or ():
-                kv = event['kv']
-                if event.get('type') == 'DELETE':
-                    add(event_of(delete, text(kv['key']), None,
-                                 int(kv['mod_revision']), False, current))
+            for change in result.get('events') or ():
+                kv = change['kv']
+                key = decode(kv['key']).decode('utf-8', 'surrogateescape')
+                if change.get('type') == 'DELETE':
+                    add(new(event, (delete, key, None,
+                                    int(kv['mod_revision']), False,
+                                    current)))
                 else:
-                    add(event_of(put, text(kv['key']), text(kv.get('value')),
-                                 int(kv['mod_revision']), False, current))
+                    value = decode(kv.get('value') or '').decode(
+                        'utf-8', 'surrogateescape')
+                    add(new(event, (put, key, value,
+                                    int(kv['mod_revision']), False,
+                                    current)))
         except (ValueError, KeyError, TypeError) as e:
             # As Translate words it (a try costs nothing; a with block is
             # two calls, once per message).
@@ -702,7 +712,11 @@ def take(cursor, epochs, message, what):
     result = message.get('result') if isinstance(message, dict) else None
     if not isinstance(result, dict):
         raise_for(what, None, message, stream=True)
-    epochs.observe(result)
+    header = result.get('header')
+    # Once per message: observe() only when there may be news for it.
+    if not isinstance(header, dict) or header.get('cluster_id') != (
+            epochs.cluster_id):
+        epochs.observe(result)
     cursor.take(result, what)
 
 

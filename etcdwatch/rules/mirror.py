@@ -236,15 +236,13 @@ class Mirror(object):
         Returns True when none is left.
         """
         while self.queue:
-            if not self._leading():
-                # A watcher that lost its election delivers nothing more;
-                # it re-reads everything when elected again.
-                return False
+            # A watcher that lost its election delivers nothing more; it
+            # re-reads everything when elected again.
             item = self.queue[0]
             if type(item) is tuple:     # delivery.is_work, inline
                 # Every do_work at the head in one request; _leading is
-                # asked again before each, and each one that returned
-                # leaves the queue at once.
+                # asked before each (so a lost term runs none), and each
+                # one that returned leaves the queue at once.
                 run = self.queue.work_run()
                 ran, error = yield requests.each('do_work', run,
                                                  self._leading,
@@ -255,6 +253,8 @@ class Mirror(object):
                 if ran < len(run):
                     return False
                 continue
+            if not self._leading():
+                return False
             if item == delivery.ALL_WORK:
                 ask = requests.callback('do_all_work')
             else:
@@ -339,7 +339,9 @@ class Mirror(object):
         after that event's, as when events were applied one at a time;
         else :attr:`tick`.
         """
-        index = self.queue.head_index
+        # The queue's head_index, inline: asked in callbacks, per event.
+        indexes = self.queue.indexes
+        index = indexes[0] if indexes else None
         return self.tick if index is None else index + 1
 
     def saw_index(self, index: Optional[int]) -> None:

@@ -25,6 +25,7 @@ from etcdwatch import backends
 from etcdwatch.backends import base
 from etcdwatch.backends import v3
 from etcdwatch.backends import v3auth
+from etcdwatch.backends import v3proto
 from etcdwatch import exceptions
 from etcdwatch import v3client
 
@@ -241,13 +242,17 @@ def _offline_backend(client=None):
     return v3.V3Backend(client)
 
 
+def _take(be, cursor, message):
+    return v3proto.take(cursor, be._epochs, message, 'watch /p')
+
+
 def test_progress_notification_advances_received_created_does_not():
     be, cursor = _offline_backend(), v3._Cursor('/p/', '/p0', 10)
-    be._take('/p', cursor, _message(20, created=True))
+    _take(be, cursor, _message(20, created=True))
     assert cursor.start_revision() == 10
-    be._take('/p', cursor, _message(20))            # progress
+    _take(be, cursor, _message(20))            # progress
     assert cursor.start_revision() == 21 and not cursor.events
-    be._take('/p', cursor, _message(25, events=[_put(23)]))
+    _take(be, cursor, _message(25, events=[_put(23)]))
     # An event's message tells nothing about revisions after the event.
     assert cursor.start_revision() == 24 and cursor.pop().index == 23
 
@@ -262,9 +267,9 @@ def test_a_revision_below_the_cursor_is_a_rewound_cluster(messages):
     be, cursor = _offline_backend(), v3._Cursor('/p/', '/p0', 500)
     with pytest.raises(exceptions.ClusterRewound):
         for message in messages:
-            be._take('/p', cursor, message)
-    assert be._take('/p', v3._Cursor('/p/', '/p0', 4),
-                    _message(3, created=True)) is None
+            _take(be, cursor, message)
+    assert _take(be, v3._Cursor('/p/', '/p0', 4),
+                 _message(3, created=True)) is None
 
 
 @pytest.mark.parametrize('message,expected', [
@@ -281,27 +286,27 @@ def test_a_revision_below_the_cursor_is_a_rewound_cluster(messages):
 def test_cancellations(message, expected):
     be, cursor = _offline_backend(), v3._Cursor('/p/', '/p0', 10)
     with pytest.raises(expected) as info:
-        be._take('/p', cursor, message)
+        _take(be, cursor, message)
     assert type(info.value) is expected
 
 
 def test_a_new_cluster_id_rewinds_each_watch_once():
     be = _offline_backend()
     tree, key = ('/p/', '/p0'), ('/e', None)
-    be._take('/p', v3._Cursor('/p/', '/p0', 10), _message(20))
-    be._check_cluster(tree, 'watch /p')
-    be._check_cluster(key, 'watch /e')
-    be._observe(_message(20)['result'])             # same cluster
-    be._check_cluster(tree, 'watch /p')
-    be._observe(_message(20, cluster='222')['result'])
+    _take(be, v3._Cursor('/p/', '/p0', 10), _message(20))
+    be._epochs.check(tree, 'watch /p')
+    be._epochs.check(key, 'watch /e')
+    be._epochs.observe(_message(20)['result'])             # same cluster
+    be._epochs.check(tree, 'watch /p')
+    be._epochs.observe(_message(20, cluster='222')['result'])
     for ident in (tree, key):
         with pytest.raises(exceptions.ClusterRewound, match='222'):
-            be._check_cluster(ident, 'watch')
-        be._check_cluster(ident, 'watch')           # once
+            be._epochs.check(ident, 'watch')
+        be._epochs.check(ident, 'watch')           # once
     # A position learnt after the change is on the new cluster.
-    be._observe(_message(20, cluster='333')['result'])
-    be._learnt(tree, be._epoch)
-    be._check_cluster(tree, 'watch /p')
+    be._epochs.observe(_message(20, cluster='333')['result'])
+    be._epochs.learnt(tree, be._epochs.epoch)
+    be._epochs.check(tree, 'watch /p')
 
 
 # -- unary requests through a scripted session ------------------------------

@@ -99,8 +99,8 @@ def _gateway(backend, start, chunked=False):
     stream = v3._Stream(response, 1.0)
     stream.translate = backend._translate('watch ' + PATH, stream)
     stream.auth_generation = 0
-    key, range_end = proto.tree_ident(PATH)
-    cursor = backend._cursor(key, range_end, start)
+    cursor = backend._cursor(proto.tree_ident(PATH), start,
+                             time.monotonic())
     cursor.stream = stream
     cursor.opened = start
     return theirs
@@ -169,8 +169,7 @@ def test_a_batch_stops_at_the_cap_at_a_message_boundary(backend):
     stream = v3._MessageStream(body, 1.0)
     stream.translate = backend._translate('watch ' + PATH, stream)
     stream.auth_generation = 0
-    key, range_end = proto.tree_ident(PATH)
-    cursor = backend._cursor(key, range_end, 100)
+    cursor = backend._cursor(proto.tree_ident(PATH), 100, time.monotonic())
     cursor.stream, cursor.opened = stream, 100
     # Four messages of 400 events (two revisions of 200 each), received
     # in one piece.
