@@ -384,7 +384,8 @@ def _section_lines(name, module, measured, plots, machine=None):
     title = _CASE_TITLES[name]
     results = measured[name]['results']
     if not hasattr(module, 'table'):
-        return _case_lines(title, module.__doc__, measured[name]['rows'])
+        return _case_lines(title, module.__doc__, measured[name]['rows'],
+                           machine)
     lines = [title, '-' * len(title), '']
     lines += [line.strip() for line in (module.__doc__ or '').strip()
               .splitlines()]
@@ -419,10 +420,12 @@ def _apart_lines(machine):
     return lines
 
 
-def _case_lines(title, doc, rows):
+def _case_lines(title, doc, rows, machine=None):
     lines = [title, '-' * len(title), '']
     lines += [line.strip() for line in (doc or '').strip().splitlines()]
     lines.append('')
+    if machine is not None:
+        lines += _apart_lines(machine)
     body = [[r.param, '%s (%s)' % (r.metric, r.unit), _fmt(r.ours),
              '%s: %s' % (r.baseline_name or '', _fmt(r.baseline)),
              '%s %s' % (_fmt(r.ratio, 2), r.ratio_name), _met(r.met),

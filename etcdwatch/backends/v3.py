@@ -135,7 +135,7 @@ class _TimedReads(object):
             timeout = None
             if deadline is not None:
                 timeout = deadline - time.monotonic()
-                if timeout < 0:
+                if not timeout > 0:
                     timeout = 0.0
             current = self._timeout
             if current != timeout and not (

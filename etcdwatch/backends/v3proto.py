@@ -672,7 +672,8 @@ class Cursor(object):
         try:
             for change in result.get('events') or ():
                 kv = change['kv']
-                key = decode(kv['key']).decode('utf-8', 'surrogateescape')
+                key = decode(kv['key'] or '').decode(
+                    'utf-8', 'surrogateescape')
                 if change.get('type') == 'DELETE':
                     add(new(event, (delete, key, None,
                                     int(kv['mod_revision']), False,
