@@ -52,7 +52,6 @@ import collections
 import datetime
 import json
 import logging
-import os
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
@@ -68,6 +67,7 @@ from etcdwatch import election
 from etcdwatch import exceptions
 from etcdwatch import lock as etcd_lock
 from etcdwatch import membership
+from etcdwatch import passwords
 from etcdwatch.rules import candidacy
 from etcdwatch.rules import lock as lock_rules
 from etcdwatch import v3client
@@ -88,7 +88,7 @@ CAMPAIGN_WAIT = 0.05
 SHARED = lock_rules.SHARED
 #: Where the password is read from when neither the URL nor the
 #: ``password_file`` option holds it (the same as the CLI's).
-ENV_PASSWORD = 'ETCDWATCH_PASSWORD'
+ENV_PASSWORD = passwords.ENV_PASSWORD
 
 
 def _to_bytes(value: Any) -> bytes:
@@ -210,20 +210,12 @@ def _credentials(userinfo: str, options: Dict[str, Any]
         return username, password
     if path:
         try:
-            with open(path, encoding='utf-8') as f:
-                password = f.readline().rstrip('\r\n')
-        except (OSError, UnicodeDecodeError) as e:
+            return username, passwords.read_file(path)
+        except ValueError as e:
             raise ValueError('etcdwatch tooz driver: user %s: password_file '
-                             '%s: %s' % (username, path, (
-                                 getattr(e, 'strerror', None)
-                                 or type(e).__name__).lower())) from None
-        if not password:
-            raise ValueError('etcdwatch tooz driver: user %s: the first line '
-                             'of password_file %s is empty'
-                             % (username, path))
-        return username, password
-    password = os.environ.get(ENV_PASSWORD) or ''
-    if not password:
+                             '%s: %s' % (username, path, e)) from None
+    password = passwords.from_environment()
+    if password is None:
         raise ValueError('etcdwatch tooz driver: user %s needs a password: '
                          'in the URL (user:password@host), in '
                          'password_file, or in $%s'

@@ -17,6 +17,7 @@ from etcdwatch.cli.common import EXIT_UNAVAILABLE
 from etcdwatch.cli.common import EXIT_USAGE
 from etcdwatch.cli.common import parse_endpoints
 from etcdwatch import exceptions
+from etcdwatch import passwords
 
 # An ssl error's text inside another error's message or repr.
 _SSL_TEXT = re.compile(r'\[SSL(?:: [A-Z0-9_]+)?\] .*?'
@@ -108,21 +109,13 @@ def credentials(args: argparse.Namespace) -> Dict[str, str]:
         raise CliError('--user: %r is not a user name' % user, EXIT_USAGE)
     if path:
         try:
-            with open(path, encoding='utf-8') as f:
-                password = f.readline().rstrip('\r\n')
-        except (OSError, UnicodeDecodeError) as e:
-            raise CliError('--password-file %s: %s'
-                           % (path, (getattr(e, 'strerror', None) or
-                                     type(e).__name__).lower()), EXIT_USAGE)
-        if not password:
-            raise CliError('--password-file %s: its first line is empty'
-                           % path, EXIT_USAGE)
-    else:
-        password = os.environ.get(ENV_PASSWORD) or ''
-        if not password:
-            raise CliError('--user %s needs a password: set $%s or give '
-                           '--password-file' % (user, ENV_PASSWORD),
-                           EXIT_USAGE)
+            return {'username': user, 'password': passwords.read_file(path)}
+        except ValueError as e:
+            raise CliError('--password-file %s: %s' % (path, e), EXIT_USAGE)
+    password = passwords.from_environment()
+    if password is None:
+        raise CliError('--user %s needs a password: set $%s or give '
+                       '--password-file' % (user, ENV_PASSWORD), EXIT_USAGE)
     return {'username': user, 'password': password}
 
 

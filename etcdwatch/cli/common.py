@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, NoReturn, \
     Optional, Tuple
 
 from etcdwatch import keys
+from etcdwatch import passwords
 
 PROG = 'etcdwatch'
 DEFAULT_ETCD = '127.0.0.1:2379'
@@ -16,7 +17,7 @@ DEFAULT_PORT = 2379
 ENV_ETCD = 'ETCDWATCH_ETCD'
 ENV_API = 'ETCDWATCH_API'
 #: Where ``--user``'s password comes from, unless ``--password-file``.
-ENV_PASSWORD = 'ETCDWATCH_PASSWORD'
+ENV_PASSWORD = passwords.ENV_PASSWORD
 APIS = ('v2', 'v3')
 DEFAULT_API = 'v2'
 DEFAULT_ELECTION_PATH = '/etcdwatch/elections'

@@ -125,5 +125,6 @@ def test_empty_password_file(monkeypatch, tmp_path):
     monkeypatch.delenv(tooz_driver.ENV_PASSWORD, raising=False)
     path = tmp_path / 'pw'
     path.write_text('\n' + SECRET)
-    with pytest.raises(ValueError, match='first line .* is empty'):
+    with pytest.raises(ValueError,
+                       match='password_file .*: its first line is empty'):
         parse('etcdwatch+http://app@h1/', password_file=str(path))
