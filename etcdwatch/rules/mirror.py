@@ -144,60 +144,73 @@ class Mirror(object):
         if self.tick is None:
             yield from self.reload()
             return
-        delivered = yield from self.watch(heartbeat)
         # A follow-up watch with a sliver of time left would only time out
         # (or give up opening a stream): the pass ends instead.
-        shortest = min(FOLLOW_MIN, heartbeat / 4)
-        while delivered and follow is not None:
-            timeout = follow()
-            if timeout < shortest:
-                return
-            delivered = yield from self.watch(timeout, check_silence=False)
+        yield from self.watch(heartbeat, follow, min(FOLLOW_MIN,
+                                                     heartbeat / 4))
 
-    def watch(self, timeout: float, check_silence: bool = True):
-        """Watch once, apply what comes and deliver it.
+    def watch(self, timeout: float,
+              follow: Optional[Callable[[], float]] = None,
+              shortest: float = 0.0):
+        """Watch, apply what comes and deliver it; with ``follow``, again.
 
-        Returns True when a message was applied and every callback it
-        owed returned.  Only after a load (``tick`` is not None).
+        Returns True when the last message was applied and every callback
+        it owed returned.  Only after a load (``tick`` is not None).  With
+        ``follow``, after each message delivered whole, watches again for
+        ``follow()`` seconds unless that is under ``shortest``; silence
+        then ends it without asking etcd anything (see :meth:`step`).
         """
         assert self.tick is not None, 'watch() before the first load'
-        try:
-            # A whole watch message at a time (up to 1,000 revisions while
-            # catching up): one pass of the loop, not one per event.
-            events = yield requests.backend('watch_tree_events', self.path,
-                                            self.tick, timeout)
-            if not events:
-                if not check_silence:
+        # One generator for the whole pass: following a busy prefix, this
+        # loop runs once per watch message.
+        check_silence = True
+        while True:
+            try:
+                # A whole watch message at a time (up to 1,000 revisions
+                # while catching up): one pass of the loop, not one per
+                # event.
+                events = yield requests.backend(
+                    'watch_tree_events', self.path, self.tick, timeout)
+                if not events:
+                    if not check_silence:
+                        return False
+                    # Silence proves nothing: a member cut off from its
+                    # cluster, or an etcd rebuilt below our index, is
+                    # silent.
+                    current = yield requests.backend(
+                        'check_current', self.path, self.tick - 1)
+                    self.stats['checks'] += 1
+                    self.saw_index(current)
                     return False
-                # Silence proves nothing: a member cut off from its
-                # cluster, or an etcd rebuilt below our index, is silent.
-                current = yield requests.backend(
-                    'check_current', self.path, self.tick - 1)
-                self.stats['checks'] += 1
-                self.saw_index(current)
+            except exceptions.ClusterRewound as e:
+                LOG.warning('%s: %s; re-reading %s', self.name, e,
+                            self.path)
+                self.stats['rewinds'] += 1
+                yield from self.reload()
                 return False
-        except exceptions.ClusterRewound as e:
-            LOG.warning('%s: %s; re-reading %s', self.name, e, self.path)
-            self.stats['rewinds'] += 1
-            yield from self.reload()
-            return False
-        except exceptions.HistoryGone:
-            LOG.info('%s: etcd history no longer reaches index %s; '
-                     're-reading %s', self.name, self.tick, self.path)
-            yield from self.reload()
-            return False
-        first, last = events[0], events[-1]
-        if last.current_index != last.index:
-            self.saw_index(last.current_index)
-        # Following live, etcd's index is the event's own: not behind.
-        if first.current_index != first.index and far_behind(
-                first, len(self.data or ()), *self._catchup()):
-            LOG.debug('%s: %s events behind; re-reading instead',
-                      self.name, first.current_index - first.index)
-            yield from self.reload()
-            return False
-        self.apply_all(events)
-        return (yield from self.deliver())
+            except exceptions.HistoryGone:
+                LOG.info('%s: etcd history no longer reaches index %s; '
+                         're-reading %s', self.name, self.tick, self.path)
+                yield from self.reload()
+                return False
+            first, last = events[0], events[-1]
+            if last.current_index != last.index:
+                self.saw_index(last.current_index)
+            # Following live, etcd's index is the event's own: not behind.
+            if first.current_index != first.index and far_behind(
+                    first, len(self.data or ()), *self._catchup()):
+                LOG.debug('%s: %s events behind; re-reading instead',
+                          self.name, first.current_index - first.index)
+                yield from self.reload()
+                return False
+            self.apply_all(events)
+            delivered = yield from self.deliver()
+            if not delivered or follow is None:
+                return delivered
+            timeout = follow()
+            if timeout < shortest:
+                return True
+            check_silence = False
 
     def reload(self):
         """Read the whole tree, then deliver do_all_work().
