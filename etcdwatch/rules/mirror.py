@@ -210,6 +210,10 @@ class Mirror(object):
             timeout = follow()
             if timeout < shortest:
                 return True
+            if self.tick is None:
+                # A re-read was asked for meanwhile (tick set to None): the
+                # next pass does it.
+                return True
             check_silence = False
 
     def reload(self):

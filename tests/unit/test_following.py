@@ -204,6 +204,31 @@ def test_stop_from_a_callback_ends_the_pass(etcd):
     assert w.calls == [P + '/stop']
 
 
+def test_a_re_read_asked_for_in_a_callback_ends_the_pass(etcd):
+    client, write = etcd
+    w = Counting(client, 'w', P, heartbeat=5)
+    indexes = []
+    watch = w._backend.watch_tree_events
+
+    def watching(path, index, timeout):
+        indexes.append(index)
+        return watch(path, index, timeout)
+    w._backend.watch_tree_events = watching
+
+    def ask_for_a_re_read(key):
+        if key == P + '/reread':
+            w.tick = None
+    w.hook = ask_for_a_re_read
+    with Runner(w):
+        write(P + '/reread', '1')
+        # The pass ends at once and the next one reads the tree, instead
+        # of following from no index at all.
+        wait_until(lambda: w.stats()['resyncs'] >= 2, timeout=WAIT)
+        write(P + '/after', '2')
+        wait_until(lambda: P + '/after' in w.calls, timeout=WAIT)
+    assert None not in indexes, indexes
+
+
 # -- (e) an elected watcher that loses its term --
 
 def test_an_elected_watchers_pass_ends_when_its_term_is_lost():
