@@ -42,11 +42,6 @@ class DeliveryQueue(collections.deque):
         self.indexes.clear()
         self.whole_tree = 0
 
-    @property
-    def head_index(self) -> Any:
-        """The etcd index of the head's event, or None."""
-        return self.indexes[0] if self.indexes else None
-
     def reload(self, first: bool) -> None:
         """A full read supersedes whatever was owed: do_all_work covers it.
 

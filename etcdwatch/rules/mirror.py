@@ -356,7 +356,8 @@ class Mirror(object):
         after that event's, as when events were applied one at a time;
         else :attr:`tick`.
         """
-        # The queue's head_index, inline: asked in callbacks, per event.
+        # The index of the head's event (None for a whole-tree callback):
+        # asked in callbacks, once per event.
         indexes = self.queue.indexes
         index = indexes[0] if indexes else None
         return self.tick if index is None else index + 1
