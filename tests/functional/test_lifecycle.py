@@ -7,6 +7,7 @@ import sys
 from tests.functional.procs import ROOT
 
 SCRIPT = '''
+import signal
 import sys
 from etcdwatch import EtcdChangeWatcher
 from tests import drivers
@@ -22,6 +23,10 @@ class Quiet(EtcdChangeWatcher):
             print('watching', flush=True)
 
 
+# A foreground process as a terminal starts it: Ctrl-C raises
+# KeyboardInterrupt even if this suite runs where SIGINT is ignored (a
+# background job of a shell without job control), which children inherit.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 api, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 client = (drivers.V3Driver if api == 'v3' else drivers.V2Driver).client_at(
     host, port)
